@@ -1,0 +1,84 @@
+"""The one exception hierarchy of lakewarden.
+
+Every error an agent can see is a :class:`LakewardenError` with a stable ``code`` (used as the
+REST/MCP error code) and a list of structured :class:`Violation` items saying which rule was broken,
+what was measured and what the limit was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule: ``rule`` is a stable identifier, ``detail`` a sentence for humans."""
+
+    rule: str
+    detail: str
+    measured: Any = None
+    limit: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class LakewardenError(Exception):
+    """Base of every lakewarden error."""
+
+    code = "error"
+
+    def __init__(self, message: str, violations: list[Violation] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations: list[Violation] = list(violations or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "violations": [v.to_dict() for v in self.violations],
+        }
+
+
+class ConfigurationError(LakewardenError):
+    """A setting, policy file or lake location is invalid; raised at start-up."""
+
+    code = "invalid_configuration"
+
+
+class InvalidSQL(LakewardenError):
+    """The SQL text is empty, does not parse, or holds more than one statement."""
+
+    code = "invalid_sql"
+
+
+class PolicyDenied(LakewardenError):
+    """The agent's policy (or a security default) refuses the statement; nothing was executed."""
+
+    code = "policy_denied"
+
+
+class QualityGateFailed(LakewardenError):
+    """The write broke a quality contract and was rolled back; nothing was committed."""
+
+    code = "quality_gate_failed"
+
+
+class StatementTimeout(LakewardenError):
+    """The statement ran longer than its time limit and was interrupted; nothing was committed."""
+
+    code = "timeout"
+
+
+class ExecutionError(LakewardenError):
+    """The engine refused or failed the statement (unknown table, type error, ...)."""
+
+    code = "execution_failed"
+
+
+class NotFound(LakewardenError):
+    """A table or snapshot that was named does not exist."""
+
+    code = "not_found"
