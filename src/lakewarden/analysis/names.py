@@ -1,0 +1,25 @@
+"""Table names as lakewarden shows them: ``orders`` for the default schema, ``staging.orders`` else."""
+
+from __future__ import annotations
+
+DEFAULT_SCHEMA = "main"
+
+
+def display_name(schema: str | None, table: str) -> str:
+    """The name used in metrics, spans and policies: the schema is left out when it is ``main``."""
+    schema = (schema or DEFAULT_SCHEMA).lower()
+    table = table.lower()
+    return table if schema == DEFAULT_SCHEMA else f"{schema}.{table}"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``"staging.orders"`` -> ``("staging", "orders")``; ``"orders"`` -> ``("main", "orders")``."""
+    parts = name.lower().split(".")
+    if len(parts) == 1:
+        return DEFAULT_SCHEMA, parts[0]
+    return parts[-2], parts[-1]
+
+
+def normalize(name: str) -> str:
+    """Any spelling of a table name (``lake.main.Orders``, ``main.orders``) -> its display name."""
+    return display_name(*split_name(name))

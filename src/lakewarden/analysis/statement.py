@@ -1,0 +1,208 @@
+"""One SQL string -> one analysed :class:`Statement`.
+
+DuckDB's own parser decides how many statements there are and of which type, so lakewarden and the
+engine can never disagree on that (the ``COMMIT; <write>`` smuggling class). sqlglot then finds the
+tables read and written; CTE names are not tables. Results are cached by statement text because
+parsing costs far more than a governed read of a small table.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+
+from lakewarden.analysis.names import display_name
+from lakewarden.analysis.text import sanitize
+from lakewarden.errors import InvalidSQL
+
+MAX_SQL_CHARS = 1_000_000
+
+_KINDS = {
+    "SELECT": "read",
+    "EXPLAIN": "read",
+    "INSERT": "write",
+    "UPDATE": "write",
+    "DELETE": "write",
+    "MERGE_INTO": "write",
+    "CREATE": "ddl",
+    "DROP": "ddl",
+    "ALTER": "ddl",
+    "CREATE_FUNC": "ddl",
+}
+
+_parser = threading.local()
+
+
+@dataclass(frozen=True)
+class Statement:
+    """What lakewarden knows about one statement before running it."""
+
+    text: str
+    statement_type: str
+    kind: str  # read | write | ddl | other
+    operation: str
+    tables_read: tuple[str, ...]
+    tables_written: tuple[str, ...]
+    functions: tuple[str, ...]
+    qualifiers: tuple[str, ...]  # catalog and schema parts of every table reference
+    summary: str
+    query_text: str
+    parsed: bool  # False when sqlglot could not parse it: tables are then unknown
+
+    @property
+    def target(self) -> str | None:
+        """The single table written, when there is exactly one (``db.collection.name``)."""
+        return self.tables_written[0] if len(self.tables_written) == 1 else None
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.tables_written + self.tables_read))
+
+
+def _split(sql: str) -> list[duckdb.Statement]:
+    con = getattr(_parser, "con", None)
+    if con is None:
+        # A private in-memory connection per thread: parsing only, it never sees the lake.
+        con = _parser.con = duckdb.connect(":memory:")
+    try:
+        return con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InvalidSQL(f"the statement does not parse: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def analyze(sql: str) -> Statement:
+    """Analyse one SQL string; raise :class:`InvalidSQL` unless it holds exactly one statement."""
+    if not isinstance(sql, str):
+        raise InvalidSQL("the statement must be a text string")
+    if len(sql) > MAX_SQL_CHARS:
+        raise InvalidSQL(
+            f"the statement is {len(sql)} characters long; the limit is {MAX_SQL_CHARS}"
+        )
+    return _analyze(sql)
+
+
+@lru_cache(maxsize=4096)
+def _analyze(sql: str) -> Statement:
+    if "\x00" in sql:
+        raise InvalidSQL("the statement contains a NUL character")
+    statements = _split(sql)
+    if not statements:
+        raise InvalidSQL("the SQL text is empty: send exactly one statement")
+    if len(statements) > 1:
+        raise InvalidSQL(
+            f"the SQL text holds {len(statements)} statements; send exactly one per call "
+            "(use an atomic batch for several)"
+        )
+    stmt_type = statements[0].type.name
+    kind = _KINDS.get(stmt_type, "other")
+    tree = _parse(sql)
+    if tree is None:
+        read: tuple[str, ...] = ()
+        written: tuple[str, ...] = ()
+        functions: tuple[str, ...] = ()
+        qualifiers: tuple[str, ...] = ()
+        operation = stmt_type.replace("_INTO", "")
+    else:
+        read, written, functions = _tables(tree)
+        qualifiers = tuple(
+            dict.fromkeys(
+                part.lower()
+                for t in tree.find_all(exp.Table)
+                for part in (t.catalog, t.db)
+                if part
+            )
+        )
+        operation = _operation(tree, stmt_type)
+    if kind == "read" and stmt_type == "SELECT" and written:
+        kind = "write"  # e.g. a CTE wrapping a DML statement
+    named = written if written else read
+    summary = " ".join((operation, *named)) if named else operation
+    return Statement(
+        text=sql,
+        statement_type=stmt_type,
+        kind=kind,
+        operation=operation,
+        tables_read=read,
+        tables_written=written,
+        functions=functions,
+        qualifiers=qualifiers,
+        summary=summary,
+        query_text=sanitize(sql),
+        parsed=tree is not None,
+    )
+
+
+def _parse(sql: str) -> exp.Expression | None:
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.SqlglotError:
+        return None
+    if isinstance(tree, exp.Command):  # sqlglot's "I did not understand this" node
+        return None
+    return tree
+
+
+def _operation(tree: exp.Expression, stmt_type: str) -> str:
+    if isinstance(tree, (exp.Create, exp.Drop)):
+        verb = "CREATE" if isinstance(tree, exp.Create) else "DROP"
+        return f"{verb} {str(tree.args.get('kind') or '').upper()}".strip()
+    if isinstance(tree, exp.Alter):
+        return f"ALTER {str(tree.args.get('kind') or 'TABLE').upper()}"
+    if isinstance(tree, exp.Merge):
+        return "MERGE"
+    return stmt_type.replace("_INTO", "")
+
+
+def _table_name(table: exp.Table) -> str:
+    return display_name(table.db or None, table.name)
+
+
+def _targets(node: exp.Expression) -> list[exp.Table]:
+    if isinstance(node, exp.Drop):
+        found = node.args.get("tables") or [node.this]
+    else:
+        found = [node.this]
+    # INSERT INTO t (a, b) and CREATE TABLE t (a INT) wrap the table in a Schema node
+    found = [t.this if isinstance(t, exp.Schema) else t for t in found]
+    return [t for t in found if isinstance(t, exp.Table) and t.name]
+
+
+def _tables(tree: exp.Expression) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    targets = [t for node in tree.walk() if _is_write(node) for t in _targets(node)]
+    target_ids = {id(t) for t in targets}
+    written = [_table_name(t) for t in targets]
+    read: list[str] = []
+    functions: list[str] = []
+    for table in tree.find_all(exp.Table):
+        if id(table) in target_ids:
+            continue
+        if not isinstance(table.this, exp.Identifier):
+            func = table.this
+            name = func.name if isinstance(func, exp.Anonymous) else func.sql_name()
+            functions.append(str(name).lower())
+            continue
+        if not table.db and table.name.lower() in ctes:
+            continue
+        read.append(_table_name(table))
+    return (
+        tuple(dict.fromkeys(read)),
+        tuple(dict.fromkeys(written)),
+        tuple(dict.fromkeys(functions)),
+    )
+
+
+def _is_write(node: exp.Expression) -> bool:
+    # DDL targets (views, macros, schemas) count as written: creating a view is changing the lake.
+    return isinstance(
+        node, (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Alter, exp.Drop, exp.Create)
+    )

@@ -1,0 +1,38 @@
+"""Query text for telemetry: literals replaced by ``?`` so values never reach a trace backend."""
+
+from __future__ import annotations
+
+from sqlglot.dialects.duckdb import DuckDB
+from sqlglot.tokens import TokenType
+
+from lakewarden.errors import InvalidSQL
+
+_LITERALS = {
+    TokenType.STRING,
+    TokenType.NUMBER,
+    TokenType.NATIONAL_STRING,
+    TokenType.BIT_STRING,
+    TokenType.HEX_STRING,
+    TokenType.BYTE_STRING,
+    TokenType.RAW_STRING,
+    TokenType.HEREDOC_STRING,
+}
+
+_TOKENIZER = DuckDB().tokenizer()
+
+
+def sanitize(sql: str) -> str:
+    """Return ``sql`` with every literal replaced by ``?``, keeping the rest as written."""
+    try:
+        tokens = _TOKENIZER.tokenize(sql)
+    except Exception as exc:  # sqlglot raises its own TokenError; any failure means bad input
+        raise InvalidSQL(f"could not tokenize the statement: {exc}") from exc
+    out: list[str] = []
+    pos = 0
+    for tok in tokens:
+        if tok.token_type in _LITERALS:
+            out.append(sql[pos : tok.start])
+            out.append("?")
+            pos = tok.end + 1
+    out.append(sql[pos:])
+    return "".join(out).strip().rstrip(";").strip()

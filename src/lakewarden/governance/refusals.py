@@ -1,0 +1,72 @@
+"""Statement classes refused for every agent, whatever its policy says.
+
+The engine connection is hardened too (see :mod:`lakewarden.store.engine`); this is the first
+line: DuckLake needs file access inside the lake folder, where COPY, glob() and read_parquet()
+would otherwise still work.
+"""
+
+from __future__ import annotations
+
+from lakewarden.analysis.statement import Statement
+from lakewarden.errors import Violation
+
+REFUSED_TYPES = {
+    "ATTACH": "attaching databases",
+    "DETACH": "detaching databases",
+    "COPY": "COPY (reads or writes files)",
+    "COPY_DATABASE": "COPY FROM DATABASE",
+    "EXPORT": "EXPORT/IMPORT DATABASE",
+    "LOAD": "LOAD of extensions",
+    "EXTENSION": "INSTALL of extensions",
+    "UPDATE_EXTENSIONS": "UPDATE EXTENSIONS",
+    "SET": "SET/RESET of settings",
+    "VARIABLE_SET": "SET VARIABLE",
+    "PRAGMA": "PRAGMA",
+    "TRANSACTION": "transaction control (lakewarden owns transactions: use an atomic batch)",
+    "CALL": "CALL of procedures",
+    "PREPARE": "PREPARE",
+    "EXECUTE": "EXECUTE",
+    "VACUUM": "VACUUM",
+    "ANALYZE": "ANALYZE",
+    "LOGICAL_PLAN": "logical plans",
+    "MULTI": "multi-statements",
+    "RELATION": "relations",
+    "INVALID": "unknown statements",
+}
+
+# Table functions that only generate values; every other one may read files, URLs or catalogs.
+ALLOWED_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
+
+
+def refusals(stmt: Statement, lake_database: str) -> list[Violation]:
+    """Why ``stmt`` is refused for any agent (empty list: not refused by the defaults)."""
+    out: list[Violation] = []
+    what = REFUSED_TYPES.get(stmt.statement_type)
+    if what:
+        out.append(Violation("statement_class", f"{what} is not allowed for agents"))
+    for func in stmt.functions:
+        if func not in ALLOWED_TABLE_FUNCTIONS:
+            out.append(
+                Violation("table_function", f"table function {func}() is not allowed for agents")
+            )
+    foreign = [q for q in stmt.qualifiers if _foreign(q, lake_database)]
+    for name in foreign:
+        out.append(
+            Violation("foreign_catalog", f"{name} is not part of the lake; only its tables count")
+        )
+    for table in stmt.tables:
+        if "/" in table or "\\" in table or table.rsplit(".", 1)[-1] in _FILE_SUFFIXES:
+            out.append(Violation("file_access", f"{table!r} names a file, not a table"))
+    if stmt.kind != "read" and not stmt.parsed:
+        out.append(
+            Violation("unanalysable", "the statement could not be analysed, so writes are refused")
+        )
+    return out
+
+
+_FILE_SUFFIXES = {"csv", "tsv", "parquet", "json", "ndjson", "jsonl", "txt", "gz", "zst", "db"}
+_INTERNAL = ("lw_state", "__ducklake_metadata_", "system", "temp", "memory")
+
+
+def _foreign(qualifier: str, lake_database: str) -> bool:
+    return qualifier != lake_database.lower() and qualifier.startswith(_INTERNAL)

@@ -1,0 +1,1 @@
+"""Data-quality signals computed with Polars: freshness, volume, schema, nulls, anomalies."""

@@ -1,0 +1,1 @@
+"""The only stage that talks to DuckDB: the engine connection, the lake, snapshots and state."""

@@ -1,0 +1,180 @@
+"""Read-only questions to the engine: tables, schemas, profiles, snapshots and change feeds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from lakewarden.analysis.names import display_name, split_name
+from lakewarden.store.engine import LAKE_ALIAS
+
+_INTERNAL_SCHEMAS = ("information_schema", "pg_catalog")
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_ref(name: str) -> str:
+    schema, table = split_name(name)
+    return f"{ident(schema)}.{ident(table)}"
+
+
+def schemas(cur: duckdb.DuckDBPyConnection, database: str) -> dict[str, dict[str, str]]:
+    """Every base table of ``database``: display name -> {column: type}, in column order."""
+    rows = cur.execute(
+        "SELECT c.schema_name, c.table_name, c.column_name, c.data_type "
+        "FROM duckdb_columns() c JOIN duckdb_tables() t "
+        "  ON t.database_name = c.database_name AND t.schema_name = c.schema_name "
+        "  AND t.table_name = c.table_name "
+        "WHERE c.database_name = ? AND NOT list_contains(?, c.schema_name) "
+        "ORDER BY c.schema_name, c.table_name, c.column_index",
+        [database, list(_INTERNAL_SCHEMAS)],
+    ).fetchall()
+    out: dict[str, dict[str, str]] = {}
+    for schema, table, column, dtype in rows:
+        out.setdefault(display_name(schema, table), {})[column] = dtype
+    return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    rows: int
+    null_counts: dict[str, int]
+    max_event_time: Any
+
+
+def profile(
+    cur: duckdb.DuckDBPyConnection, table: str, columns: list[str], event_time: str | None
+) -> Profile:
+    """Row count, null count of every column and max event time in ONE aggregate query.
+
+    The scan stays inside DuckDB (columnar, parallel); nothing but one row reaches Python.
+    """
+    exprs = ["count(*)"] + [f"count(*) - count({ident(c)})" for c in columns]
+    if event_time and event_time in columns:
+        exprs.append(f"max({ident(event_time)})")
+    row = cur.execute(f"SELECT {', '.join(exprs)} FROM {table_ref(table)}").fetchone()
+    assert row is not None
+    nulls = {c: int(row[i + 1]) for i, c in enumerate(columns)}
+    max_event = row[len(columns) + 1] if len(row) > len(columns) + 1 else None
+    return Profile(rows=int(row[0]), null_counts=nulls, max_event_time=max_event)
+
+
+def current_snapshot(cur: duckdb.DuckDBPyConnection) -> int:
+    row = cur.execute(f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()").fetchone()
+    return int(row[0]) if row else 0
+
+
+def last_committed_snapshot(cur: duckdb.DuckDBPyConnection) -> int | None:
+    """The snapshot this cursor's last commit made (not another writer's)."""
+    row = cur.execute(f"FROM ducklake_last_committed_snapshot('{LAKE_ALIAS}')").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def changes(cur: duckdb.DuckDBPyConnection, table: str, first: int, last: int) -> pl.DataFrame:
+    """DuckLake's change feed of ``table`` for snapshots ``first..last``: the delta only."""
+    schema, name = split_name(table)
+    return cur.execute(
+        "FROM ducklake_table_changes(?, ?, ?, ?, ?)", [LAKE_ALIAS, schema, name, first, last]
+    ).pl()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: int
+    time: datetime
+    agent: str | None
+    message: str | None
+    trace_id: str | None
+    span_id: str | None
+    changes: dict[str, list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "time": self.time.isoformat(),
+            "agent": self.agent,
+            "message": self.message,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "changes": self.changes,
+        }
+
+
+def snapshots(
+    cur: duckdb.DuckDBPyConnection, *, since: int | None = None, limit: int | None = None
+) -> list[Snapshot]:
+    """Snapshots newest first (or, with ``since``, those after it, oldest first)."""
+    sql = (
+        "SELECT snapshot_id, snapshot_time, author, commit_message, commit_extra_info, changes "
+        f"FROM {LAKE_ALIAS}.snapshots()"
+    )
+    params: list[Any] = []
+    if since is not None:
+        sql += " WHERE snapshot_id > ? ORDER BY snapshot_id"
+        params.append(since)
+    else:
+        sql += " ORDER BY snapshot_id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    out = []
+    for sid, when, author, message, extra, change_map in cur.execute(sql, params).fetchall():
+        info = _extra(extra)
+        out.append(
+            Snapshot(
+                snapshot_id=int(sid),
+                time=when,
+                agent=author,
+                message=message,
+                trace_id=info.get("trace_id"),
+                span_id=info.get("span_id"),
+                changes={k: list(v) for k, v in (change_map or {}).items()},
+            )
+        )
+    return out
+
+
+def table_ids(cur: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Every table id the lake ever had (as the snapshots' change map spells it) -> name."""
+    meta = f"__ducklake_metadata_{LAKE_ALIAS}"
+    rows = cur.execute(
+        f"SELECT t.table_id, s.schema_name, t.table_name FROM {meta}.ducklake_table t "
+        f"JOIN {meta}.ducklake_schema s USING (schema_id)"
+    ).fetchall()
+    return {str(tid): display_name(schema, name) for tid, schema, name in rows}
+
+
+def _extra(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def snapshot_time(cur: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime | None:
+    row = cur.execute(
+        f"SELECT snapshot_time FROM __ducklake_metadata_{LAKE_ALIAS}.ducklake_snapshot "
+        "WHERE snapshot_id = ?",
+        [snapshot_id],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def estimated_rows(cur: duckdb.DuckDBPyConnection, database: str) -> dict[str, int]:
+    """Row counts from table metadata, without a scan (plain DuckDB files)."""
+    rows = cur.execute(
+        "SELECT schema_name, table_name, estimated_size FROM duckdb_tables() "
+        "WHERE database_name = ?",
+        [database],
+    ).fetchall()
+    return {display_name(s, t): int(n or 0) for s, t, n in rows}

@@ -1,0 +1,130 @@
+"""The hardened DuckDB connection behind a lake.
+
+Order matters (measured with duckdb 1.5.5): extensions are LOADed and the lake ATTACHed first,
+then the lake's own folder is the only allowed directory, then external access goes off, then
+the configuration is locked so no statement can undo any of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from lakewarden.errors import ConfigurationError
+from lakewarden.settings import Settings
+from lakewarden.store import extensions
+
+log = logging.getLogger(__name__)
+
+LAKE_ALIAS = "lake"
+STATE_ALIAS = "lw_state"
+_CATALOG_FILES = {"duckdb": "meta.ducklake", "sqlite": "meta.sqlite"}
+_DUCKDB_SUFFIXES = (".duckdb", ".db", ".ddb")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a lake lives: a DuckLake folder (``is_lake``) or a plain DuckDB file."""
+
+    path: Path
+    is_lake: bool
+    catalog: str  # duckdb | sqlite for a lake; "file" for a plain DuckDB file
+
+    @property
+    def state_path(self) -> Path:
+        if self.is_lake:
+            return self.path / "lakewarden-state.duckdb"
+        return self.path.with_name(self.path.stem + ".lakewarden-state.duckdb")
+
+    @property
+    def namespace(self) -> str:
+        """``db.namespace`` of the spans."""
+        return self.path.name
+
+
+def locate(target: str | Path, settings: Settings) -> Location:
+    path = Path(target).expanduser().resolve()
+    if path.suffix.lower() in _DUCKDB_SUFFIXES or path.is_file():
+        return Location(path, is_lake=False, catalog="file")
+    for catalog, name in _CATALOG_FILES.items():
+        if (path / name).exists():
+            return Location(path, is_lake=True, catalog=catalog)
+    return Location(path, is_lake=True, catalog=settings.catalog)
+
+
+class Engine:
+    """One DuckDB database with the lake attached; hands out cursors bound to the lake."""
+
+    def __init__(self, location: Location, settings: Settings) -> None:
+        self.location = location
+        self.settings = settings
+        self.write_lock = threading.RLock()
+        self.database = LAKE_ALIAS if location.is_lake else _file_alias(location.path)
+        try:
+            self._con = self._connect()
+        except duckdb.Error as exc:
+            raise ConfigurationError(f"cannot open the lake at {location.path}: {exc}") from exc
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        loc = self.location
+        config = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+        if loc.is_lake:
+            (loc.path / "data").mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(":memory:", config=config)
+            extensions.load(con, "ducklake")
+            meta = loc.path / _CATALOG_FILES[loc.catalog]
+            if loc.catalog == "sqlite":
+                extensions.load(con, "sqlite")
+                source = f"ducklake:sqlite:{meta}"
+            else:
+                source = f"ducklake:{meta}"
+            con.execute(
+                f"ATTACH {_quote(source)} AS {LAKE_ALIAS} "
+                f"(DATA_PATH {_quote(str(loc.path / 'data') + '/')})"
+            )
+            con.execute(f"USE {LAKE_ALIAS}")
+            allowed = [str(loc.path) + "/"]
+        else:
+            loc.path.parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(str(loc.path), config=config)
+            allowed = []
+        self._attach_state(con)
+        tmp = (loc.path if loc.is_lake else loc.path.parent) / ".lakewarden-tmp"
+        con.execute(f"SET temp_directory = {_quote(str(tmp))}")
+        con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in allowed)}]")
+        con.execute("SET enable_external_access = false")
+        con.execute(f"SET memory_limit = {_quote(self.settings.memory_limit)}")
+        con.execute(f"SET threads = {int(self.settings.threads)}")
+        con.execute("SET lock_configuration = true")
+        return con
+
+    def _attach_state(self, con: duckdb.DuckDBPyConnection) -> None:
+        path = self.location.state_path
+        try:
+            con.execute(f"ATTACH {_quote(str(path))} AS {STATE_ALIAS}")
+        except duckdb.IOException as exc:
+            # Another lakewarden process holds the state file (a shared catalog): keep going with
+            # state in memory; it is re-based from the lake itself.
+            log.warning("state file %s is in use (%s); keeping state in memory", path, exc)
+            con.execute(f"ATTACH ':memory:' AS {STATE_ALIAS}")
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor (its own DuckDB connection) whose default database is the lake."""
+        cur = self._con.cursor()
+        cur.execute(f"USE {self.database}")
+        return cur
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _file_alias(path: Path) -> str:
+    return path.stem
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

@@ -1,0 +1,118 @@
+"""The metric instruments of DESIGN.md, defined once.
+
+Table-level gauges are observable: their callbacks read the current table states at collection
+time, so a dropped table disappears and a restarted sidecar reports the persisted values at once.
+Schema changes are an observable counter over the persisted per-table counts for the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from lakewarden import __version__
+from lakewarden.signals.table_state import TableState
+
+TableSource = Callable[[], Iterable[TableState]]
+
+
+class Instruments:
+    def __init__(self, meter: Meter, tables: TableSource) -> None:
+        self._tables = tables
+        self.duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of governed database operations, analysis to commit.",
+        )
+        self.statements = meter.create_counter(
+            "lakewarden.statements",
+            unit="{statement}",
+            description="Statements seen, by agent, operation and governance decision.",
+        )
+        self.rows_written = meter.create_counter(
+            "lakewarden.rows.written",
+            unit="{row}",
+            description="Rows inserted, updated or deleted by committed writes.",
+        )
+        self.gate_blocks = meter.create_counter(
+            "lakewarden.quality_gate.blocks",
+            unit="{statement}",
+            description="Writes rolled back by the quality gate, by violated check.",
+        )
+        self.signal_duration = meter.create_histogram(
+            "lakewarden.signal.duration",
+            unit="s",
+            description="Time spent computing data-quality signals, by signal.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.table.rows", [self._rows], unit="{row}",
+            description="Rows in the table.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.table.columns", [self._columns], unit="{column}",
+            description="Columns in the table.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.table.last_modified.timestamp", [self._last_modified], unit="s",
+            description="Commit time of the last write to the table, labelled by its writer.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.table.last_event.timestamp", [self._last_event], unit="s",
+            description="Max of the table's declared event-time column.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.column.null_ratio", [self._null_ratio], unit="1",
+            description="Fraction of the column's values that are NULL.",
+        )
+        meter.create_observable_counter(
+            "lakewarden.schema.changes", [self._schema_changes], unit="{change}",
+            description="Schema changes seen on the table, by kind.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.build_info", [self._build_info], unit="1",
+            description="Always 1; labelled with the lakewarden version.",
+        )
+
+    def _each(self) -> Iterable[TableState]:
+        return list(self._tables())
+
+    def _rows(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(t.rows, {"db.collection.name": t.name}) for t in self._each()]
+
+    def _columns(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(len(t.columns), {"db.collection.name": t.name}) for t in self._each()]
+
+    def _last_modified(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                t.last_modified,
+                {"db.collection.name": t.name, "gen_ai.agent.name": t.last_writer or "unknown"},
+            )
+            for t in self._each()
+            if t.last_modified is not None
+        ]
+
+    def _last_event(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(t.last_event_time, {"db.collection.name": t.name})
+            for t in self._each()
+            if t.last_event_time is not None
+        ]
+
+    def _null_ratio(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(ratio, {"db.collection.name": t.name, "lakewarden.column.name": column})
+            for t in self._each()
+            for column, ratio in t.null_ratios().items()
+        ]
+
+    def _schema_changes(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(count, {"db.collection.name": t.name, "lakewarden.change": change})
+            for t in self._each()
+            for change, count in t.schema_changes.items()
+        ]
+
+    def _build_info(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(1, {"version": __version__})]

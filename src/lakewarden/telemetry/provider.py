@@ -1,0 +1,157 @@
+"""Tracer and meter providers, configured by the standard ``OTEL_*`` environment variables.
+
+- ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``: the resource (default service ``lakewarden``).
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the ``_TRACES_``/``_METRICS_`` variants): turns OTLP push on;
+  ``OTEL_EXPORTER_OTLP_PROTOCOL`` picks ``grpc`` (default) or ``http/protobuf``.
+- ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_BSP_SCHEDULE_DELAY``: read by the SDK itself.
+- ``OTEL_SDK_DISABLED=true``: no spans and no OTLP push. The Prometheus ``/metrics`` text is
+  lakewarden's own interface and stays.
+
+Metrics are one set of OTel instruments read by two readers: the Prometheus reader (pull) and,
+when an endpoint is set, a periodic OTLP reader (push).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from prometheus_client import CollectorRegistry, generate_latest
+
+from lakewarden import __version__
+from lakewarden.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+SCOPE = "lakewarden"
+# Semantic-conventions buckets for db.client.operation.duration (seconds).
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
+# Signal computation is usually sub-millisecond; the default OTel buckets start at 5 (seconds).
+SIGNAL_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
+PROTOCOLS = ("grpc", "http/protobuf")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() == "true"
+
+
+def _protocol(env: Mapping[str, str], signal: str) -> str:
+    raw = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+    )
+    value = raw.strip().lower()
+    if value not in PROTOCOLS:
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={raw!r} is not supported: use grpc or http/protobuf"
+        )
+    return value
+
+
+def _endpoint_set(env: Mapping[str, str], signal: str) -> bool:
+    return bool(
+        env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def _otlp_span_exporter(protocol: str) -> SpanExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+            OTLPSpanExporter,
+        )
+    return OTLPSpanExporter()
+
+
+def _otlp_metric_reader(protocol: str) -> MetricReader:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+            OTLPMetricExporter,
+        )
+    return PeriodicExportingMetricReader(OTLPMetricExporter())
+
+
+class Telemetry:
+    """Owns the providers of one warden; nothing here is global, so two lakes never mix."""
+
+    def __init__(
+        self,
+        *,
+        span_exporters: Sequence[SpanExporter] = (),
+        metric_readers: Sequence[MetricReader] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if env is None else env
+        self.disabled = _flag(env, "OTEL_SDK_DISABLED")
+        attrs = {"service.version": __version__}
+        if not env.get("OTEL_SERVICE_NAME"):
+            attrs["service.name"] = "lakewarden"
+        self.resource = Resource.create(attrs)
+        processors: list[SpanProcessor] = [SimpleSpanProcessor(e) for e in span_exporters]
+        readers: list[MetricReader] = list(metric_readers)
+        if not self.disabled:
+            if _endpoint_set(env, "TRACES"):
+                processors.append(BatchSpanProcessor(_otlp_span_exporter(_protocol(env, "TRACES"))))
+            if _endpoint_set(env, "METRICS"):
+                readers.append(_otlp_metric_reader(_protocol(env, "METRICS")))
+        self.registry = CollectorRegistry()
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers.append(PrometheusMetricReader(registry=self.registry))
+        self.tracer_provider = TracerProvider(resource=self.resource)
+        for processor in processors:
+            self.tracer_provider.add_span_processor(processor)
+        self.meter_provider = MeterProvider(
+            resource=self.resource,
+            metric_readers=readers,
+            views=[
+                View(
+                    instrument_name="db.client.operation.duration",
+                    aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS),
+                ),
+                View(
+                    instrument_name="lakewarden.signal.duration",
+                    aggregation=ExplicitBucketHistogramAggregation(SIGNAL_BUCKETS),
+                ),
+            ],
+        )
+        self.tracer: trace.Tracer = (
+            trace.NoOpTracer()
+            if self.disabled
+            else self.tracer_provider.get_tracer(SCOPE, __version__)
+        )
+        self.meter = self.meter_provider.get_meter(SCOPE, __version__)
+
+    def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of every instrument (what ``/metrics`` serves)."""
+        return generate_latest(self.registry)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        millis = int(timeout_s * 1000)
+        for flush in (self.tracer_provider.force_flush, self.meter_provider.force_flush):
+            try:
+                flush(millis)
+            except Exception:  # telemetry must never break the caller
+                log.exception("telemetry flush failed")
+
+    def shutdown(self) -> None:
+        self.flush()
+        for stop in (self.tracer_provider.shutdown, self.meter_provider.shutdown):
+            try:
+                stop()
+            except Exception:
+                log.exception("telemetry shutdown failed")

@@ -1,0 +1,272 @@
+"""Keeps every table's signals current: after each governed write, and for any other commit.
+
+Writes through a session are applied from the change feed of their own snapshot. Commits made
+elsewhere (another process, a restart gap) are replayed snapshot by snapshot the same way, each
+attributed to its author. DDL and missing or stale state re-base a table with one aggregate query.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lakewarden.analysis.names import normalize
+from lakewarden.signals import delta as deltas
+from lakewarden.signals.schema import SchemaChange, diff
+from lakewarden.signals.table_state import ColumnState, TableState
+from lakewarden.store import catalog
+from lakewarden.store.engine import Engine
+from lakewarden.store.state import StateStore
+
+log = logging.getLogger(__name__)
+
+# Change-map keys of a DuckLake snapshot that change a table's shape: the table is re-profiled.
+_SHAPE_KEYS = ("tables_created", "tables_altered", "tables_dropped")
+# Replaying more snapshots than this after a restart costs more than re-profiling every table.
+MAX_REPLAY = 500
+
+
+@dataclass(frozen=True)
+class TableUpdate:
+    """The signals of one table after one write: what changed and where the table now stands."""
+
+    state: TableState
+    delta: deltas.Delta = field(default_factory=deltas.Delta)
+    schema_changes: tuple[SchemaChange, ...] = ()
+    dropped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.state.summary()
+        out.update(
+            rows_inserted=self.delta.inserted,
+            rows_deleted=self.delta.deleted,
+            rows_updated=self.delta.updated,
+            schema_diff=[c.__dict__ for c in self.schema_changes],
+            dropped=self.dropped,
+        )
+        return out
+
+
+class Tracker:
+    def __init__(
+        self,
+        engine: Engine,
+        event_time: Callable[[str], str | None],
+        timer: Callable[[str, float], None] = lambda signal, seconds: None,
+    ) -> None:
+        self._engine = engine
+        self._event_time = event_time
+        self._timer = timer
+        self._lock = threading.RLock()
+        self._cur = engine.cursor()
+        self._store = StateStore(self._cur)
+        self.states, self.snapshot_id = self._store.load()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def tables(self) -> list[TableState]:
+        with self._lock:
+            return list(self.states.values())
+
+    def get(self, name: str) -> TableState | None:
+        with self._lock:
+            return self.states.get(name)
+
+    # -- bringing state up to date ---------------------------------------------------------
+
+    def sync(self) -> dict[str, TableUpdate]:
+        """Catch up with everything committed since the state was last true."""
+        with self._lock:
+            if not self._engine.location.is_lake:
+                return self._sync_file()
+            current = catalog.current_snapshot(self._cur)
+            if self.snapshot_id is None or current - self.snapshot_id > MAX_REPLAY:
+                return self._rebase_all(current)
+            updates: dict[str, TableUpdate] = {}
+            for snap in catalog.snapshots(self._cur, since=self.snapshot_id):
+                updates.update(self._apply_snapshot(snap))
+            updates.update(self._rebase_stale())
+            return updates
+
+    def record(self, snapshot_id: int | None, tables: tuple[str, ...], writer: str,
+               shape_changed: bool) -> dict[str, TableUpdate]:
+        """Signals of a write this process just committed as ``snapshot_id``."""
+        with self._lock:
+            if not self._engine.location.is_lake:
+                return self._reprofile(tables, writer, time.time(), None)
+            if snapshot_id is None:  # the write changed nothing, so DuckLake made no snapshot
+                return {}
+            if self.snapshot_id is not None and snapshot_id == self.snapshot_id + 1:
+                when = catalog.snapshot_time(self._cur, snapshot_id)
+                stamp = when.timestamp() if when else time.time()
+                if shape_changed:
+                    return self._reprofile(tables, writer, stamp, snapshot_id)
+                updates = {t: self._apply_delta(t, snapshot_id, snapshot_id, writer, stamp)
+                           for t in tables if t in self.states}
+                self._save(updates, snapshot_id)
+                return updates
+            # Someone else committed in between: replay everything in order, ours included.
+            return {k: v for k, v in self.sync().items() if k in tables}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _apply_snapshot(self, snap: catalog.Snapshot) -> dict[str, TableUpdate]:
+        ids = catalog.table_ids(self._cur)
+        touched: set[str] = set()
+        reshaped: set[str] = set()
+        for key, values in snap.changes.items():
+            if not key.startswith(("tables_", "inlined_")):
+                continue
+            names = [v if key == "tables_created" else ids.get(v, "") for v in values]
+            names = [normalize(n) for n in names if n]
+            touched.update(names)
+            if key in _SHAPE_KEYS:
+                reshaped.update(names)
+        writer = snap.agent or "unknown"
+        stamp = snap.time.timestamp()
+        updates: dict[str, TableUpdate] = {}
+        updates.update(self._reprofile(tuple(reshaped), writer, stamp, snap.snapshot_id,
+                                        save=False))
+        for name in touched - reshaped:
+            if name in self.states:
+                updates[name] = self._apply_delta(name, snap.snapshot_id, snap.snapshot_id,
+                                                  writer, stamp)
+            else:
+                updates.update(self._reprofile((name,), writer, stamp, snap.snapshot_id,
+                                               save=False))
+        self._save(updates, snap.snapshot_id)
+        return updates
+
+    def _apply_delta(self, name: str, first: int, last: int, writer: str,
+                     stamp: float) -> TableUpdate:
+        started = time.perf_counter()
+        state = self.states[name]
+        frame = catalog.changes(self._cur, name, first, last)
+        delta = deltas.from_changes(frame, state.event_time_column)
+        new = deltas.apply(state, delta, when=stamp, writer=writer, snapshot_id=last)
+        self.states[name] = new
+        self._timer("delta", time.perf_counter() - started)
+        return TableUpdate(new, delta)
+
+    def _reprofile(self, tables: tuple[str, ...], writer: str | None, stamp: float,
+                   snapshot_id: int | None, *, save: bool = True) -> dict[str, TableUpdate]:
+        """Re-base ``tables`` from the catalog and one aggregate query each."""
+        if not tables:
+            return {}
+        started = time.perf_counter()
+        schemas = catalog.schemas(self._cur, self._engine.database)
+        updates: dict[str, TableUpdate] = {}
+        for name in tables:
+            old = self.states.get(name)
+            if name not in schemas:
+                if old is not None:
+                    del self.states[name]
+                    updates[name] = TableUpdate(old, dropped=True)
+                continue
+            new = self._profile(name, schemas[name], old, snapshot_id)
+            changes = tuple(diff(old.schema, new.schema)) if old else ()
+            counts = dict(new.schema_changes)
+            for change in changes:
+                counts[change.change] = counts.get(change.change, 0) + 1
+            before = old.rows if old else 0
+            delta = deltas.Delta(inserted=max(0, new.rows - before),
+                                 deleted=max(0, before - new.rows))
+            new = new.with_changes(
+                schema_changes=counts,
+                last_modified=stamp,
+                last_writer=writer or (old.last_writer if old else None),
+            )
+            self.states[name] = new
+            updates[name] = TableUpdate(new, delta, changes)
+        self._timer("profile", time.perf_counter() - started)
+        if save:
+            self._save(updates, snapshot_id)
+        return updates
+
+    def _profile(self, name: str, schema: dict[str, str], old: TableState | None,
+                 snapshot_id: int | None) -> TableState:
+        event_time = self._event_time(name)
+        prof = catalog.profile(self._cur, name, list(schema), event_time)
+        base = old or TableState(name=name)
+        return base.with_changes(
+            rows=prof.rows,
+            columns=tuple(ColumnState(c, t, prof.null_counts[c]) for c, t in schema.items()),
+            event_time_column=event_time if event_time in schema else None,
+            last_event_time=deltas.to_epoch(prof.max_event_time),
+            snapshot_id=snapshot_id,
+            profiled_at=time.time(),
+        )
+
+    def _rebase_all(self, current: int | None) -> dict[str, TableUpdate]:
+        schemas = catalog.schemas(self._cur, self._engine.database)
+        names = tuple(set(schemas) | set(self.states))
+        updates = self._reprofile(names, None, time.time(), current, save=False)
+        for name, update in list(updates.items()):
+            # A re-base is not a write: keep the last known writer and time when there is one.
+            if not update.dropped:
+                old = update.state
+                last = _last_write(self._cur, name) if self._engine.location.is_lake else None
+                if last is not None:
+                    old = old.with_changes(last_modified=last[0], last_writer=last[1])
+                self.states[name] = old
+                updates[name] = TableUpdate(old, update.delta, update.schema_changes)
+        self._save(updates, current)
+        return updates
+
+    def _rebase_stale(self) -> dict[str, TableUpdate]:
+        max_age = self._engine.settings.profile_max_age_s
+        now = time.time()
+        stale = [s for s in self.states.values()
+                 if s.profiled_at is None or now - s.profiled_at > max_age
+                 or s.event_time_column != self._event_time(s.name)]
+        if not stale:
+            return {}
+        updates = {}
+        for state in stale:
+            schema = state.schema
+            new = self._profile(state.name, schema, state, self.snapshot_id)
+            self.states[state.name] = new
+            updates[state.name] = TableUpdate(new)
+        self._save(updates, self.snapshot_id)
+        return updates
+
+    def _sync_file(self) -> dict[str, TableUpdate]:
+        """Plain DuckDB file: no change feed, so compare cheap metadata and re-profile changes."""
+        schemas = catalog.schemas(self._cur, self._engine.database)
+        sizes = catalog.estimated_rows(self._cur, self._engine.database)
+        changed = tuple(
+            name for name in set(schemas) | set(self.states)
+            if name not in self.states or name not in schemas
+            or self.states[name].schema != schemas[name]
+            or self.states[name].rows != sizes.get(name)
+        )
+        return self._reprofile(changed, None, time.time(), None)
+
+    def _save(self, updates: dict[str, TableUpdate], snapshot_id: int | None) -> None:
+        if snapshot_id is not None:
+            self.snapshot_id = snapshot_id
+        try:
+            self._store.save(
+                [u.state for u in updates.values() if not u.dropped],
+                [n for n, u in updates.items() if u.dropped],
+                self.snapshot_id,
+            )
+        except Exception:
+            # The lake is the truth and the state only a cache: a failed save re-bases later.
+            log.exception("could not persist table state")
+
+
+def _last_write(cur: Any, name: str) -> tuple[float, str | None] | None:
+    """Time and author of the newest snapshot that changed ``name`` (for a re-base)."""
+    ids = {v: k for k, v in catalog.table_ids(cur).items()}
+    tid = ids.get(name)
+    for snap in catalog.snapshots(cur, limit=MAX_REPLAY):
+        for key, values in snap.changes.items():
+            created = key == "tables_created" and name in {normalize(v) for v in values}
+            if created or (tid is not None and tid in values):
+                return snap.time.timestamp(), snap.agent
+    return None

@@ -1,0 +1,212 @@
+"""The core object: one lake, its engine, its policy, its table signals and its telemetry."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from lakewarden.analysis import Statement
+from lakewarden.analysis.names import normalize
+from lakewarden.errors import NotFound, PolicyDenied, Violation
+from lakewarden.governance.policy import OPEN_POLICY, Policy, load_policy
+from lakewarden.governance.refusals import refusals
+from lakewarden.session import Session
+from lakewarden.settings import Settings
+from lakewarden.signals.table_state import TableState
+from lakewarden.store import catalog
+from lakewarden.store.engine import Engine, locate
+from lakewarden.telemetry import Telemetry
+from lakewarden.telemetry.instruments import Instruments
+from lakewarden.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+_ENFORCE = "enforce"
+
+
+class Warden:
+    """Governs every statement agents send to one lake. Create with :func:`lakewarden.open`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        policy: Policy | str | Path | None = None,
+        telemetry: Telemetry | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        if policy is None:
+            self.policy = OPEN_POLICY
+        elif isinstance(policy, Policy):
+            self.policy = policy
+        else:
+            self.policy = load_policy(policy)
+        self.telemetry = telemetry or Telemetry()
+        self.engine = Engine(locate(path, self.settings), self.settings)
+        self._lock = threading.Lock()
+        self.instruments = Instruments(self.telemetry.meter, self._table_states)
+        self.tracker = Tracker(self.engine, self._event_time, self._time_signal)
+        self.tracker.sync()
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def session(self, agent: str) -> Session:
+        """A session for ``agent``: its identity selects its policy."""
+        return Session(self, agent)
+
+    def sql(self, sql: str, params: Any = None, *, agent: str = "anonymous") -> Any:
+        """One statement in a short-lived session (convenience for scripts)."""
+        with self.session(agent) as s:
+            return s.sql(sql, params)
+
+    # -- governance ----------------------------------------------------------------------------
+
+    def govern(self, agent: str, stmt: Statement) -> list[Violation]:
+        """Raise :class:`PolicyDenied` when refused; return violations flagged but allowed."""
+        hard = refusals(stmt, self.engine.database)
+        if hard:
+            raise PolicyDenied(_message(agent, stmt, hard), hard)
+        violations = self._policy_violations(agent, stmt)
+        if not violations:
+            return []
+        if self.policy.effective_mode(agent) == _ENFORCE:
+            raise PolicyDenied(_message(agent, stmt, violations), violations)
+        return violations
+
+    def _policy_violations(self, agent: str, stmt: Statement) -> list[Violation]:
+        if self.policy.is_open:
+            return []
+        rules = self.policy.agent(agent)
+        if rules is None:
+            return [Violation("unknown_agent", f"agent {agent!r} is not in the policy")]
+        out = [
+            Violation("read", f"{agent} may not read {t}")
+            for t in stmt.tables_read if not rules.can_read(t)
+        ]
+        if stmt.kind == "ddl" and not rules.ddl:
+            out.append(Violation("ddl", f"{agent} may not run DDL ({stmt.operation})"))
+        elif stmt.kind != "read":
+            out += [
+                Violation("write", f"{agent} may not write {t}")
+                for t in stmt.tables_written if not rules.can_write(t)
+            ]
+        return out
+
+    def row_limit(self, agent: str, requested: int | None) -> int | None:
+        rules = self.policy.agent(agent)
+        cap = rules.max_rows if rules is not None else None
+        if requested is None:
+            return cap
+        return min(requested, cap) if cap is not None else requested
+
+    def timeout(self, agent: str) -> float | None:
+        rules = self.policy.agent(agent)
+        if rules is not None and rules.timeout_s is not None:
+            return rules.timeout_s
+        return self.settings.statement_timeout_s or None
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _event_time(self, table: str) -> str | None:
+        contract = self.policy.contract(table)
+        return contract.event_time if contract is not None else None
+
+    def _table_states(self) -> list[TableState]:
+        return self.tracker.tables()
+
+    def _time_signal(self, signal: str, seconds: float) -> None:
+        self.instruments.signal_duration.record(seconds, {"lakewarden.signal": signal})
+
+    def record_statement(self, *, agent: str, stmt: Statement | None, decision: str,
+                         seconds: float, error: str | None,
+                         updates: dict[str, dict[str, Any]]) -> None:
+        operation = stmt.operation if stmt else "UNKNOWN"
+        attrs: dict[str, Any] = {
+            "db.system.name": "duckdb",
+            "db.operation.name": operation,
+            "gen_ai.agent.name": agent,
+        }
+        target = stmt.target or (stmt.tables_read[0] if stmt and len(stmt.tables_read) == 1
+                                 else None) if stmt else None
+        if target:
+            attrs["db.collection.name"] = target
+        if error:
+            attrs["error.type"] = error
+        self.instruments.duration.record(seconds, attrs)
+        self.instruments.statements.add(1, {
+            "gen_ai.agent.name": agent, "db.operation.name": operation,
+            "lakewarden.decision": decision,
+        })
+        for table, sig in updates.items():
+            written = sig["rows_inserted"] + sig["rows_deleted"] + sig["rows_updated"]
+            if written:
+                self.instruments.rows_written.add(written, {
+                    "gen_ai.agent.name": agent, "db.collection.name": table,
+                    "db.operation.name": operation,
+                })
+
+    # -- reading the lake ------------------------------------------------------------------------
+
+    def tables(self) -> list[TableState]:
+        return sorted(self.tracker.tables(), key=lambda t: t.name)
+
+    def table(self, name: str) -> TableState:
+        state = self.tracker.get(normalize(name))
+        if state is None:
+            raise NotFound(f"table {name!r} does not exist in this lake; see `lakewarden tables`")
+        return state
+
+    def snapshots(self, table: str | None = None, limit: int = 50) -> list[catalog.Snapshot]:
+        """Snapshots newest first, optionally only those that changed ``table``."""
+        if not self.engine.location.is_lake:
+            return []
+        with self._lock:
+            cur = self.engine.cursor()
+            try:
+                if table is None:
+                    return catalog.snapshots(cur, limit=limit)
+                name = normalize(table)
+                ids = {k for k, v in catalog.table_ids(cur).items() if v == name}
+                out = []
+                for snap in catalog.snapshots(cur):
+                    if any((key == "tables_created" and name in map(normalize, values))
+                           or ids.intersection(values) for key, values in snap.changes.items()):
+                        out.append(snap)
+                        if len(out) >= limit:
+                            break
+                return out
+            finally:
+                cur.close()
+
+    def refresh(self) -> None:
+        """Pick up commits made outside this warden (other processes, other tools)."""
+        self.tracker.sync()
+
+    def close(self) -> None:
+        self.telemetry.shutdown()
+        self.engine.close()
+
+    def __enter__(self) -> Warden:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _message(agent: str, stmt: Statement, violations: list[Violation]) -> str:
+    reasons = "; ".join(v.detail for v in violations)
+    return f"{stmt.summary} refused for agent {agent!r}: {reasons}"
+
+
+def open(  # noqa: A001 - lakewarden.open mirrors the builtin on purpose
+    path: str | Path,
+    *,
+    policy: Policy | str | Path | None = None,
+    telemetry: Telemetry | None = None,
+    settings: Settings | None = None,
+) -> Warden:
+    """Open (or create) a DuckLake lake folder, or a plain DuckDB file ending in ``.duckdb``."""
+    return Warden(path, policy=policy, telemetry=telemetry, settings=settings)
