@@ -156,7 +156,7 @@ class Warden:
     def table(self, name: str) -> TableState:
         state = self.tracker.get(normalize(name))
         if state is None:
-            raise NotFound(f"table {name!r} does not exist in this lake; see `lakewarden tables`")
+            raise NotFound(f"table {name!r} does not exist in this lake (names are schema.table, or table for schema main)")
         return state
 
     def snapshots(self, table: str | None = None, limit: int = 50) -> list[catalog.Snapshot]:

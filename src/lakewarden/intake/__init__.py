@@ -1,0 +1,1 @@
+"""Intakes: thin adapters (CLI, REST, MCP) over one core :class:`~lakewarden.warden.Warden`."""
