@@ -10,7 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lakewarden.signals.anomaly import AnomalyRule, AnomalyScore, score, score_series
+from lakewarden.signals.anomaly import (
+    AnomalyRule,
+    AnomalyScore,
+    Direction,
+    score,
+    score_series,
+)
 
 START = datetime(2025, 1, 6, tzinfo=UTC)  # a Monday, so weekdays line up with the pattern
 
@@ -37,10 +43,15 @@ def score_at(values: np.ndarray, i: int, rule: AnomalyRule, value: float) -> Ano
     return score(values[:i].tolist(), value, rule, at=times[i], history_times=times[:i])
 
 
-def false_positive_rate(values: np.ndarray, rule: AnomalyRule) -> tuple[float, int]:
-    times = hourly_times(len(values)) if rule.seasonality == "hour_of_week" else None
-    scored = score_series(values, rule, times).filter(pl.col("score").is_not_null())
-    return float(scored["anomalous"].mean() or 0.0), scored.height
+def false_positive_rate(values: np.ndarray, rule: AnomalyRule) -> tuple[float, int, float]:
+    """Share of flagged points among those with a verdict, their count, and the seconds it took."""
+    times = hourly_times(len(values))
+    started = time.perf_counter()
+    frame = score_series(values, rule, times)
+    elapsed = time.perf_counter() - started
+    scored = frame.filter(pl.col("score").is_not_null())
+    flagged = scored.filter(pl.col("anomalous")).height
+    return flagged / max(scored.height, 1), scored.height, elapsed
 
 
 # 30 days of hourly loads; a point in the last week has 4 same-hour-of-week predecessors.
@@ -60,10 +71,10 @@ LOAD_CASES = [
     [case[1:] for case in LOAD_CASES],
     ids=[case[0] for case in LOAD_CASES],
 )
-def test_injected_volume_change(injected: float, direction: str, flagged: bool) -> None:
+def test_injected_volume_change(injected: float, direction: Direction, flagged: bool) -> None:
     loads = hourly_loads(30, seed=7)
     i = 29 * 24 + 14  # Tuesday of week 5, 14:00
-    rule = AnomalyRule(min_training=4, seasonality="hour_of_week", direction=direction)  # type: ignore[arg-type]
+    rule = AnomalyRule(min_training=4, seasonality="hour_of_week", direction=direction)
 
     result = score_at(loads, i, rule, injected)
 
@@ -113,7 +124,7 @@ FPR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize(
     ("weekly", "rule"), [case[1:] for case in FPR_CASES], ids=[case[0] for case in FPR_CASES]
 )
@@ -121,11 +132,15 @@ def test_false_positive_rate_on_clean_60_days(weekly: bool, rule: AnomalyRule, s
     # "none" gets a series without a weekly rhythm (and no daily one: the tightest band).
     loads = hourly_loads(60, seed=seed, weekly=weekly, daily=weekly)
 
-    rate, scored = false_positive_rate(loads, rule)
+    rate, scored, elapsed = false_positive_rate(loads, rule)
 
-    print(f"seasonality={rule.seasonality} seed={seed}: FPR {rate:.4%} over {scored} points")
+    print(
+        f"seasonality={rule.seasonality} seed={seed}: FPR {rate:.3%} over {scored} points"
+        f" (score_series on {len(loads)} points: {elapsed:.3f}s)"
+    )
     assert scored >= 24 * 7 * 4  # every point past the training minimum got a verdict
     assert rate <= 0.01
+    assert elapsed < 1.0  # lakewarden check replays 60 days of hourly history on demand
 
 
 def test_weekly_pattern_without_seasonality_misses_a_weekday_drop() -> None:
@@ -166,7 +181,7 @@ def test_not_enough_history(
 
 
 def test_missing_values_are_not_training_points() -> None:
-    history: list[float | None] = [100.0] * 13 + [None, math.nan]
+    history: list[float | None] = [*([100.0] * 13), None, math.nan]
     assert score(history, 100.0, AnomalyRule()).training_size == 13
     assert score(history, 100.0, AnomalyRule()).score is None
 
@@ -179,8 +194,13 @@ FLOOR_CASES = [
     ("over-abs-floor", AnomalyRule(min_abs_change=50), 1051, True, (950, 1050)),
     ("under-rel-floor", AnomalyRule(min_rel_change=0.1), 920, False, (900, 1100)),
     ("over-rel-floor", AnomalyRule(min_rel_change=0.1), 850, True, (900, 1100)),
-    ("both-floors-larger-wins", AnomalyRule(min_abs_change=50, min_rel_change=0.1), 1080, False,
-     (900, 1100)),
+    (
+        "both-floors-larger-wins",
+        AnomalyRule(min_abs_change=50, min_rel_change=0.1),
+        1080,
+        False,
+        (900, 1100),
+    ),
 ]
 
 
@@ -198,6 +218,8 @@ def test_floors_on_flat_history(
     assert result.score is not None and math.isfinite(result.score)
     if not flagged:
         assert result.reason.startswith("within expected range")
+    if not flagged and abs(result.score) > rule.threshold:
+        assert "is under the floor of" in result.reason
 
 
 def test_flat_zero_history_uses_floor_as_unit() -> None:
@@ -224,7 +246,14 @@ def test_score_series_is_an_expanding_window_excluding_the_current_point() -> No
     frame = score_series(loads, rule)
 
     assert frame.columns == [
-        "value", "expected", "lower", "upper", "score", "anomalous", "training_size", "reason"
+        "value",
+        "expected",
+        "lower",
+        "upper",
+        "score",
+        "anomalous",
+        "training_size",
+        "reason",
     ]
     assert frame["training_size"].to_list() == list(range(len(loads)))
     assert frame["score"][: rule.min_training].is_null().all()
@@ -246,21 +275,11 @@ def test_score_series_with_seasonality_matches_single_scores() -> None:
 
     assert frame.columns[0] == "time" and frame["time"].to_list() == times
     for i in (4 * 168, 4 * 168 + 37, len(loads) - 1):
-        single = score(loads[:i].tolist(), float(loads[i]), rule, at=times[i],
-                       history_times=times[:i])
+        single = score(
+            loads[:i].tolist(), float(loads[i]), rule, at=times[i], history_times=times[:i]
+        )
         assert frame["score"][i] == pytest.approx(single.score)
         assert frame["training_size"][i] == single.training_size == 4
-
-
-def test_score_series_is_fast_on_60_days_hourly() -> None:
-    loads = hourly_loads(60, seed=9)
-    times = hourly_times(len(loads))
-    for rule in (AnomalyRule(), AnomalyRule(min_training=4, seasonality="hour_of_week")):
-        started = time.perf_counter()
-        score_series(loads, rule, times)
-        elapsed = time.perf_counter() - started
-        print(f"score_series 1440 points, seasonality={rule.seasonality}: {elapsed:.3f}s")
-        assert elapsed < 1.0
 
 
 def test_hour_of_week_needs_times() -> None:

@@ -181,7 +181,7 @@ def test_default_source_name() -> None:
 
 def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigurationError, match="cannot read policy file .*nope.yaml"):
+    with pytest.raises(ConfigurationError, match=r"cannot read policy file .*nope\.yaml"):
         load_policy(missing)
 
 
@@ -189,6 +189,18 @@ def test_block_value_reports_key_line() -> None:
     text = "version: 1\nagents:\n  etl:\n    read:\n      - orders\n    ddl:\n      maybe\n"
     with pytest.raises(ConfigurationError, match=r"<string>:6: agents\.etl\.ddl: "):
         parse_policy(text)
+
+
+def test_control_character_names_its_line() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"<string>:2: invalid YAML: unacceptable character"
+    ):
+        parse_policy("version: 1\nmode: \x07\n")
+
+
+def test_recursive_alias_does_not_hang() -> None:
+    with pytest.raises(ConfigurationError, match=r"<string>:2: agents\.etl\.etl: unknown key"):
+        parse_policy("version: 1\nagents: &a {etl: *a}\n")
 
 
 # --- durations --------------------------------------------------------------------------------
@@ -328,9 +340,9 @@ def test_contract_lookup_is_normalized() -> None:
 def test_models_are_frozen() -> None:
     policy = parse_policy("version: 1\nagents: {etl: {}}\n")
     with pytest.raises(ValidationError):
-        policy.mode = "observe"  # type: ignore[misc]
+        policy.mode = "observe"
     with pytest.raises(ValidationError):
-        policy.agents["etl"].ddl = True  # type: ignore[misc]
+        policy.agents["etl"].ddl = True
 
 
 def test_models_reject_unknown_fields_in_code_too() -> None:
@@ -340,7 +352,13 @@ def test_models_reject_unknown_fields_in_code_too() -> None:
 
 # --- tokens -----------------------------------------------------------------------------------
 
-TOKENS = "version: 1\nagents:\n  etl: {token_env: LW_T_ETL}\n  ops: {token_env: LW_T_OPS}\n  sdk: {}\n"
+TOKENS = """\
+version: 1
+agents:
+  etl: {token_env: LW_T_ETL}
+  ops: {token_env: LW_T_OPS}
+  sdk: {}
+"""
 
 
 def test_token_lookup(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,14 +1,14 @@
 """lakewarden: the governance sidecar for AI agents that query and write lakehouse tables.
 
-    import lakewarden
-    warden = lakewarden.open("lake/")
-    with warden.session(agent="etl-agent") as s:
-        r = s.sql("INSERT INTO orders SELECT ...")
+import lakewarden
+warden = lakewarden.open("lake/")
+with warden.session(agent="etl-agent") as s:
+    r = s.sql("INSERT INTO orders SELECT ...")
 """
 
 __version__ = "0.1.0"
 
-from lakewarden.errors import (  # noqa: E402 - the version must exist before submodules import it
+from lakewarden.errors import (
     ConfigurationError,
     ExecutionError,
     InvalidSQL,
@@ -19,12 +19,12 @@ from lakewarden.errors import (  # noqa: E402 - the version must exist before su
     StatementTimeout,
     Violation,
 )
-from lakewarden.governance.policy import Policy, load_policy  # noqa: E402
-from lakewarden.result import Result  # noqa: E402
-from lakewarden.session import Session  # noqa: E402
-from lakewarden.settings import Settings  # noqa: E402
-from lakewarden.telemetry import Telemetry  # noqa: E402
-from lakewarden.warden import Warden, open  # noqa: E402
+from lakewarden.governance.policy import Policy, load_policy
+from lakewarden.result import Result
+from lakewarden.session import Session
+from lakewarden.settings import Settings
+from lakewarden.telemetry import Telemetry
+from lakewarden.warden import Warden, open
 
 __all__ = [
     "ConfigurationError",

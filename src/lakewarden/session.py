@@ -6,6 +6,7 @@ Telemetry failures are logged and never reach the agent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -82,7 +83,9 @@ class Session:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -112,7 +115,9 @@ class Session:
             self._failed_span(exc, sql, started, traceparent)
             raise
         span = warden.telemetry.tracer.start_span(
-            stmt.summary, context=parent_context(traceparent), kind=SpanKind.CLIENT,
+            stmt.summary,
+            context=parent_context(traceparent),
+            kind=SpanKind.CLIENT,
             attributes=self._span_attributes(stmt),
         )
         ctx = span.get_span_context()
@@ -138,8 +143,14 @@ class Session:
 
     # -- execution -------------------------------------------------------------------------
 
-    def _read(self, stmt: Statement, params: Sequence[Any] | None, limit: int | None,
-              timeout: float | None, trace_id: str | None) -> Result:
+    def _read(
+        self,
+        stmt: Statement,
+        params: Sequence[Any] | None,
+        limit: int | None,
+        timeout: float | None,
+        trace_id: str | None,
+    ) -> Result:
         cur = self._cur
         with WATCHDOG.guard(cur, timeout) as deadline:
             try:
@@ -147,11 +158,18 @@ class Session:
                 table, truncated = _fetch(cur, limit)
             except duckdb.Error as exc:
                 raise _engine_error(exc, deadline.expired, timeout) from exc
-        return Result(kind="read", summary=stmt.summary, trace_id=trace_id, table=table,
-                      truncated=truncated)
+        return Result(
+            kind="read", summary=stmt.summary, trace_id=trace_id, table=table, truncated=truncated
+        )
 
-    def _write(self, stmt: Statement, params: Sequence[Any] | None, timeout: float | None,
-               trace_id: str | None, span: trace.Span) -> Result:
+    def _write(
+        self,
+        stmt: Statement,
+        params: Sequence[Any] | None,
+        timeout: float | None,
+        trace_id: str | None,
+        span: trace.Span,
+    ) -> Result:
         warden = self.warden
         cur = self._cur
         is_lake = warden.engine.location.is_lake
@@ -167,8 +185,10 @@ class Session:
                 affected = int(row[0]) if row and stmt.kind == "write" else None
                 if is_lake:
                     ctx = span.get_span_context()
-                    extra = {"trace_id": trace_id, "span_id": f"{ctx.span_id:016x}"
-                             if ctx.is_valid else None}
+                    extra = {
+                        "trace_id": trace_id,
+                        "span_id": f"{ctx.span_id:016x}" if ctx.is_valid else None,
+                    }
                     cur.execute(
                         f"CALL {LAKE_ALIAS}.set_commit_message(?, ?, extra_info => ?)",
                         [self.agent, stmt.summary, json.dumps(extra)],
@@ -213,15 +233,23 @@ class Session:
             attrs["db.collection.name"] = collection
         return attrs
 
-    def _finish(self, span: trace.Span, stmt: Statement, started: float, *,
-                result: Result | None = None, error: LakewardenError | None = None,
-                flagged: list[Violation] | None = None) -> None:
+    def _finish(
+        self,
+        span: trace.Span,
+        stmt: Statement,
+        started: float,
+        *,
+        result: Result | None = None,
+        error: LakewardenError | None = None,
+        flagged: list[Violation] | None = None,
+    ) -> None:
         try:
             decision = decision_of(error) if error else DECISION_ALLOWED
             span.set_attribute("lakewarden.decision", decision)
-            for violation in (error.violations if error else flagged or []):
-                span.add_event("lakewarden.violation", {k: str(v) for k, v in
-                                                        violation.to_dict().items()})
+            for violation in error.violations if error else flagged or []:
+                span.add_event(
+                    "lakewarden.violation", {k: str(v) for k, v in violation.to_dict().items()}
+                )
             rows_written = 0
             if result is not None:
                 if result.kind == "read":
@@ -239,21 +267,27 @@ class Session:
                 span.set_status(Status(StatusCode.ERROR, error.message[:256]))
             span.end()
             self.warden.record_statement(
-                agent=self.agent, stmt=stmt, decision=decision,
+                agent=self.agent,
+                stmt=stmt,
+                decision=decision,
                 seconds=time.perf_counter() - started,
                 error=error_type(error) if error else None,
                 updates=result.signals if result else {},
             )
         except Exception:
-            log.exception("telemetry failed for %s; the statement itself is unaffected",
-                          stmt.summary)
+            log.exception(
+                "telemetry failed for %s; the statement itself is unaffected", stmt.summary
+            )
 
-    def _failed_span(self, error: LakewardenError, sql: str, started: float,
-                     traceparent: str | None) -> None:
+    def _failed_span(
+        self, error: LakewardenError, sql: str, started: float, traceparent: str | None
+    ) -> None:
         """A span for a statement that never got analysed (empty, unparsable, several)."""
         try:
             span = self.warden.telemetry.tracer.start_span(
-                "duckdb", context=parent_context(traceparent), kind=SpanKind.CLIENT,
+                "duckdb",
+                context=parent_context(traceparent),
+                kind=SpanKind.CLIENT,
                 attributes={
                     "db.system.name": "duckdb",
                     "db.namespace": self.warden.engine.location.namespace,
@@ -265,8 +299,12 @@ class Session:
             span.set_status(Status(StatusCode.ERROR, error.message[:256]))
             span.end()
             self.warden.record_statement(
-                agent=self.agent, stmt=None, decision=DECISION_FAILED,
-                seconds=time.perf_counter() - started, error=error_type(error), updates={},
+                agent=self.agent,
+                stmt=None,
+                decision=DECISION_FAILED,
+                seconds=time.perf_counter() - started,
+                error=error_type(error),
+                updates={},
             )
         except Exception:
             log.exception("telemetry failed for an invalid statement")
@@ -296,10 +334,9 @@ def _fetch(cur: duckdb.DuckDBPyConnection, limit: int | None) -> tuple[pa.Table,
 
 
 def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
-    try:
+    # The engine may already have aborted the transaction: then there is nothing to roll back.
+    with contextlib.suppress(duckdb.Error):
         cur.rollback()
-    except duckdb.Error:
-        pass  # no transaction left to roll back (the engine already aborted it)
 
 
 def _engine_error(exc: duckdb.Error, expired: bool, timeout: float | None) -> LakewardenError:

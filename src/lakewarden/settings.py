@@ -8,7 +8,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_STATEMENT_TIMEOUT_S | 30 | time limit of one statement, seconds (0 = none) |
 | LAKEWARDEN_MEMORY_LIMIT | 4GB | DuckDB memory limit |
 | LAKEWARDEN_THREADS | 2 | DuckDB worker threads |
-| LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | a table's signals are re-based by a full profile when older |
+| LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | re-base a table's signals by a full profile when older |
 | LAKEWARDEN_CATALOG | duckdb | catalog of a new lake: duckdb (one process) or sqlite (several) |
 """
 
@@ -58,7 +58,7 @@ class Settings:
             if raw is None or raw.strip() == "":
                 return default
             try:
-                return cast(raw)  # type: ignore[no-any-return]
+                return cast(raw)
             except ValueError as exc:
                 raise ConfigurationError(f"{name}={raw!r} is not a number") from exc
 

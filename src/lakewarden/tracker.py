@@ -92,8 +92,9 @@ class Tracker:
             updates.update(self._rebase_stale())
             return updates
 
-    def record(self, snapshot_id: int | None, tables: tuple[str, ...], writer: str,
-               shape_changed: bool) -> dict[str, TableUpdate]:
+    def record(
+        self, snapshot_id: int | None, tables: tuple[str, ...], writer: str, shape_changed: bool
+    ) -> dict[str, TableUpdate]:
         """Signals of a write this process just committed as ``snapshot_id``."""
         with self._lock:
             if not self._engine.location.is_lake:
@@ -105,8 +106,11 @@ class Tracker:
                 stamp = when.timestamp() if when else time.time()
                 if shape_changed:
                     return self._reprofile(tables, writer, stamp, snapshot_id)
-                updates = {t: self._apply_delta(t, snapshot_id, snapshot_id, writer, stamp)
-                           for t in tables if t in self.states}
+                updates = {
+                    t: self._apply_delta(t, snapshot_id, snapshot_id, writer, stamp)
+                    for t in tables
+                    if t in self.states
+                }
                 self._save(updates, snapshot_id)
                 return updates
             # Someone else committed in between: replay everything in order, ours included.
@@ -129,20 +133,24 @@ class Tracker:
         writer = snap.agent or "unknown"
         stamp = snap.time.timestamp()
         updates: dict[str, TableUpdate] = {}
-        updates.update(self._reprofile(tuple(reshaped), writer, stamp, snap.snapshot_id,
-                                        save=False))
+        updates.update(
+            self._reprofile(tuple(reshaped), writer, stamp, snap.snapshot_id, save=False)
+        )
         for name in touched - reshaped:
             if name in self.states:
-                updates[name] = self._apply_delta(name, snap.snapshot_id, snap.snapshot_id,
-                                                  writer, stamp)
+                updates[name] = self._apply_delta(
+                    name, snap.snapshot_id, snap.snapshot_id, writer, stamp
+                )
             else:
-                updates.update(self._reprofile((name,), writer, stamp, snap.snapshot_id,
-                                               save=False))
+                updates.update(
+                    self._reprofile((name,), writer, stamp, snap.snapshot_id, save=False)
+                )
         self._save(updates, snap.snapshot_id)
         return updates
 
-    def _apply_delta(self, name: str, first: int, last: int, writer: str,
-                     stamp: float) -> TableUpdate:
+    def _apply_delta(
+        self, name: str, first: int, last: int, writer: str, stamp: float
+    ) -> TableUpdate:
         started = time.perf_counter()
         state = self.states[name]
         frame = catalog.changes(self._cur, name, first, last)
@@ -152,8 +160,15 @@ class Tracker:
         self._timer("delta", time.perf_counter() - started)
         return TableUpdate(new, delta)
 
-    def _reprofile(self, tables: tuple[str, ...], writer: str | None, stamp: float,
-                   snapshot_id: int | None, *, save: bool = True) -> dict[str, TableUpdate]:
+    def _reprofile(
+        self,
+        tables: tuple[str, ...],
+        writer: str | None,
+        stamp: float,
+        snapshot_id: int | None,
+        *,
+        save: bool = True,
+    ) -> dict[str, TableUpdate]:
         """Re-base ``tables`` from the catalog and one aggregate query each."""
         if not tables:
             return {}
@@ -173,8 +188,9 @@ class Tracker:
             for change in changes:
                 counts[change.change] = counts.get(change.change, 0) + 1
             before = old.rows if old else 0
-            delta = deltas.Delta(inserted=max(0, new.rows - before),
-                                 deleted=max(0, before - new.rows))
+            delta = deltas.Delta(
+                inserted=max(0, new.rows - before), deleted=max(0, before - new.rows)
+            )
             new = new.with_changes(
                 schema_changes=counts,
                 last_modified=stamp,
@@ -187,8 +203,9 @@ class Tracker:
             self._save(updates, snapshot_id)
         return updates
 
-    def _profile(self, name: str, schema: dict[str, str], old: TableState | None,
-                 snapshot_id: int | None) -> TableState:
+    def _profile(
+        self, name: str, schema: dict[str, str], old: TableState | None, snapshot_id: int | None
+    ) -> TableState:
         event_time = self._event_time(name)
         prof = catalog.profile(self._cur, name, list(schema), event_time)
         base = old or TableState(name=name)
@@ -220,9 +237,13 @@ class Tracker:
     def _rebase_stale(self) -> dict[str, TableUpdate]:
         max_age = self._engine.settings.profile_max_age_s
         now = time.time()
-        stale = [s for s in self.states.values()
-                 if s.profiled_at is None or now - s.profiled_at > max_age
-                 or s.event_time_column != self._event_time(s.name)]
+        stale = [
+            s
+            for s in self.states.values()
+            if s.profiled_at is None
+            or now - s.profiled_at > max_age
+            or s.event_time_column != self._event_time(s.name)
+        ]
         if not stale:
             return {}
         updates = {}
@@ -239,8 +260,10 @@ class Tracker:
         schemas = catalog.schemas(self._cur, self._engine.database)
         sizes = catalog.estimated_rows(self._cur, self._engine.database)
         changed = tuple(
-            name for name in set(schemas) | set(self.states)
-            if name not in self.states or name not in schemas
+            name
+            for name in set(schemas) | set(self.states)
+            if name not in self.states
+            or name not in schemas
             or self.states[name].schema != schemas[name]
             or self.states[name].rows != sizes.get(name)
         )

@@ -84,14 +84,16 @@ class Warden:
             return [Violation("unknown_agent", f"agent {agent!r} is not in the policy")]
         out = [
             Violation("read", f"{agent} may not read {t}")
-            for t in stmt.tables_read if not rules.can_read(t)
+            for t in stmt.tables_read
+            if not rules.can_read(t)
         ]
         if stmt.kind == "ddl" and not rules.ddl:
             out.append(Violation("ddl", f"{agent} may not run DDL ({stmt.operation})"))
         elif stmt.kind != "read":
             out += [
                 Violation("write", f"{agent} may not write {t}")
-                for t in stmt.tables_written if not rules.can_write(t)
+                for t in stmt.tables_written
+                if not rules.can_write(t)
             ]
         return out
 
@@ -120,33 +122,51 @@ class Warden:
     def _time_signal(self, signal: str, seconds: float) -> None:
         self.instruments.signal_duration.record(seconds, {"lakewarden.signal": signal})
 
-    def record_statement(self, *, agent: str, stmt: Statement | None, decision: str,
-                         seconds: float, error: str | None,
-                         updates: dict[str, dict[str, Any]]) -> None:
+    def record_statement(
+        self,
+        *,
+        agent: str,
+        stmt: Statement | None,
+        decision: str,
+        seconds: float,
+        error: str | None,
+        updates: dict[str, dict[str, Any]],
+    ) -> None:
         operation = stmt.operation if stmt else "UNKNOWN"
         attrs: dict[str, Any] = {
             "db.system.name": "duckdb",
             "db.operation.name": operation,
             "gen_ai.agent.name": agent,
         }
-        target = stmt.target or (stmt.tables_read[0] if stmt and len(stmt.tables_read) == 1
-                                 else None) if stmt else None
+        target = (
+            stmt.target or (stmt.tables_read[0] if stmt and len(stmt.tables_read) == 1 else None)
+            if stmt
+            else None
+        )
         if target:
             attrs["db.collection.name"] = target
         if error:
             attrs["error.type"] = error
         self.instruments.duration.record(seconds, attrs)
-        self.instruments.statements.add(1, {
-            "gen_ai.agent.name": agent, "db.operation.name": operation,
-            "lakewarden.decision": decision,
-        })
+        self.instruments.statements.add(
+            1,
+            {
+                "gen_ai.agent.name": agent,
+                "db.operation.name": operation,
+                "lakewarden.decision": decision,
+            },
+        )
         for table, sig in updates.items():
             written = sig["rows_inserted"] + sig["rows_deleted"] + sig["rows_updated"]
             if written:
-                self.instruments.rows_written.add(written, {
-                    "gen_ai.agent.name": agent, "db.collection.name": table,
-                    "db.operation.name": operation,
-                })
+                self.instruments.rows_written.add(
+                    written,
+                    {
+                        "gen_ai.agent.name": agent,
+                        "db.collection.name": table,
+                        "db.operation.name": operation,
+                    },
+                )
 
     # -- reading the lake ------------------------------------------------------------------------
 
@@ -156,7 +176,10 @@ class Warden:
     def table(self, name: str) -> TableState:
         state = self.tracker.get(normalize(name))
         if state is None:
-            raise NotFound(f"table {name!r} does not exist in this lake (names are schema.table, or table for schema main)")
+            raise NotFound(
+                f"table {name!r} does not exist in this lake "
+                "(name it schema.table, or just table in schema main)"
+            )
         return state
 
     def snapshots(self, table: str | None = None, limit: int = 50) -> list[catalog.Snapshot]:
@@ -172,8 +195,11 @@ class Warden:
                 ids = {k for k, v in catalog.table_ids(cur).items() if v == name}
                 out = []
                 for snap in catalog.snapshots(cur):
-                    if any((key == "tables_created" and name in map(normalize, values))
-                           or ids.intersection(values) for key, values in snap.changes.items()):
+                    if any(
+                        (key == "tables_created" and name in map(normalize, values))
+                        or ids.intersection(values)
+                        for key, values in snap.changes.items()
+                    ):
                         out.append(snap)
                         if len(out) >= limit:
                             break
@@ -201,7 +227,7 @@ def _message(agent: str, stmt: Statement, violations: list[Violation]) -> str:
     return f"{stmt.summary} refused for agent {agent!r}: {reasons}"
 
 
-def open(  # noqa: A001 - lakewarden.open mirrors the builtin on purpose
+def open(
     path: str | Path,
     *,
     policy: Policy | str | Path | None = None,

@@ -1,4 +1,4 @@
-"""Table names as lakewarden shows them: ``orders`` for the default schema, ``staging.orders`` else."""
+"""Table names as lakewarden shows them: ``orders`` in schema main, else ``staging.orders``."""
 
 from __future__ import annotations
 

@@ -115,10 +115,7 @@ def _analyze(sql: str) -> Statement:
         read, written, functions = _tables(tree)
         qualifiers = tuple(
             dict.fromkeys(
-                part.lower()
-                for t in tree.find_all(exp.Table)
-                for part in (t.catalog, t.db)
-                if part
+                part.lower() for t in tree.find_all(exp.Table) for part in (t.catalog, t.db) if part
             )
         )
         operation = _operation(tree, stmt_type)
@@ -141,7 +138,7 @@ def _analyze(sql: str) -> Statement:
     )
 
 
-def _parse(sql: str) -> exp.Expression | None:
+def _parse(sql: str) -> exp.Expr | None:
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
     except sqlglot.errors.SqlglotError:
@@ -151,7 +148,7 @@ def _parse(sql: str) -> exp.Expression | None:
     return tree
 
 
-def _operation(tree: exp.Expression, stmt_type: str) -> str:
+def _operation(tree: exp.Expr, stmt_type: str) -> str:
     if isinstance(tree, (exp.Create, exp.Drop)):
         verb = "CREATE" if isinstance(tree, exp.Create) else "DROP"
         return f"{verb} {str(tree.args.get('kind') or '').upper()}".strip()
@@ -166,17 +163,14 @@ def _table_name(table: exp.Table) -> str:
     return display_name(table.db or None, table.name)
 
 
-def _targets(node: exp.Expression) -> list[exp.Table]:
-    if isinstance(node, exp.Drop):
-        found = node.args.get("tables") or [node.this]
-    else:
-        found = [node.this]
+def _targets(node: exp.Expr) -> list[exp.Table]:
+    found = (node.args.get("tables") if isinstance(node, exp.Drop) else None) or [node.this]
     # INSERT INTO t (a, b) and CREATE TABLE t (a INT) wrap the table in a Schema node
     found = [t.this if isinstance(t, exp.Schema) else t for t in found]
     return [t for t in found if isinstance(t, exp.Table) and t.name]
 
 
-def _tables(tree: exp.Expression) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def _tables(tree: exp.Expr) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     targets = [t for node in tree.walk() if _is_write(node) for t in _targets(node)]
     target_ids = {id(t) for t in targets}
@@ -201,7 +195,7 @@ def _tables(tree: exp.Expression) -> tuple[tuple[str, ...], tuple[str, ...], tup
     )
 
 
-def _is_write(node: exp.Expression) -> bool:
+def _is_write(node: exp.Expr) -> bool:
     # DDL targets (views, macros, schemas) count as written: creating a view is changing the lake.
     return isinstance(
         node, (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Alter, exp.Drop, exp.Create)

@@ -31,7 +31,16 @@ def sanitize(sql: str) -> str:
     pos = 0
     for tok in tokens:
         if tok.token_type in _LITERALS:
-            out.append(sql[pos : tok.start])
+            start = tok.start
+            # A one-letter prefix glued to a string (x'ff', e'\n') is part of the literal.
+            if (
+                start >= 1
+                and sql[start] == "'"
+                and sql[start - 1].isalpha()
+                and (start < 2 or not (sql[start - 2].isalnum() or sql[start - 2] == "_"))
+            ):
+                start -= 1
+            out.append(sql[pos:start])
             out.append("?")
             pos = tok.end + 1
     out.append(sql[pos:])

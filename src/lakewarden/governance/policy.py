@@ -383,26 +383,28 @@ def _invalid(source: str, problems: list[str]) -> ConfigurationError:
 
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[_KeyPath, int], list[tuple[int, str]]]:
     """The data, the line of every key and list item, and duplicate-key problems."""
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise _invalid(source, [f"{source}:1: the policy is empty (it needs 'version: 1')"])
-        problems: list[tuple[int, str]] = []
-        _find_duplicates(node, (), source, problems, set())  # before construction flattens merges
-        data = loader.construct_document(node)
-        lines: dict[_KeyPath, int] = {}
-        _index_lines(loader, node, (), lines, set())
-        return data, lines, problems
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise _invalid(source, [f"{source}:1: the policy is empty (it needs 'version: 1')"])
+            problems: list[tuple[int, str]] = []
+            _find_duplicates(node, (), source, problems, set())  # before merges are flattened
+            data = loader.construct_document(node)
+            lines: dict[_KeyPath, int] = {}
+            _index_lines(loader, node, (), lines, set())
+            return data, lines, problems
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         reason = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise _invalid(source, [f"{source}:{line}: invalid YAML: {reason}"]) from None
-    except yaml.YAMLError as exc:
-        raise _invalid(source, [f"{source}: invalid YAML: {exc}"]) from None
-    finally:
-        loader.dispose()
+    except yaml.reader.ReaderError as exc:  # a control character: no mark, only a position
+        line = text.count("\n", 0, exc.position) + 1
+        reason = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+    raise _invalid(source, [f"{source}:{line}: invalid YAML: {reason}"]) from None
 
 
 def _find_duplicates(
@@ -467,8 +469,8 @@ def _describe(error: ErrorDetails, lines: dict[_KeyPath, int], source: str) -> t
         error.get("input"), str | int | float | bool | None
     ):
         message += f" (got {error['input']!r})"
-    where = ".".join(loc)
-    return line, f"{source}:{line}: {where}: {message}" if where else f"{source}:{line}: {message}"
+    where = f"{'.'.join(loc)}: " if loc else ""
+    return line, f"{source}:{line}: {where}{message}"
 
 
 def _unknown_key(loc: _KeyPath) -> str:

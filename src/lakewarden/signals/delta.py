@@ -8,7 +8,7 @@ post-images add, deletes and pre-images subtract.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import polars as pl
@@ -63,8 +63,9 @@ def from_changes(changes: pl.DataFrame, event_time: str | None = None) -> Delta:
     )
 
 
-def apply(state: TableState, delta: Delta, *, when: float, writer: str | None,
-          snapshot_id: int | None) -> TableState:
+def apply(
+    state: TableState, delta: Delta, *, when: float, writer: str | None, snapshot_id: int | None
+) -> TableState:
     """The table state after ``delta`` was committed at ``when`` by ``writer``."""
     columns = tuple(
         ColumnState(c.name, c.type, max(0, c.null_count + delta.null_delta.get(c.name, 0)))
@@ -90,10 +91,10 @@ def to_epoch(value: Any) -> float | None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)  # naive TIMESTAMP columns are UTC
+            value = value.replace(tzinfo=UTC)  # naive TIMESTAMP columns are UTC
         return value.timestamp()
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
     if isinstance(value, (int, float)):
         return float(value)
     return None

@@ -25,8 +25,6 @@ def diff(old: dict[str, str], new: dict[str, str]) -> list[SchemaChange]:
     changes = [SchemaChange(c, COLUMN_ADDED, None, t) for c, t in new.items() if c not in old]
     changes += [SchemaChange(c, COLUMN_REMOVED, t, None) for c, t in old.items() if c not in new]
     changes += [
-        SchemaChange(c, TYPE_CHANGED, old[c], t)
-        for c, t in new.items()
-        if c in old and old[c] != t
+        SchemaChange(c, TYPE_CHANGED, old[c], t) for c, t in new.items() if c in old and old[c] != t
     ]
     return changes

@@ -64,8 +64,12 @@ class TableState:
             "table": self.name,
             "rows": self.rows,
             "columns": [
-                {"name": c.name, "type": c.type, "null_count": c.null_count,
-                 "null_ratio": round(self.null_ratio(c.name), 6)}
+                {
+                    "name": c.name,
+                    "type": c.type,
+                    "null_count": c.null_count,
+                    "null_ratio": round(self.null_ratio(c.name), 6),
+                }
                 for c in self.columns
             ],
             "last_modified": self.last_modified,

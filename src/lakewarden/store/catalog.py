@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -167,7 +167,14 @@ def snapshot_time(cur: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime 
         "WHERE snapshot_id = ?",
         [snapshot_id],
     ).fetchone()
-    return row[0] if row else None
+    if not row or row[0] is None:
+        return None
+    value = row[0]
+    if isinstance(value, str):  # a SQLite catalog stores it as text, in UTC
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
 
 
 def estimated_rows(cur: duckdb.DuckDBPyConnection, database: str) -> dict[str, int]:

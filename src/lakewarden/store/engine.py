@@ -71,7 +71,10 @@ class Engine:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         loc = self.location
-        config = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+        }
         if loc.is_lake:
             (loc.path / "data").mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(":memory:", config=config)

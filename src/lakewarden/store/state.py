@@ -30,9 +30,7 @@ class StateStore:
         row = self._cur.execute(f"SELECT value FROM {_META} WHERE key = 'snapshot_id'").fetchone()
         return tables, (int(row[0]) if row else None)
 
-    def save(
-        self, changed: list[TableState], removed: list[str], snapshot_id: int | None
-    ) -> None:
+    def save(self, changed: list[TableState], removed: list[str], snapshot_id: int | None) -> None:
         """Write the changed tables and the new snapshot mark in one transaction."""
         cur = self._cur
         cur.begin()

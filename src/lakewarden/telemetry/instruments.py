@@ -46,31 +46,45 @@ class Instruments:
             description="Time spent computing data-quality signals, by signal.",
         )
         meter.create_observable_gauge(
-            "lakewarden.table.rows", [self._rows], unit="{row}",
+            "lakewarden.table.rows",
+            [self._rows],
+            unit="{row}",
             description="Rows in the table.",
         )
         meter.create_observable_gauge(
-            "lakewarden.table.columns", [self._columns], unit="{column}",
+            "lakewarden.table.columns",
+            [self._columns],
+            unit="{column}",
             description="Columns in the table.",
         )
         meter.create_observable_gauge(
-            "lakewarden.table.last_modified.timestamp", [self._last_modified], unit="s",
+            "lakewarden.table.last_modified.timestamp",
+            [self._last_modified],
+            unit="s",
             description="Commit time of the last write to the table, labelled by its writer.",
         )
         meter.create_observable_gauge(
-            "lakewarden.table.last_event.timestamp", [self._last_event], unit="s",
+            "lakewarden.table.last_event.timestamp",
+            [self._last_event],
+            unit="s",
             description="Max of the table's declared event-time column.",
         )
         meter.create_observable_gauge(
-            "lakewarden.column.null_ratio", [self._null_ratio], unit="1",
+            "lakewarden.column.null_ratio",
+            [self._null_ratio],
+            unit="1",
             description="Fraction of the column's values that are NULL.",
         )
         meter.create_observable_counter(
-            "lakewarden.schema.changes", [self._schema_changes], unit="{change}",
+            "lakewarden.schema.changes",
+            [self._schema_changes],
+            unit="{change}",
             description="Schema changes seen on the table, by kind.",
         )
         meter.create_observable_gauge(
-            "lakewarden.build_info", [self._build_info], unit="1",
+            "lakewarden.build_info",
+            [self._build_info],
+            unit="1",
             description="Always 1; labelled with the lakewarden version.",
         )
 

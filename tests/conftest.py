@@ -1,0 +1,48 @@
+"""Shared fixtures: a real DuckLake lake in a temp folder, spans captured in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+import lakewarden
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def lake_dir(tmp_path: Path) -> Path:
+    return tmp_path / "lake"
+
+
+@pytest.fixture
+def warden(lake_dir: Path, spans: InMemorySpanExporter) -> Iterator[lakewarden.Warden]:
+    w = lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(span_exporters=[spans], env={}))
+    yield w
+    w.close()
+
+
+def samples(warden: lakewarden.Warden, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Prometheus samples of one metric: label set (without otel_scope_*) -> value."""
+    text = warden.telemetry.prometheus_text().decode()
+    out: dict[frozenset[tuple[str, str]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                labels = {k: v for k, v in sample.labels.items() if not k.startswith("otel_")}
+                out[frozenset(labels.items())] = sample.value
+    return out
+
+
+def sample(warden: lakewarden.Warden, name: str, **labels: str) -> float:
+    """The one sample of ``name`` whose labels include ``labels``."""
+    found = [v for k, v in samples(warden, name).items() if set(labels.items()) <= set(k)]
+    assert len(found) == 1, f"{name}{labels}: {len(found)} matching samples"
+    return found[0]

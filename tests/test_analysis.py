@@ -1,0 +1,85 @@
+"""Statement analysis: cases kept as data in cases/analysis.txt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lakewarden import InvalidSQL
+from lakewarden.analysis import analyze
+from lakewarden.analysis.statement import _analyze
+
+
+def _cases() -> list[pytest.ParameterSet]:
+    out = []
+    for line in (Path(__file__).parent / "cases" / "analysis.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        ident, sql, kind, op, read, written, summary = (p.strip() for p in line.split("|"))
+        split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+        out.append(pytest.param(sql, kind, op, split(read), split(written), summary, id=ident))
+    return out
+
+
+@pytest.mark.parametrize(("sql", "kind", "operation", "read", "written", "summary"), _cases())
+def test_analysis_cases(
+    sql: str,
+    kind: str,
+    operation: str,
+    read: tuple[str, ...],
+    written: tuple[str, ...],
+    summary: str,
+) -> None:
+    stmt = analyze(sql)
+    assert (stmt.kind, stmt.operation) == (kind, operation)
+    assert stmt.tables_read == read
+    assert stmt.tables_written == written
+    assert stmt.summary == summary
+
+
+@pytest.mark.parametrize(
+    ("sql", "text"),
+    [
+        pytest.param(
+            "SELECT * FROM t WHERE a = 'secret' AND b = 42",
+            "SELECT * FROM t WHERE a = ? AND b = ?",
+            id="string-and-number",
+        ),
+        pytest.param(
+            "INSERT INTO t VALUES (1.5, 'it''s', x'ff');",
+            "INSERT INTO t VALUES (?, ?, ?)",
+            id="escaped-quote-and-blob",
+        ),
+        pytest.param(
+            "SELECT a FROM t WHERE b = ?", "SELECT a FROM t WHERE b = ?", id="params-kept"
+        ),
+    ],
+)
+def test_query_text_hides_literals(sql: str, text: str) -> None:
+    assert analyze(sql).query_text == text
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        pytest.param("", "empty", id="empty"),
+        pytest.param("   -- only a comment\n", "empty", id="comment-only"),
+        pytest.param("SELECT 1; SELECT 2", "2 statements", id="two-statements"),
+        pytest.param("COMMIT; DELETE FROM orders", "2 statements", id="commit-smuggling"),
+        pytest.param("SELEC 1", "does not parse", id="syntax-error"),
+        pytest.param("SELECT '\x00'", "NUL", id="nul-byte"),
+        pytest.param("SELECT " + "1 + " * 300_000 + "1", "limit", id="too-long"),
+    ],
+)
+def test_invalid_sql(sql: str, message: str) -> None:
+    with pytest.raises(InvalidSQL, match=message):
+        analyze(sql)
+
+
+def test_analysis_is_cached_by_text() -> None:
+    _analyze.cache_clear()
+    first = analyze("SELECT count(*) FROM cached_table")
+    second = analyze("SELECT count(*) FROM cached_table")
+    assert first is second
+    assert _analyze.cache_info().hits == 1

@@ -1,0 +1,119 @@
+"""Bad input: a structured error, nothing committed, and a span that says what went wrong."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import lakewarden
+from lakewarden.store import catalog
+
+
+@pytest.fixture
+def seeded(warden: lakewarden.Warden) -> lakewarden.Warden:
+    with warden.session("seed") as s:
+        s.sql("CREATE TABLE orders (id BIGINT NOT NULL, email VARCHAR)")
+        s.sql("INSERT INTO orders VALUES (1, 'a'), (2, NULL)")
+    return warden
+
+
+@pytest.mark.parametrize(
+    ("sql", "error", "code"),
+    [
+        pytest.param("", lakewarden.InvalidSQL, "invalid_sql", id="empty"),
+        pytest.param(
+            "INSERT INTO orders VALUES (3, 'c'); DELETE FROM orders",
+            lakewarden.InvalidSQL,
+            "invalid_sql",
+            id="two-statements",
+        ),
+        pytest.param(
+            "INSERT INTO orders VALUS (3, 'c')",
+            lakewarden.InvalidSQL,
+            "invalid_sql",
+            id="syntax-error",
+        ),
+        pytest.param(
+            "INSERT INTO missing VALUES (3, 'c')",
+            lakewarden.ExecutionError,
+            "execution_failed",
+            id="unknown-table",
+        ),
+        pytest.param(
+            "INSERT INTO orders VALUES ('three', 'c')",
+            lakewarden.ExecutionError,
+            "execution_failed",
+            id="type-error",
+        ),
+        pytest.param(
+            "INSERT INTO orders VALUES (NULL, 'c')",
+            lakewarden.ExecutionError,
+            "execution_failed",
+            id="constraint",
+        ),
+        pytest.param(
+            "ATTACH 'other.duckdb' AS other", lakewarden.PolicyDenied, "policy_denied", id="attach"
+        ),
+        pytest.param(
+            "SELECT * FROM read_csv('/etc/passwd')",
+            lakewarden.PolicyDenied,
+            "policy_denied",
+            id="file-read",
+        ),
+    ],
+)
+def test_bad_statement_is_refused_cleanly(
+    seeded: lakewarden.Warden,
+    spans: InMemorySpanExporter,
+    sql: str,
+    error: type[lakewarden.LakewardenError],
+    code: str,
+) -> None:
+    cur = seeded.engine.cursor()
+    before_snap = catalog.current_snapshot(cur)
+    before_rows = cur.execute("SELECT * FROM orders ORDER BY id").fetchall()
+    spans.clear()
+    with seeded.session("careless") as s, pytest.raises(error) as info:
+        s.sql(sql)
+    body = info.value.to_dict()
+    assert body["code"] == code and body["message"]
+    assert catalog.current_snapshot(cur) == before_snap
+    assert cur.execute("SELECT * FROM orders ORDER BY id").fetchall() == before_rows
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == code
+    assert (span.attributes or {})["gen_ai.agent.name"] == "careless"
+    assert seeded.table("orders").rows == 2
+
+
+def test_timeout_interrupts_and_leaves_session_usable(lake_dir, spans) -> None:  # type: ignore[no-untyped-def]
+    settings = lakewarden.Settings(statement_timeout_s=0.5)
+    with (
+        lakewarden.open(
+            lake_dir,
+            settings=settings,
+            telemetry=lakewarden.Telemetry(span_exporters=[spans], env={}),
+        ) as w,
+        w.session("runaway") as s,
+    ):
+        with pytest.raises(lakewarden.StatementTimeout):
+            s.sql(
+                "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
+                "SELECT count(*) FROM r"
+            )
+        assert s.sql("SELECT 42").rows == [(42,)]
+    assert (spans.get_finished_spans()[0].attributes or {})["error.type"] == "timeout"
+
+
+def test_telemetry_failure_never_breaks_a_query(seeded: lakewarden.Warden) -> None:
+    class Broken:
+        def record(self, *a: object, **k: object) -> None:
+            raise RuntimeError("exporter down")
+
+        add = record
+
+    seeded.instruments.duration = Broken()  # type: ignore[assignment]
+    seeded.instruments.statements = Broken()  # type: ignore[assignment]
+    with seeded.session("a") as s:
+        assert s.sql("SELECT count(*) FROM orders").rows == [(2,)]

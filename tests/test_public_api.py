@@ -1,0 +1,43 @@
+"""The public API is small and pinned: changing it is a deliberate act."""
+
+import lakewarden
+
+EXPECTED = {
+    "ConfigurationError",
+    "ExecutionError",
+    "InvalidSQL",
+    "LakewardenError",
+    "NotFound",
+    "Policy",
+    "PolicyDenied",
+    "QualityGateFailed",
+    "Result",
+    "Session",
+    "Settings",
+    "StatementTimeout",
+    "Telemetry",
+    "Violation",
+    "Warden",
+    "__version__",
+    "load_policy",
+    "open",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert set(lakewarden.__all__) == EXPECTED
+    for name in lakewarden.__all__:
+        assert hasattr(lakewarden, name), name
+
+
+def test_errors_share_one_root() -> None:
+    for name in (
+        "ConfigurationError",
+        "ExecutionError",
+        "InvalidSQL",
+        "NotFound",
+        "PolicyDenied",
+        "QualityGateFailed",
+        "StatementTimeout",
+    ):
+        assert issubclass(getattr(lakewarden, name), lakewarden.LakewardenError)
