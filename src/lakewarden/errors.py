@@ -19,6 +19,7 @@ class Violation:
     detail: str
     measured: Any = None
     limit: Any = None
+    table: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -27,6 +27,8 @@ class Result:
     snapshot_id: int | None = None
     signals: dict[str, dict[str, Any]] = field(default_factory=dict)
     violations: tuple[dict[str, Any], ...] = ()  # flagged but allowed (warn/observe modes)
+    dry_run: bool = False  # judged and rolled back: signals are what the write would leave
+    statements: tuple[Result, ...] = ()  # of an atomic batch, one per statement
 
     @property
     def columns(self) -> list[str]:

@@ -6,11 +6,11 @@ Telemetry failures are logged and never reach the agent.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +32,8 @@ from lakewarden.errors import (
     Violation,
 )
 from lakewarden.result import Result
-from lakewarden.store import catalog
 from lakewarden.store.deadline import WATCHDOG
-from lakewarden.store.engine import LAKE_ALIAS
-from lakewarden.tracker import TableUpdate
+from lakewarden.transaction import Transaction
 
 if TYPE_CHECKING:
     from lakewarden.warden import Warden
@@ -69,7 +67,11 @@ def parent_context(traceparent: str | None) -> otel_context.Context | None:
 
 
 class Session:
-    """One agent's connection to the lake. Use it as a context manager; it is cheap to open."""
+    """One agent's connection to the lake. Use it as a context manager; it is cheap to open.
+
+    Each write is its own atomic, gated commit, unless it runs inside :meth:`transaction`, where
+    every statement up to the end of the block commits together, gated as a unit, or not at all.
+    """
 
     def __init__(self, warden: Warden, agent: str) -> None:
         if not agent or not isinstance(agent, str):
@@ -78,6 +80,8 @@ class Session:
         self.agent = agent
         self._cur = warden.engine.cursor()
         self._closed = False
+        self._tx: Transaction | None = None
+        self._tx_span: trace.Span | None = None
 
     def __enter__(self) -> Session:
         return self
@@ -92,8 +96,13 @@ class Session:
 
     def close(self) -> None:
         if not self._closed:
+            if self._tx is not None:
+                self._tx.rollback()
+                self._tx = None
             self._closed = True
             self._cur.close()
+
+    # -- statements ------------------------------------------------------------------------
 
     def sql(
         self,
@@ -102,44 +111,106 @@ class Session:
         *,
         max_rows: int | None = None,
         traceparent: str | None = None,
+        dry_run: bool = False,
     ) -> Result:
-        """Run one statement under governance; raise a :class:`LakewardenError` if refused."""
+        """Run one statement under governance; raise a :class:`LakewardenError` if refused.
+
+        With ``dry_run`` a write runs inside a transaction that is always rolled back: the
+        result carries its signals and the gate's violations, and nothing is committed.
+        """
         if self._closed:
             raise ExecutionError("the session is closed; open a new one with warden.session()")
         started = time.perf_counter()
         warden = self.warden
-        stmt: Statement | None = None
         try:
             stmt = analyze(sql)
         except InvalidSQL as exc:
-            self._failed_span(exc, sql, started, traceparent)
+            self._failed_span(exc, started, traceparent)
             raise
         span = warden.telemetry.tracer.start_span(
             stmt.summary,
-            context=parent_context(traceparent),
+            context=self._context(traceparent),
             kind=SpanKind.CLIENT,
             attributes=self._span_attributes(stmt),
         )
-        ctx = span.get_span_context()
-        trace_id = f"{ctx.trace_id:032x}" if ctx.is_valid else _trace_id_of(traceparent)
+        trace_id = _trace_id(span, traceparent)
+        flagged: list[Violation] = []
         try:
             flagged = warden.govern(self.agent, stmt)
-            limit = warden.row_limit(self.agent, max_rows)
             timeout = warden.timeout(self.agent)
             if stmt.kind == "read":
-                result = self._read(stmt, params, limit, timeout, trace_id)
+                result = self._read(
+                    stmt, params, warden.row_limit(self.agent, max_rows), timeout, trace_id
+                )
+            elif self._tx is not None:
+                if dry_run:
+                    raise InvalidSQL("dry_run applies to a whole transaction, not one statement")
+                affected = self._tx.run(stmt, params, timeout, _engine_error)
+                result = Result(
+                    kind=stmt.kind, summary=stmt.summary, trace_id=trace_id, rows_affected=affected
+                )
             else:
-                result = self._write(stmt, params, timeout, trace_id, span)
+                result = self._write([stmt], [params], timeout, trace_id, span, dry_run)
             if flagged:
-                result = _with_violations(result, flagged)
+                result = replace(
+                    result, violations=result.violations + tuple(v.to_dict() for v in flagged)
+                )
         except Exception as exc:
             error = _as_lakewarden_error(exc)
-            self._finish(span, stmt, started, error=error)
+            self._finish(span, stmt, started, error=error, flagged=flagged)
             if error is exc:
                 raise
             raise error from exc
         self._finish(span, stmt, started, result=result, flagged=flagged)
         return result
+
+    def batch(
+        self, statements: Sequence[str], *, traceparent: str | None = None, dry_run: bool = False
+    ) -> Result:
+        """Run several statements as ONE atomic, gated transaction: all commit, or none."""
+        if not statements:
+            raise InvalidSQL("an atomic batch needs at least one statement")
+        results = []
+        with self.transaction(traceparent=traceparent, dry_run=dry_run) as tx:
+            for text in statements:
+                results.append(self.sql(text))
+        return replace(tx.result, statements=tuple(results))
+
+    @contextmanager
+    def transaction(
+        self, *, traceparent: str | None = None, dry_run: bool = False
+    ) -> Iterator[TransactionHandle]:
+        """Everything in the block commits together as one snapshot, after the gate, or not at
+        all. With ``dry_run`` it is judged and always rolled back."""
+        if self._tx is not None:
+            raise InvalidSQL("a transaction is already open in this session")
+        started = time.perf_counter()
+        span = self.warden.telemetry.tracer.start_span(
+            "BATCH",
+            context=self._context(traceparent),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": "duckdb",
+                "db.operation.name": "BATCH",
+                "db.namespace": self.warden.engine.location.namespace,
+                "gen_ai.agent.name": self.agent,
+            },
+        )
+        handle = TransactionHandle(trace_id=_trace_id(span, traceparent))
+        tx = Transaction(self.warden, self._cur, self.agent)
+        tx.begin()
+        self._tx, self._tx_span = tx, span
+        try:
+            yield handle
+            handle.result = self._conclude(tx, span, handle.trace_id, dry_run)
+        except BaseException as exc:
+            tx.rollback()
+            error = _as_lakewarden_error(exc) if isinstance(exc, Exception) else None
+            self._finish_batch(span, tx, started, error=error)
+            raise
+        finally:
+            self._tx, self._tx_span = None, None
+        self._finish_batch(span, tx, started, result=handle.result)
 
     # -- execution -------------------------------------------------------------------------
 
@@ -164,56 +235,78 @@ class Session:
 
     def _write(
         self,
-        stmt: Statement,
-        params: Sequence[Any] | None,
+        stmts: list[Statement],
+        params: list[Sequence[Any] | None],
         timeout: float | None,
         trace_id: str | None,
         span: trace.Span,
+        dry_run: bool,
     ) -> Result:
-        warden = self.warden
-        cur = self._cur
-        is_lake = warden.engine.location.is_lake
-        with warden.engine.write_lock:
-            cur.begin()
-            try:
-                with WATCHDOG.guard(cur, timeout) as deadline:
-                    try:
-                        cur.execute(stmt.text, params)
-                        row = cur.fetchone() if cur.description else None
-                    except duckdb.Error as exc:
-                        raise _engine_error(exc, deadline.expired, timeout) from exc
-                affected = int(row[0]) if row and stmt.kind == "write" else None
-                if is_lake:
-                    ctx = span.get_span_context()
-                    extra = {
-                        "trace_id": trace_id,
-                        "span_id": f"{ctx.span_id:016x}" if ctx.is_valid else None,
-                    }
-                    cur.execute(
-                        f"CALL {LAKE_ALIAS}.set_commit_message(?, ?, extra_info => ?)",
-                        [self.agent, stmt.summary, json.dumps(extra)],
-                    )
-                cur.commit()
-            except BaseException:
-                _rollback(cur)
-                raise
-            snapshot_id = catalog.last_committed_snapshot(cur) if is_lake else None
-            known = warden.tracker.snapshot_id
-            if snapshot_id is not None and known is not None and snapshot_id <= known:
-                # DuckLake made no snapshot (the write changed nothing): this id is an older
-                # commit of this cursor, already applied; never claim it for this write.
-                snapshot_id = None
-            updates = warden.tracker.record(
-                snapshot_id, stmt.tables_written, self.agent, shape_changed=stmt.kind == "ddl"
+        tx = Transaction(self.warden, self._cur, self.agent)
+        tx.begin()
+        try:
+            affected = [
+                tx.run(s, p, timeout, _engine_error) for s, p in zip(stmts, params, strict=True)
+            ]
+            result = self._conclude(tx, span, trace_id, dry_run)
+        except BaseException:
+            tx.rollback()
+            raise
+        total = [a for a in affected if a is not None]
+        return replace(result, rows_affected=sum(total) if total else None)
+
+    def _conclude(
+        self, tx: Transaction, span: trace.Span, trace_id: str | None, dry_run: bool
+    ) -> Result:
+        """Gate, then commit (or roll back for a dry run or a blocked write)."""
+        kinds = {s.kind for s in tx.statements}
+        kind = "ddl" if kinds == {"ddl"} else ("write" if kinds - {"read"} else "read")
+        summary = (
+            tx.statements[0].summary
+            if len(tx.statements) == 1
+            else "BATCH "
+            + " ".join(dict.fromkeys(t for s in tx.statements for t in s.tables_written))
+        )
+        verdict = tx.verdict()
+        blocked = bool(verdict.violations) and (
+            self.warden.policy.effective_mode(self.agent) == "enforce"
+        )
+        if dry_run:
+            tx.rollback()
+            return Result(
+                kind=kind,
+                summary=summary,
+                trace_id=trace_id,
+                dry_run=True,
+                signals={t: s.summary() for t, s in verdict.projected.items()},
+                violations=tuple(v.to_dict() for v in verdict.violations),
             )
+        if blocked:
+            tx.rollback()
+            self.warden.record_blocked(self.agent, verdict.violations)
+            raise QualityGateFailed(
+                f"{summary} was rolled back by the quality gate: "
+                + "; ".join(v.detail for v in verdict.violations)
+                + ". Nothing was committed.",
+                verdict.violations,
+            )
+        ctx = span.get_span_context()
+        snapshot_id, updates = tx.commit(
+            summary, trace_id, f"{ctx.span_id:016x}" if ctx.is_valid else None
+        )
         return Result(
-            kind=stmt.kind,
-            summary=stmt.summary,
+            kind=kind,
+            summary=summary,
             trace_id=trace_id,
-            rows_affected=affected,
             snapshot_id=snapshot_id,
             signals={name: u.to_dict() for name, u in updates.items()},
+            violations=tuple(v.to_dict() for v in verdict.violations),
         )
+
+    def _context(self, traceparent: str | None) -> otel_context.Context | None:
+        if self._tx_span is not None:
+            return trace.set_span_in_context(self._tx_span)
+        return parent_context(traceparent)
 
     # -- telemetry ---------------------------------------------------------------------------
 
@@ -245,62 +338,69 @@ class Session:
     ) -> None:
         try:
             decision = decision_of(error) if error else DECISION_ALLOWED
-            span.set_attribute("lakewarden.decision", decision)
-            for violation in error.violations if error else flagged or []:
-                span.add_event(
-                    "lakewarden.violation", {k: str(v) for k, v in violation.to_dict().items()}
-                )
-            rows_written = 0
-            if result is not None:
-                if result.kind == "read":
-                    span.set_attribute("db.response.returned_rows", result.row_count)
-                rows_written = sum(
-                    s["rows_inserted"] + s["rows_deleted"] + s["rows_updated"]
-                    for s in result.signals.values()
-                )
-                if result.kind == "write":
-                    span.set_attribute("lakewarden.rows.written", rows_written)
-                if result.snapshot_id is not None:
-                    span.set_attribute("lakewarden.snapshot.id", result.snapshot_id)
-            if error is not None:
-                span.set_attribute("error.type", error_type(error))
-                span.set_status(Status(StatusCode.ERROR, error.message[:256]))
+            _mark(span, decision, error, result, flagged)
+            if result is not None and result.kind == "read":
+                span.set_attribute("db.response.returned_rows", result.row_count)
             span.end()
             self.warden.record_statement(
                 agent=self.agent,
-                stmt=stmt,
+                operation=stmt.operation,
+                collection=_collection(stmt),
                 decision=decision,
                 seconds=time.perf_counter() - started,
                 error=error_type(error) if error else None,
-                updates=result.signals if result else {},
+                updates=result.signals if result and not result.dry_run else {},
             )
         except Exception:
             log.exception(
                 "telemetry failed for %s; the statement itself is unaffected", stmt.summary
             )
 
-    def _failed_span(
-        self, error: LakewardenError, sql: str, started: float, traceparent: str | None
+    def _finish_batch(
+        self,
+        span: trace.Span,
+        tx: Transaction,
+        started: float,
+        *,
+        result: Result | None = None,
+        error: LakewardenError | None = None,
     ) -> None:
+        try:
+            decision = decision_of(error) if error else DECISION_ALLOWED
+            span.set_attribute("lakewarden.tables.written", list(tx.tables_written))
+            _mark(span, decision, error, result, None)
+            span.end()
+            self.warden.record_statement(
+                agent=self.agent,
+                operation="BATCH",
+                collection=None,
+                decision=decision,
+                seconds=time.perf_counter() - started,
+                error=error_type(error) if error else None,
+                updates=result.signals if result and not result.dry_run else {},
+            )
+        except Exception:
+            log.exception("telemetry failed for a batch; the batch itself is unaffected")
+
+    def _failed_span(self, error: LakewardenError, started: float, traceparent: str | None) -> None:
         """A span for a statement that never got analysed (empty, unparsable, several)."""
         try:
             span = self.warden.telemetry.tracer.start_span(
                 "duckdb",
-                context=parent_context(traceparent),
+                context=self._context(traceparent),
                 kind=SpanKind.CLIENT,
                 attributes={
                     "db.system.name": "duckdb",
                     "db.namespace": self.warden.engine.location.namespace,
                     "gen_ai.agent.name": self.agent,
-                    "lakewarden.decision": DECISION_FAILED,
-                    "error.type": error_type(error),
                 },
             )
-            span.set_status(Status(StatusCode.ERROR, error.message[:256]))
+            _mark(span, DECISION_FAILED, error, None, None)
             span.end()
             self.warden.record_statement(
                 agent=self.agent,
-                stmt=None,
+                operation="UNKNOWN",
+                collection=None,
                 decision=DECISION_FAILED,
                 seconds=time.perf_counter() - started,
                 error=error_type(error),
@@ -308,6 +408,54 @@ class Session:
             )
         except Exception:
             log.exception("telemetry failed for an invalid statement")
+
+
+@dataclass
+class TransactionHandle:
+    """What ``with session.transaction() as tx`` gives: the trace id, then the outcome."""
+
+    trace_id: str | None
+    result: Result = field(
+        default_factory=lambda: Result(kind="write", summary="BATCH", trace_id=None)
+    )
+
+
+def _mark(
+    span: trace.Span,
+    decision: str,
+    error: LakewardenError | None,
+    result: Result | None,
+    flagged: list[Violation] | None,
+) -> None:
+    span.set_attribute("lakewarden.decision", decision)
+    violations = list(error.violations) if error else list(flagged or [])
+    if result is not None:
+        violations += [
+            Violation(**v) for v in result.violations if Violation(**v) not in violations
+        ]
+        if result.kind != "read" and not result.dry_run:
+            span.set_attribute("lakewarden.rows.written", _rows_written(result.signals))
+        if result.snapshot_id is not None:
+            span.set_attribute("lakewarden.snapshot.id", result.snapshot_id)
+        if result.dry_run:
+            span.set_attribute("lakewarden.dry_run", True)
+    for violation in violations:
+        span.add_event("lakewarden.violation", {k: str(v) for k, v in violation.to_dict().items()})
+    if error is not None:
+        span.set_attribute("error.type", error_type(error))
+        span.set_status(Status(StatusCode.ERROR, error.message[:256]))
+
+
+def _rows_written(signals: dict[str, dict[str, Any]]) -> int:
+    return sum(
+        s.get("rows_inserted", 0) + s.get("rows_deleted", 0) + s.get("rows_updated", 0)
+        for s in signals.values()
+    )
+
+
+def _trace_id(span: trace.Span, traceparent: str | None) -> str | None:
+    ctx = span.get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else _trace_id_of(traceparent)
 
 
 def _collection(stmt: Statement) -> str | None:
@@ -331,12 +479,6 @@ def _fetch(cur: duckdb.DuckDBPyConnection, limit: int | None) -> tuple[pa.Table,
     if table.num_rows > limit:
         return table.slice(0, limit), True
     return table, False
-
-
-def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
-    # The engine may already have aborted the transaction: then there is nothing to roll back.
-    with contextlib.suppress(duckdb.Error):
-        cur.rollback()
 
 
 def _engine_error(exc: duckdb.Error, expired: bool, timeout: float | None) -> LakewardenError:
@@ -377,12 +519,3 @@ def _trace_id_of(traceparent: str | None) -> str | None:
         if len(parts) >= 2 and len(parts[1]) == 32:
             return parts[1]
     return None
-
-
-def _with_violations(result: Result, flagged: list[Violation]) -> Result:
-    from dataclasses import replace
-
-    return replace(result, violations=tuple(v.to_dict() for v in flagged))
-
-
-__all__ = ["Session", "TableUpdate"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from lakewarden.governance.policy import OPEN_POLICY, Policy, load_policy
 from lakewarden.governance.refusals import refusals
 from lakewarden.session import Session
 from lakewarden.settings import Settings
+from lakewarden.signals import checks
 from lakewarden.signals.table_state import TableState
 from lakewarden.store import catalog
 from lakewarden.store.engine import Engine, locate
@@ -47,7 +49,9 @@ class Warden:
         self.telemetry = telemetry or Telemetry()
         self.engine = Engine(locate(path, self.settings), self.settings)
         self._lock = threading.Lock()
-        self.instruments = Instruments(self.telemetry.meter, self._table_states)
+        self.instruments = Instruments(
+            self.telemetry.meter, self._table_states, self._check_states, self._contract_limits
+        )
         self.tracker = Tracker(self.engine, self._event_time, self._time_signal)
         self.tracker.sync()
 
@@ -119,6 +123,34 @@ class Warden:
     def _table_states(self) -> list[TableState]:
         return self.tracker.tables()
 
+    def checks(
+        self, table: str | None = None, now: float | None = None
+    ) -> dict[str, list[checks.Finding]]:
+        """Every contract check of every table (or of one), as the tables stand now."""
+        now = time.time() if now is None else now
+        out: dict[str, list[checks.Finding]] = {}
+        for state in self.tracker.tables():
+            if table is not None and state.name != normalize(table):
+                continue
+            contract = self.policy.contract(state.name)
+            if contract is not None:
+                out[state.name] = checks.evaluate(state, contract, now)
+        return out
+
+    def _check_states(self) -> list[tuple[str, str, bool]]:
+        return [(t, f.check, f.passing) for t, found in self.checks().items() for f in found]
+
+    def _contract_limits(self) -> list[tuple[str, float | None, dict[str, float]]]:
+        out = []
+        for name, contract in self.policy.tables.items():
+            limits = {
+                c: r.max_null_ratio
+                for c, r in contract.columns.items()
+                if r.max_null_ratio is not None
+            }
+            out.append((name, contract.freshness_sla, limits))
+        return out
+
     def _time_signal(self, signal: str, seconds: float) -> None:
         self.instruments.signal_duration.record(seconds, {"lakewarden.signal": signal})
 
@@ -126,25 +158,20 @@ class Warden:
         self,
         *,
         agent: str,
-        stmt: Statement | None,
+        operation: str,
+        collection: str | None,
         decision: str,
         seconds: float,
         error: str | None,
         updates: dict[str, dict[str, Any]],
     ) -> None:
-        operation = stmt.operation if stmt else "UNKNOWN"
         attrs: dict[str, Any] = {
             "db.system.name": "duckdb",
             "db.operation.name": operation,
             "gen_ai.agent.name": agent,
         }
-        target = (
-            stmt.target or (stmt.tables_read[0] if stmt and len(stmt.tables_read) == 1 else None)
-            if stmt
-            else None
-        )
-        if target:
-            attrs["db.collection.name"] = target
+        if collection:
+            attrs["db.collection.name"] = collection
         if error:
             attrs["error.type"] = error
         self.instruments.duration.record(seconds, attrs)
@@ -167,6 +194,21 @@ class Warden:
                         "db.operation.name": operation,
                     },
                 )
+
+    def record_blocked(self, agent: str, violations: list[Violation]) -> None:
+        """Count a write the gate rolled back, once per violated check and table."""
+        try:
+            for v in violations:
+                self.instruments.gate_blocks.add(
+                    1,
+                    {
+                        "gen_ai.agent.name": agent,
+                        "db.collection.name": v.table or "",
+                        "lakewarden.check.name": v.rule,
+                    },
+                )
+        except Exception:
+            log.exception("could not count a quality-gate block")
 
     # -- reading the lake ------------------------------------------------------------------------
 

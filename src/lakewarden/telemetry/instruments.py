@@ -15,11 +15,19 @@ from lakewarden import __version__
 from lakewarden.signals.table_state import TableState
 
 TableSource = Callable[[], Iterable[TableState]]
+# (table, check name, passing) for every check of every table with a contract
+CheckSource = Callable[[], Iterable[tuple[str, str, bool]]]
+# (table, freshness SLA seconds | None, {column: max null ratio})
+ContractSource = Callable[[], Iterable[tuple[str, float | None, dict[str, float]]]]
 
 
 class Instruments:
-    def __init__(self, meter: Meter, tables: TableSource) -> None:
+    def __init__(
+        self, meter: Meter, tables: TableSource, checks: CheckSource, contracts: ContractSource
+    ) -> None:
         self._tables = tables
+        self._checks = checks
+        self._contracts = contracts
         self.duration = meter.create_histogram(
             "db.client.operation.duration",
             unit="s",
@@ -82,6 +90,24 @@ class Instruments:
             description="Schema changes seen on the table, by kind.",
         )
         meter.create_observable_gauge(
+            "lakewarden.table.freshness_sla",
+            [self._freshness_sla],
+            unit="s",
+            description="Freshness SLA of the table, from its contract.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.column.null_ratio_max",
+            [self._null_ratio_max],
+            unit="1",
+            description="Highest null ratio the column's contract allows.",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.check.passing",
+            [self._check_passing],
+            unit="1",
+            description="1 while the table passes the check, 0 while it fails.",
+        )
+        meter.create_observable_gauge(
             "lakewarden.build_info",
             [self._build_info],
             unit="1",
@@ -126,6 +152,28 @@ class Instruments:
             Observation(count, {"db.collection.name": t.name, "lakewarden.change": change})
             for t in self._each()
             for change, count in t.schema_changes.items()
+        ]
+
+    def _freshness_sla(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(sla, {"db.collection.name": table})
+            for table, sla, _ in self._contracts()
+            if sla is not None
+        ]
+
+    def _null_ratio_max(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(limit, {"db.collection.name": table, "lakewarden.column.name": column})
+            for table, _, columns in self._contracts()
+            for column, limit in columns.items()
+        ]
+
+    def _check_passing(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                1 if passing else 0, {"db.collection.name": table, "lakewarden.check.name": check}
+            )
+            for table, check, passing in self._checks()
         ]
 
     def _build_info(self, _: CallbackOptions) -> Iterable[Observation]:
