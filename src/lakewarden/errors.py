@@ -34,6 +34,7 @@ class LakewardenError(Exception):
         super().__init__(message)
         self.message = message
         self.violations: list[Violation] = list(violations or [])
+        self.trace_id: str | None = None  # the trace of the refused statement, once known
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,18 @@ class ExecutionError(LakewardenError):
     """The engine refused or failed the statement (unknown table, type error, ...)."""
 
     code = "execution_failed"
+
+
+class Unauthenticated(LakewardenError):
+    """The bearer token is missing or names no agent of the server's policy."""
+
+    code = "unauthenticated"
+
+
+class InvalidRequest(LakewardenError):
+    """The request body is not what the REST API accepts."""
+
+    code = "invalid_request"
 
 
 class NotFound(LakewardenError):

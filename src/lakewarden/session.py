@@ -32,6 +32,7 @@ from lakewarden.errors import (
     Violation,
 )
 from lakewarden.result import Result
+from lakewarden.store import audit
 from lakewarden.store.deadline import WATCHDOG
 from lakewarden.transaction import Transaction
 
@@ -125,7 +126,19 @@ class Session:
         try:
             stmt = analyze(sql)
         except InvalidSQL as exc:
-            self._failed_span(exc, started, traceparent)
+            exc.trace_id = self._failed_span(exc, started, traceparent)
+            if self._tx is None:
+                self.warden.audit_refused(
+                    audit.AuditRecord(
+                        agent=self.agent,
+                        decision=DECISION_FAILED,
+                        operation="UNKNOWN",
+                        summary="invalid SQL",
+                        statement=sql if isinstance(sql, str) else "",
+                        violations=(Violation("invalid_sql", exc.message),),
+                        trace_id=exc.trace_id,
+                    )
+                )
             raise
         span = warden.telemetry.tracer.start_span(
             stmt.summary,
@@ -157,7 +170,21 @@ class Session:
                 )
         except Exception as exc:
             error = _as_lakewarden_error(exc)
+            error.trace_id = trace_id
             self._finish(span, stmt, started, error=error, flagged=flagged)
+            if self._tx is None:  # inside a transaction, the transaction's outcome is audited
+                self.warden.audit_refused(
+                    audit.AuditRecord(
+                        agent=self.agent,
+                        decision=decision_of(error),
+                        operation=stmt.operation,
+                        summary=stmt.summary,
+                        statement=stmt.text,
+                        tables=stmt.tables,
+                        violations=tuple(error.violations),
+                        trace_id=trace_id,
+                    )
+                )
             if error is exc:
                 raise
             raise error from exc
@@ -207,6 +234,19 @@ class Session:
             tx.rollback()
             error = _as_lakewarden_error(exc) if isinstance(exc, Exception) else None
             self._finish_batch(span, tx, started, error=error)
+            if error is not None:
+                self.warden.audit_refused(
+                    audit.AuditRecord(
+                        agent=self.agent,
+                        decision=decision_of(error),
+                        operation="BATCH",
+                        summary="BATCH " + " ".join(tx.tables_written),
+                        statement="\n".join(s.text for s in tx.statements),
+                        tables=tx.tables_written,
+                        violations=tuple(error.violations),
+                        trace_id=handle.trace_id,
+                    )
+                )
             raise
         finally:
             self._tx, self._tx_span = None, None
@@ -291,9 +331,22 @@ class Session:
                 verdict.violations,
             )
         ctx = span.get_span_context()
-        snapshot_id, updates = tx.commit(
-            summary, trace_id, f"{ctx.span_id:016x}" if ctx.is_valid else None
-        )
+        span_id = f"{ctx.span_id:016x}" if ctx.is_valid else None
+        records = [
+            audit.AuditRecord(
+                agent=self.agent,
+                decision=DECISION_ALLOWED,
+                operation=s.operation,
+                summary=s.summary,
+                statement=s.text,
+                tables=s.tables,
+                violations=tuple(verdict.violations),
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+            for s in tx.statements
+        ]
+        snapshot_id, updates = tx.commit(summary, trace_id, span_id, records)
         return Result(
             kind=kind,
             summary=summary,
@@ -382,8 +435,10 @@ class Session:
         except Exception:
             log.exception("telemetry failed for a batch; the batch itself is unaffected")
 
-    def _failed_span(self, error: LakewardenError, started: float, traceparent: str | None) -> None:
-        """A span for a statement that never got analysed (empty, unparsable, several)."""
+    def _failed_span(
+        self, error: LakewardenError, started: float, traceparent: str | None
+    ) -> str | None:
+        """A span for a statement never analysed (empty, unparsable, several); its trace id."""
         try:
             span = self.warden.telemetry.tracer.start_span(
                 "duckdb",
@@ -397,6 +452,7 @@ class Session:
             )
             _mark(span, DECISION_FAILED, error, None, None)
             span.end()
+            trace_id = _trace_id(span, traceparent)
             self.warden.record_statement(
                 agent=self.agent,
                 operation="UNKNOWN",
@@ -408,6 +464,8 @@ class Session:
             )
         except Exception:
             log.exception("telemetry failed for an invalid statement")
+            return _trace_id_of(traceparent)
+        return trace_id
 
 
 @dataclass
@@ -467,7 +525,7 @@ def _collection(stmt: Statement) -> str | None:
 def _fetch(cur: duckdb.DuckDBPyConnection, limit: int | None) -> tuple[pa.Table, bool]:
     if limit is None:
         return cur.to_arrow_table(), False
-    reader = cur.fetch_record_batch(min(max(limit + 1, 1), 100_000))
+    reader = cur.to_arrow_reader(min(max(limit + 1, 1), 100_000))
     batches: list[pa.RecordBatch] = []
     count = 0
     for batch in reader:

@@ -10,6 +10,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_THREADS | 2 | DuckDB worker threads |
 | LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | re-base a table's signals by a full profile when older |
 | LAKEWARDEN_CATALOG | duckdb | catalog of a new lake: duckdb (one process) or sqlite (several) |
+| LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit records older than this are pruned at start-up |
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Settings:
     threads: int = 2
     profile_max_age_s: float = 86400.0
     catalog: str = "duckdb"
+    audit_retention_days: float = 90.0
 
     def __post_init__(self) -> None:
         if self.statement_timeout_s < 0:
@@ -44,6 +46,8 @@ class Settings:
             raise ConfigurationError("LAKEWARDEN_THREADS must be >= 1")
         if self.profile_max_age_s <= 0:
             raise ConfigurationError("LAKEWARDEN_PROFILE_MAX_AGE_S must be > 0")
+        if self.audit_retention_days <= 0:
+            raise ConfigurationError("LAKEWARDEN_AUDIT_RETENTION_DAYS must be > 0")
         if self.catalog not in CATALOGS:
             raise ConfigurationError(
                 f"LAKEWARDEN_CATALOG={self.catalog!r}: use one of {', '.join(CATALOGS)}"
@@ -68,4 +72,7 @@ class Settings:
             threads=int(number("LAKEWARDEN_THREADS", cls.threads, int)),
             profile_max_age_s=number("LAKEWARDEN_PROFILE_MAX_AGE_S", cls.profile_max_age_s),
             catalog=env.get("LAKEWARDEN_CATALOG", cls.catalog).strip().lower(),
+            audit_retention_days=number(
+                "LAKEWARDEN_AUDIT_RETENTION_DAYS", cls.audit_retention_days
+            ),
         )

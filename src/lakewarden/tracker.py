@@ -18,7 +18,7 @@ from lakewarden.analysis.names import normalize
 from lakewarden.signals import delta as deltas
 from lakewarden.signals.schema import SchemaChange, diff
 from lakewarden.signals.table_state import ColumnState, TableState
-from lakewarden.store import catalog
+from lakewarden.store import audit, catalog
 from lakewarden.store.engine import Engine
 from lakewarden.store.state import StateStore
 
@@ -126,7 +126,7 @@ class Tracker:
             if not key.startswith(("tables_", "inlined_")):
                 continue
             names = [v if key == "tables_created" else ids.get(v, "") for v in values]
-            names = [normalize(n) for n in names if n]
+            names = [normalize(n) for n in names if n and not _internal(n)]
             touched.update(names)
             if key in _SHAPE_KEYS:
                 reshaped.update(names)
@@ -281,6 +281,10 @@ class Tracker:
         except Exception:
             # The lake is the truth and the state only a cache: a failed save re-bases later.
             log.exception("could not persist table state")
+
+
+def _internal(name: str) -> bool:
+    return name.lower().startswith((f"{audit.SCHEMA}.", f"main.{audit.SCHEMA}."))
 
 
 def _last_write(cur: Any, name: str) -> tuple[float, str | None] | None:

@@ -20,7 +20,7 @@ from lakewarden.analysis import Statement
 from lakewarden.errors import Violation
 from lakewarden.signals import checks
 from lakewarden.signals.table_state import ColumnState, TableState
-from lakewarden.store import catalog
+from lakewarden.store import audit, catalog
 from lakewarden.store.deadline import WATCHDOG
 from lakewarden.store.engine import LAKE_ALIAS
 from lakewarden.tracker import TableUpdate
@@ -71,8 +71,7 @@ class Transaction:
     ) -> int | None:
         """Execute one statement inside the transaction; return the rows it affected."""
         for table in stmt.tables_written:
-            if table not in self._before:
-                self._before[table] = self.warden.tracker.get(table)
+            self.register(table)
         with WATCHDOG.guard(self.cur, timeout) as deadline:
             try:
                 self.cur.execute(stmt.text, params)
@@ -93,6 +92,11 @@ class Transaction:
             else:  # UPDATE, and MERGE (whose split the engine does not report)
                 counts.updated += affected
         return affected
+
+    def register(self, table: str) -> None:
+        """Note that the transaction writes ``table`` outside :meth:`run` (e.g. a restore)."""
+        if table not in self._before:
+            self._before[table] = self.warden.tracker.get(table)
 
     @property
     def tables_written(self) -> tuple[str, ...]:
@@ -140,12 +144,17 @@ class Transaction:
         return out
 
     def commit(
-        self, summary: str, trace_id: str | None, span_id: str | None
+        self,
+        summary: str,
+        trace_id: str | None,
+        span_id: str | None,
+        records: list[audit.AuditRecord],
     ) -> tuple[int | None, dict[str, TableUpdate]]:
-        """Commit as one snapshot and bring the table signals up to date."""
+        """Commit as one snapshot, its audit records inside it, and update the table signals."""
         warden = self.warden
         is_lake = warden.engine.location.is_lake
         try:
+            audit.insert(self.cur, records)
             if is_lake:
                 extra = json.dumps({"trace_id": trace_id, "span_id": span_id})
                 self.cur.execute(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from lakewarden.analysis import Statement
 from lakewarden.analysis.names import normalize
@@ -17,8 +21,8 @@ from lakewarden.session import Session
 from lakewarden.settings import Settings
 from lakewarden.signals import checks
 from lakewarden.signals.table_state import TableState
-from lakewarden.store import catalog
-from lakewarden.store.engine import Engine, locate
+from lakewarden.store import audit, catalog
+from lakewarden.store.engine import LAKE_ALIAS, Engine, locate
 from lakewarden.telemetry import Telemetry
 from lakewarden.telemetry.instruments import Instruments
 from lakewarden.tracker import Tracker
@@ -52,6 +56,14 @@ class Warden:
         self.instruments = Instruments(
             self.telemetry.meter, self._table_states, self._check_states, self._contract_limits
         )
+        self._audit_cur = self.engine.cursor()
+        with self.engine.write_lock:
+            self._bookkeeping(lambda cur: audit.ensure(cur), "audit trail")
+            self._bookkeeping(
+                lambda cur: audit.prune(cur, self.settings.audit_retention_days), "audit retention"
+            )
+        audit.ensure_refusals(self._audit_cur)
+        audit.prune(self._audit_cur, self.settings.audit_retention_days, audit.REFUSALS)
         self.tracker = Tracker(self.engine, self._event_time, self._time_signal)
         self.tracker.sync()
 
@@ -210,6 +222,54 @@ class Warden:
         except Exception:
             log.exception("could not count a quality-gate block")
 
+    # -- audit and restore ------------------------------------------------------------------
+
+    def _bookkeeping(
+        self, work: Callable[[duckdb.DuckDBPyConnection], None], message: str
+    ) -> int | None:
+        """Run lakewarden's own change in a commit authored by lakewarden; its snapshot id."""
+        cur = self._audit_cur
+        cur.begin()
+        try:
+            work(cur)
+            if self.engine.location.is_lake:
+                cur.execute(f"CALL {LAKE_ALIAS}.set_commit_message(?, ?)", [audit.AUTHOR, message])
+            cur.commit()
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                cur.rollback()
+            raise
+        if not self.engine.location.is_lake:
+            return None
+        return catalog.last_committed_snapshot(cur)
+
+    def audit_refused(self, record: audit.AuditRecord) -> None:
+        """Record a decision that committed nothing (denied, blocked, failed)."""
+        try:
+            with self._lock:
+                audit.insert(self._audit_cur, [record], audit.REFUSALS)
+        except Exception:
+            log.exception("could not write the audit record of a refused statement")
+
+    def audit(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit records, newest first."""
+        with self._lock:
+            cur = self.engine.cursor()
+            try:
+                return audit.read(
+                    cur, agent=agent, limit=limit, is_lake=self.engine.location.is_lake
+                )
+            finally:
+                cur.close()
+
+    def restore(
+        self, table: str, snapshot_id: int, *, agent: str, traceparent: str | None = None
+    ) -> Any:
+        """Make ``table`` equal to its content at ``snapshot_id``, as one new commit."""
+        from lakewarden.restore import restore
+
+        return restore(self, normalize(table), int(snapshot_id), agent, traceparent)
+
     # -- reading the lake ------------------------------------------------------------------------
 
     def tables(self) -> list[TableState]:
@@ -232,7 +292,12 @@ class Warden:
             cur = self.engine.cursor()
             try:
                 if table is None:
-                    return catalog.snapshots(cur, limit=limit)
+                    # lakewarden's own bookkeeping commits (audit of refusals) are not news
+                    return [
+                        s
+                        for s in catalog.snapshots(cur, limit=limit * 2 + 10)
+                        if s.agent != audit.AUTHOR
+                    ][:limit]
                 name = normalize(table)
                 ids = {k for k, v in catalog.table_ids(cur).items() if v == name}
                 out = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from lakewarden.analysis.statement import Statement
 from lakewarden.errors import Violation
+from lakewarden.store.audit import SCHEMA as AUDIT_SCHEMA
 
 REFUSED_TYPES = {
     "ATTACH": "attaching databases",
@@ -69,4 +70,6 @@ _INTERNAL = ("lw_state", "__ducklake_metadata_", "system", "temp", "memory")
 
 
 def _foreign(qualifier: str, lake_database: str) -> bool:
-    return qualifier != lake_database.lower() and qualifier.startswith(_INTERNAL)
+    if qualifier == lake_database.lower():
+        return False
+    return qualifier == AUDIT_SCHEMA or qualifier.startswith(_INTERNAL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,13 +54,13 @@ def _open(lake: Path, policy: Path | None) -> Any:
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _age(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    seconds = max(0.0, datetime.now(tz=timezone.utc).timestamp() - epoch)
+    seconds = max(0.0, datetime.now(tz=UTC).timestamp() - epoch)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.1f}{unit} ago"
@@ -113,15 +113,20 @@ def check(
     for col in state.columns:
         ratio = state.null_ratio(col.name)
         style = "red" if ratio >= 0.5 else ("yellow" if ratio > 0 else "")
-        cols.add_row(col.name, col.type, f"{col.null_count:,}", f"[{style}]{ratio:.2%}[/]"
-                     if style else f"{ratio:.2%}")
+        cols.add_row(
+            col.name,
+            col.type,
+            f"{col.null_count:,}",
+            f"[{style}]{ratio:.2%}[/]" if style else f"{ratio:.2%}",
+        )
     console.print(cols)
 
 
 @app.command()
 def snapshots(
-    table: Annotated[str | None, typer.Argument(help="Only snapshots that changed this table.")]
-    = None,
+    table: Annotated[
+        str | None, typer.Argument(help="Only snapshots that changed this table.")
+    ] = None,
     lake: LakeOption = Path("lakewarden-demo"),
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: JsonOption = False,
@@ -141,8 +146,14 @@ def snapshots(
         out.add_column(name)
     for snap in snaps:
         changes = "; ".join(f"{k}" for k in snap.changes)
-        out.add_row(str(snap.snapshot_id), snap.time.strftime("%Y-%m-%d %H:%M:%S"),
-                    snap.agent or "-", snap.message or "-", changes, snap.trace_id or "-")
+        out.add_row(
+            str(snap.snapshot_id),
+            snap.time.strftime("%Y-%m-%d %H:%M:%S"),
+            snap.agent or "-",
+            snap.message or "-",
+            changes,
+            snap.trace_id or "-",
+        )
     console.print(out)
 
 
@@ -163,6 +174,82 @@ def policy_validate(file: Annotated[Path, typer.Argument(help="Policy file to ch
     missing = policy.missing_tokens()
     if missing:
         console.print(f"[yellow]note[/]: token variables not set here: {', '.join(missing)}")
+
+
+# -- serving (REST + MCP), stdio MCP, demo -------------------------------------------------------
+
+
+@app.command()
+def serve(
+    lake: Annotated[
+        Path | None, typer.Option("--lake", help="DuckLake folder.", envvar="LAKEWARDEN_LAKE")
+    ] = None,
+    duckdb_file: Annotated[Path | None, typer.Option("--duckdb", help="DuckDB file.")] = None,
+    policy: PolicyOption = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for REST, MCP (/mcp) and /metrics.")] = 7117,
+) -> None:
+    """Serve REST, MCP (streamable HTTP at /mcp), /metrics, /healthz and /readyz on one port."""
+    import lakewarden
+    from lakewarden.intake.server import check_bind, run
+
+    if (lake is None) == (duckdb_file is None):
+        err_console.print("[bold red]error[/]: give exactly one of --lake DIR or --duckdb FILE")
+        raise typer.Exit(code=2)
+    target = lake if lake is not None else duckdb_file
+    assert target is not None
+    try:
+        warden = lakewarden.open(target, policy=policy)
+        check_bind(warden, host)
+        err_console.print(
+            f"lakewarden {__version__} serving {target} on http://{host}:{port} "
+            f"(MCP http://{host}:{port}/mcp/, metrics http://{host}:{port}/metrics)"
+        )
+        run(warden, host, port)
+    except LakewardenError as exc:
+        _fail(exc)
+
+
+@app.command("mcp")
+def mcp_stdio(
+    lake: LakeOption,
+    agent: Annotated[str, typer.Option("--agent", help="The agent this stdio server acts as.")],
+    policy: PolicyOption = None,
+) -> None:
+    """Serve MCP over stdio for one agent (for MCP clients that spawn their tools)."""
+    import lakewarden
+    from lakewarden.intake.mcp import build_mcp
+
+    try:
+        warden = lakewarden.open(lake, policy=policy)
+    except LakewardenError as exc:
+        _fail(exc)
+        return
+    try:
+        build_mcp(warden, stdio_agent=agent).run()
+    finally:
+        warden.close()
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port of the demo server.")] = 7117,
+    directory: Annotated[Path, typer.Option("--dir", help="Lake folder (recreated).")] = Path(
+        "lakewarden-demo"
+    ),
+) -> None:
+    """A fresh lake, a policy, the server and simulated agents, with a live table-health view."""
+    from lakewarden.intake.demo import run_demo
+
+    try:
+        run_demo(directory, port=port, duration=duration, console=console)
+    except LakewardenError as exc:
+        _fail(exc)
 
 
 def main() -> None:

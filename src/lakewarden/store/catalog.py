@@ -13,7 +13,8 @@ import polars as pl
 from lakewarden.analysis.names import display_name, split_name
 from lakewarden.store.engine import LAKE_ALIAS
 
-_INTERNAL_SCHEMAS = ("information_schema", "pg_catalog")
+# lakewarden's own schema (the audit trail) is not a table agents or signals see.
+_INTERNAL_SCHEMAS = ("information_schema", "pg_catalog", "lakewarden")
 
 
 def ident(name: str) -> str:

@@ -4,8 +4,8 @@
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the ``_TRACES_``/``_METRICS_`` variants): turns OTLP push on;
   ``OTEL_EXPORTER_OTLP_PROTOCOL`` picks ``grpc`` (default) or ``http/protobuf``.
 - ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_BSP_SCHEDULE_DELAY``: read by the SDK itself.
-- ``OTEL_SDK_DISABLED=true``: no spans and no OTLP push. The Prometheus ``/metrics`` text is
-  lakewarden's own interface and stays.
+- ``OTEL_SDK_DISABLED=true``: the SDK is off for every signal, as the specification says: no
+  spans, no OTLP push, and ``/metrics`` serves no lakewarden metrics either.
 
 Metrics are one set of OTel instruments read by two readers: the Prometheus reader (pull) and,
 when an endpoint is set, a periodic OTLP reader (push).

@@ -1,0 +1,111 @@
+"""JSON-safe values for the REST and MCP intakes.
+
+Query results hold engine values that JSON cannot carry as they are. Every intake maps them the
+same way, so an agent sees one representation whichever door it used:
+
+| engine value | JSON |
+|---|---|
+| NULL | ``null`` |
+| BOOLEAN, integers (HUGEINT too), finite DOUBLE/FLOAT | boolean / number |
+| NaN, +Inf, -Inf | the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` |
+| DECIMAL | string, e.g. ``"12.50"`` (a float would lose digits) |
+| TIMESTAMP, TIMESTAMPTZ, DATE, TIME | ISO 8601 string (``2026-01-01T10:00:00+00:00``) |
+| INTERVAL | ISO 8601 duration string, e.g. ``"P1DT3600S"`` (``"-P..."`` when negative) |
+| UUID | string in canonical 8-4-4-4-12 form |
+| BLOB | base64 string (RFC 4648, with padding) |
+| LIST, ARRAY | JSON array, items mapped recursively |
+| STRUCT | JSON object, fields mapped recursively |
+| MAP | JSON object when every key is a string, else an array of ``{"key", "value"}`` objects |
+| anything else | ``str(value)`` |
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from lakewarden.result import Result
+
+__all__ = ["json_rows", "json_value", "result_json"]
+
+
+def json_value(value: Any) -> Any:
+    """One engine value as plain JSON data (see the module table)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return _duration(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return _mapping(value.items())
+    if isinstance(value, list | tuple):
+        # pyarrow gives a MAP as a list of (key, value) tuples; a tuple of two is never a row here
+        # because rows are mapped by json_rows, not through this function.
+        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return _mapping(value)
+        return [json_value(v) for v in value]
+    return str(value)
+
+
+def json_rows(table: pa.Table | None) -> list[list[Any]]:
+    """Every row of a result table as a JSON array of JSON-safe values."""
+    if table is None:
+        return []
+    columns = [_column(col.to_pylist(), col.type) for col in table.columns]
+    return [list(row) for row in zip(*columns, strict=True)] if columns else []
+
+
+def result_json(result: Result) -> dict[str, Any]:
+    """The body of a successful statement, the same for REST and MCP."""
+    return {
+        "kind": result.kind,
+        "columns": result.columns,
+        "rows": json_rows(result.table),
+        "row_count": result.row_count,
+        "truncated": result.truncated,
+        "rows_affected": result.rows_affected,
+        "snapshot_id": result.snapshot_id,
+        "trace_id": result.trace_id,
+        "signals": json_value(result.signals),
+        **({"violations": list(result.violations)} if result.violations else {}),
+    }
+
+
+def _column(values: list[Any], kind: pa.DataType) -> list[Any]:
+    # Only MAP needs the arrow type: its python form (list of pairs) looks like a list of lists.
+    if pa.types.is_map(kind):
+        return [None if v is None else _mapping(v) for v in values]
+    return [json_value(v) for v in values]
+
+
+def _mapping(items: Iterable[tuple[Any, Any]]) -> Any:
+    pairs = list(items)
+    if all(isinstance(k, str) for k, _ in pairs):
+        return {k: json_value(v) for k, v in pairs}
+    return [{"key": json_value(k), "value": json_value(v)} for k, v in pairs]
+
+
+def _duration(value: dt.timedelta) -> str:
+    sign = "-" if value < dt.timedelta(0) else ""
+    value = abs(value)
+    seconds = value.seconds + value.microseconds / 1_000_000
+    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return f"{sign}P{value.days}DT{text}S"

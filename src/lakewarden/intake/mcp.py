@@ -1,0 +1,157 @@
+"""MCP intake: an ``MCPServer`` whose tools are thin adapters over one Warden.
+
+Tools: ``query`` (reads), ``execute`` (writes and DDL), ``list_tables``, ``describe_table``,
+``list_snapshots``. Over streamable HTTP the caller is the agent named by the request's bearer
+token (or ``X-Lakewarden-Agent`` in open mode); over stdio it is the agent the server was started
+for. ``params._meta.traceparent`` (or the HTTP ``traceparent`` header) makes the statement span a
+child of the agent's trace. Errors are tool errors (``is_error``) whose text is the same
+``{"error": {"code", "message", "violations"}}`` JSON the REST API answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp_types import CallToolResult, TextContent
+
+from lakewarden import __version__
+from lakewarden.analysis import analyze
+from lakewarden.errors import InvalidRequest, InvalidSQL, LakewardenError, Violation
+from lakewarden.intake.jsonvalues import json_value, result_json
+from lakewarden.intake.rest import ANONYMOUS, AgentHeader, default_max_rows, error_body, identify
+from lakewarden.warden import Warden
+
+__all__ = ["build_mcp"]
+
+T = TypeVar("T")
+
+
+def _ok(payload: Any) -> CallToolResult:
+    data = json_value(payload)
+    content = TextContent(type="text", text=json.dumps(data))
+    return CallToolResult(content=[content], structured_content=data)
+
+
+def _error(error: LakewardenError) -> CallToolResult:
+    body = error_body(error, getattr(error, "trace_id", None))
+    return CallToolResult(
+        content=[TextContent(type="text", text=json.dumps(body))],
+        structured_content=body,
+        is_error=True,
+    )
+
+
+def _headers(ctx: Context) -> Mapping[str, str] | None:
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", None)
+    return headers if isinstance(headers, Mapping) else None
+
+
+def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
+    """The MCP server of ``warden``; ``stdio_agent`` names the caller when there is no HTTP."""
+    server = MCPServer(
+        name="lakewarden",
+        version=__version__,
+        # INFO would log every HTTP request over the demo's live view and the server's output.
+        log_level="WARNING",
+        instructions=(
+            "Governed SQL on a DuckLake lake. One statement per call. Use `query` for SELECT, "
+            "`execute` for INSERT/UPDATE/DELETE/DDL; refusals come back as errors with violations."
+        ),
+    )
+
+    def agent_of(ctx: Context) -> str:
+        headers = _headers(ctx)
+        if headers is None:
+            # stdio: whoever started the process chose the identity with --agent
+            return stdio_agent or ANONYMOUS
+        return identify(warden, headers.get("authorization"), headers.get(AgentHeader))
+
+    def traceparent_of(ctx: Context) -> str | None:
+        meta = ctx.request_context.meta
+        value = meta.get("traceparent") if isinstance(meta, Mapping) else None
+        if value is None and meta is not None:
+            value = getattr(meta, "traceparent", None)
+        if value is None:
+            headers = _headers(ctx)
+            value = headers.get("traceparent") if headers is not None else None
+        return str(value) if value else None
+
+    async def call(ctx: Context, work: Callable[[str], T]) -> T:
+        agent = agent_of(ctx)
+        return await anyio.to_thread.run_sync(work, agent)
+
+    async def statement(
+        ctx: Context, sql: str, params: list[Any] | None, max_rows: int | None, reads: bool
+    ) -> CallToolResult:
+        try:
+            try:
+                kind = analyze(sql).kind
+            except InvalidSQL:
+                kind = None  # let the session refuse it, so the refusal is traced and counted
+            if kind is not None and (kind == "read") != reads:
+                tool, other = ("query", "execute") if reads else ("execute", "query")
+                raise InvalidRequest(
+                    f"{tool} does not run {kind} statements: use {other}",
+                    [Violation("wrong_tool", f"a {kind} statement was sent to {tool}")],
+                )
+            traceparent = traceparent_of(ctx)
+
+            def run(agent: str) -> dict[str, Any]:
+                cap = max_rows
+                if cap is None and warden.row_limit(agent, None) is None:
+                    cap = default_max_rows()
+                with warden.session(agent) as s:
+                    return result_json(s.sql(sql, params, max_rows=cap, traceparent=traceparent))
+
+            return _ok(await call(ctx, run))
+        except LakewardenError as exc:
+            return _error(exc)
+
+    @server.tool()
+    async def query(
+        sql: str, ctx: Context, params: list[Any] | None = None, max_rows: int | None = None
+    ) -> CallToolResult:
+        """Run one read-only SQL statement (SELECT) on the lake; returns columns and rows."""
+        return await statement(ctx, sql, params, max_rows, reads=True)
+
+    @server.tool()
+    async def execute(sql: str, ctx: Context, params: list[Any] | None = None) -> CallToolResult:
+        """Run one write or DDL statement; returns rows_affected, snapshot_id and signals."""
+        return await statement(ctx, sql, params, None, reads=False)
+
+    @server.tool()
+    async def list_tables(ctx: Context) -> CallToolResult:
+        """List the lake's tables with rows, freshness, null ratios and schema changes."""
+        try:
+            states = await call(ctx, lambda _agent: warden.tables())
+            return _ok({"tables": [t.summary() for t in states]})
+        except LakewardenError as exc:
+            return _error(exc)
+
+    @server.tool()
+    async def describe_table(name: str, ctx: Context) -> CallToolResult:
+        """Describe one table: columns with types and null ratios, last writer, freshness."""
+        try:
+            state = await call(ctx, lambda _agent: warden.table(name))
+            return _ok(state.summary())
+        except LakewardenError as exc:
+            return _error(exc)
+
+    @server.tool()
+    async def list_snapshots(
+        ctx: Context, table: str | None = None, limit: int = 20
+    ) -> CallToolResult:
+        """List snapshots newest first: id, time, agent, message and trace id of each commit."""
+        try:
+            snaps = await call(ctx, lambda _agent: warden.snapshots(table, max(1, limit)))
+            return _ok({"snapshots": [s.to_dict() for s in snaps]})
+        except LakewardenError as exc:
+            return _error(exc)
+
+    return server

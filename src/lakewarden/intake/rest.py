@@ -1,0 +1,213 @@
+"""REST intake: FastAPI routes over one :class:`~lakewarden.warden.Warden` (see DESIGN.md, REST).
+
+Every route is a thin adapter: identify the caller, hand the statement to a core ``Session`` and
+map the outcome to JSON. Statements run in the threadpool, one short-lived session per request
+(a session is one DuckDB cursor), so many agents are served at once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Annotated, Any
+
+import pyarrow as pa
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lakewarden.errors import InvalidRequest, LakewardenError, Unauthenticated, Violation
+from lakewarden.intake.jsonvalues import json_value, result_json
+from lakewarden.result import Result
+from lakewarden.warden import Warden
+
+__all__ = [
+    "ARROW_STREAM",
+    "DEFAULT_MAX_ROWS",
+    "STATUS",
+    "AgentHeader",
+    "build_router",
+    "error_body",
+    "identify",
+    "install_error_handlers",
+]
+
+# Rows a read returns when neither the request nor the agent's policy sets a cap: an unbounded
+# SELECT must not exhaust the sidecar's memory. Override with LAKEWARDEN_MAX_ROWS.
+DEFAULT_MAX_ROWS = 10_000
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+AgentHeader = "X-Lakewarden-Agent"
+ANONYMOUS = "anonymous"
+
+STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_sql": 400,
+    "unauthenticated": 401,
+    "policy_denied": 403,
+    "not_found": 404,
+    "timeout": 408,
+    "quality_gate_failed": 409,
+    "execution_failed": 422,
+}
+
+
+def default_max_rows() -> int:
+    raw = os.environ.get("LAKEWARDEN_MAX_ROWS", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ROWS
+
+
+class SqlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str
+    params: list[Any] | None = None
+    max_rows: Annotated[int, Field(gt=0)] | None = None
+
+
+def error_body(error: LakewardenError, trace_id: str | None) -> dict[str, Any]:
+    return {"error": json_value(error.to_dict()), "trace_id": trace_id}
+
+
+def error_response(error: LakewardenError, trace_id: str | None) -> JSONResponse:
+    return JSONResponse(error_body(error, trace_id), status_code=STATUS.get(error.code, 500))
+
+
+def identify(warden: Warden, authorization: str | None, agent_header: str | None) -> str:
+    """The calling agent: from the bearer token when the policy has tokens, else the header."""
+    if not warden.policy.requires_tokens:
+        return agent_header or ANONYMOUS
+    scheme, _, token = (authorization or "").partition(" ")
+    agent = warden.policy.agent_for_token(token.strip()) if scheme.lower() == "bearer" else None
+    if agent is None:
+        raise Unauthenticated(
+            "a valid 'Authorization: Bearer <token>' header is required",
+            [Violation("unauthenticated", "missing or unknown bearer token")],
+        )
+    return agent
+
+
+def traceparent_of(request: Request) -> str:
+    """The caller's W3C traceparent, or a fresh one.
+
+    A fresh one gives every response, errors included, a trace id the caller can search for:
+    the core only reports the trace id of statements it accepted for analysis.
+    """
+    given = request.headers.get("traceparent", "").strip()
+    parts = given.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        return given
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def trace_id_of(traceparent: str) -> str:
+    return traceparent.split("-")[1]
+
+
+def _arrow_stream(result: Result) -> bytes:
+    table = result.arrow()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def build_router(warden: Warden) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    def run_statement(agent: str, body: SqlRequest, traceparent: str) -> Result:
+        max_rows = body.max_rows
+        if max_rows is None and warden.row_limit(agent, None) is None:
+            max_rows = default_max_rows()
+        with warden.session(agent) as s:
+            return s.sql(body.sql, body.params, max_rows=max_rows, traceparent=traceparent)
+
+    @router.post("/sql")
+    async def sql(body: SqlRequest, request: Request) -> Response:
+        """Run one governed statement; reads answer Arrow IPC when the Accept header asks."""
+        traceparent = traceparent_of(request)
+        try:
+            agent = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            result = await run_in_threadpool(run_statement, agent, body, traceparent)
+        except LakewardenError as exc:
+            return error_response(exc, getattr(exc, "trace_id", None) or trace_id_of(traceparent))
+        trace_id = result.trace_id or trace_id_of(traceparent)
+        if result.kind == "read" and ARROW_STREAM in request.headers.get("accept", ""):
+            return Response(
+                await run_in_threadpool(_arrow_stream, result),
+                media_type=ARROW_STREAM,
+                headers={
+                    "X-Trace-Id": trace_id,
+                    "X-Lakewarden-Truncated": str(result.truncated).lower(),
+                },
+            )
+        payload = result_json(result)
+        payload["trace_id"] = trace_id
+        return JSONResponse(payload)
+
+    @router.get("/tables")
+    async def tables(request: Request) -> Response:
+        """Every table with its signals."""
+        try:
+            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
+        except LakewardenError as exc:
+            return error_response(exc, None)
+        states = await run_in_threadpool(warden.tables)
+        return JSONResponse({"tables": [json_value(t.summary()) for t in states]})
+
+    @router.get("/tables/{name}")
+    async def table(name: str, request: Request) -> Response:
+        """One table: schema, signals, schema changes."""
+        try:
+            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
+            state = await run_in_threadpool(warden.table, name)
+        except LakewardenError as exc:
+            return error_response(exc, None)
+        return JSONResponse(json_value(state.summary()))
+
+    @router.get("/snapshots")
+    async def snapshots(
+        request: Request,
+        table: str | None = None,
+        limit: Annotated[int, Query(gt=0, le=10_000)] = 50,
+    ) -> Response:
+        """Snapshots newest first: id, time, agent, message, trace_id."""
+        try:
+            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
+            if table is not None:
+                await run_in_threadpool(warden.table, table)  # 404 for a table that never was
+            snaps = await run_in_threadpool(warden.snapshots, table, limit)
+        except LakewardenError as exc:
+            return error_response(exc, None)
+        return JSONResponse({"snapshots": [json_value(s.to_dict()) for s in snaps]})
+
+    return router
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error, including malformed bodies and unknown routes, in the one error shape."""
+
+    async def invalid_body(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        violations = [
+            Violation("invalid_request", f"{'.'.join(map(str, e['loc']))}: {e['msg']}")
+            for e in exc.errors()
+        ]
+        error = InvalidRequest("the request body is not valid", violations)
+        return error_response(error, trace_id_of(traceparent_of(request)))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        body = {
+            "error": {"code": code, "message": str(exc.detail), "violations": []},
+            "trace_id": None,
+        }
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -1,0 +1,151 @@
+"""The sidecar's HTTP server: REST, MCP (``/mcp``), ``/metrics``, ``/healthz``, ``/readyz``.
+
+One ASGI app per Warden, one port. :func:`run` serves it with uvicorn in the foreground (uvicorn
+finishes in-flight requests on SIGTERM/SIGINT before the warden closes); :class:`ServerThread`
+serves it in a background thread (demo, tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from lakewarden import __version__
+from lakewarden.errors import ConfigurationError
+from lakewarden.intake.mcp import build_mcp
+from lakewarden.intake.rest import build_router, install_error_handlers
+from lakewarden.warden import Warden
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerThread", "check_bind", "create_app", "run"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7117
+# Seconds uvicorn waits for in-flight requests after SIGTERM before it drops them.
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def create_app(warden: Warden) -> FastAPI:
+    mcp_server = build_mcp(warden)
+    mcp_app = mcp_server.streamable_http_app(streamable_http_path="/")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with mcp_server.session_manager.run():
+            app.state.ready = True
+            yield
+            app.state.ready = False
+
+    app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
+    app.state.ready = False
+    install_error_handlers(app)
+    app.include_router(build_router(warden))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        ready = bool(app.state.ready)
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(warden.telemetry.prometheus_text(), media_type=CONTENT_TYPE_LATEST)
+
+    app.mount("/mcp", mcp_app)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(warden: Warden, host: str) -> None:
+    """Refuse to expose a lake without tokens, or to start while tokens are missing."""
+    missing = warden.policy.missing_tokens()
+    if missing:
+        raise ConfigurationError(
+            "the policy names token variables that are not set: " + ", ".join(missing)
+        )
+    if not is_loopback(host) and not warden.policy.requires_tokens:
+        raise ConfigurationError(
+            f"refusing to listen on {host}: without agent tokens in the policy the server is "
+            "open to every caller, so it binds loopback only (give a policy with token_env)"
+        )
+
+
+def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(warden),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+    )
+
+
+def run(warden: Warden, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Serve until SIGTERM/SIGINT, then close the warden (flushing telemetry)."""
+    check_bind(warden, host)
+    try:
+        uvicorn.Server(_config(warden, host, port)).run()
+    finally:
+        warden.close()
+
+
+class ServerThread:
+    """The app served by uvicorn in a daemon thread; ``port=0`` picks a free port."""
+
+    def __init__(self, warden: Warden, host: str = DEFAULT_HOST, port: int = 0) -> None:
+        check_bind(warden, host)
+        self.server = uvicorn.Server(_config(warden, host, port))
+        self.thread = threading.Thread(target=self.server.run, name="lakewarden-http", daemon=True)
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the lakewarden server did not start")
+            time.sleep(0.02)
+        sock: socket.socket = self.server.servers[0].sockets[0]
+        self.port = int(sock.getsockname()[1])
+        with httpx.Client(base_url=self.url, timeout=5) as http:
+            while http.get("/readyz").status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the lakewarden server never became ready")
+                time.sleep(0.02)
+        return self
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

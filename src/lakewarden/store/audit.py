@@ -1,0 +1,125 @@
+"""The audit trail: an append-only table inside the lake itself.
+
+A committed write's record is inserted in the same transaction as the write, so the data and the
+audit can never disagree: the record exists exactly when the write does. Its snapshot id is not
+stored (DuckLake assigns it at commit) but found through the span id the commit carries.
+Refused and failed statements committed nothing, and recording them must not make a snapshot
+either: their records go to the same table's twin in the state database inside the lake folder.
+Reading the trail reads both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from lakewarden.errors import Violation
+from lakewarden.store.engine import LAKE_ALIAS, STATE_ALIAS
+
+SCHEMA = "lakewarden"
+TABLE = f"{SCHEMA}.audit"
+REFUSALS = f"{STATE_ALIAS}.main.refusals"
+AUTHOR = "lakewarden"
+
+_COLUMNS = (
+    "time TIMESTAMPTZ, agent VARCHAR, decision VARCHAR, operation VARCHAR, summary VARCHAR, "
+    "statement_hash VARCHAR, tables VARCHAR[], violations VARCHAR, trace_id VARCHAR, "
+    "span_id VARCHAR"
+)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    agent: str
+    decision: str  # allowed | denied | blocked | failed | restored
+    operation: str
+    summary: str
+    statement: str = ""  # hashed, never stored: it may hold values
+    tables: tuple[str, ...] = ()
+    violations: tuple[Violation, ...] = field(default_factory=tuple)
+    trace_id: str | None = None
+    span_id: str | None = None
+
+    def row(self) -> list[Any]:
+        digest = hashlib.sha256(self.statement.encode()).hexdigest() if self.statement else None
+        return [
+            self.agent,
+            self.decision,
+            self.operation,
+            self.summary,
+            digest,
+            list(self.tables),
+            json.dumps([v.to_dict() for v in self.violations], default=str),
+            self.trace_id,
+            self.span_id,
+        ]
+
+
+def ensure(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({_COLUMNS})")
+
+
+def ensure_refusals(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {REFUSALS} ({_COLUMNS})")
+
+
+def insert(cur: duckdb.DuckDBPyConnection, records: list[AuditRecord], table: str = TABLE) -> None:
+    """Append ``records`` (inside the caller's open transaction, if any)."""
+    if records:
+        cur.executemany(
+            f"INSERT INTO {table} VALUES (now(), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [r.row() for r in records],
+        )
+
+
+def prune(cur: duckdb.DuckDBPyConnection, older_than_days: float, table: str = TABLE) -> None:
+    """Delete records older than the retention period (inside the caller's transaction)."""
+    cur.execute(
+        f"DELETE FROM {table} WHERE time < now() - to_seconds(?::DOUBLE)",
+        [older_than_days * 86400],
+    )
+
+
+def read(
+    cur: duckdb.DuckDBPyConnection, *, agent: str | None, limit: int, is_lake: bool
+) -> list[dict[str, Any]]:
+    """Newest first; a committed write's record carries the snapshot that holds it."""
+    snap = (
+        f"(SELECT snapshot_id FROM {LAKE_ALIAS}.snapshots() s "
+        "WHERE json_extract_string(s.commit_extra_info, '$.span_id') = a.span_id "
+        "AND a.decision IN ('allowed', 'restored') LIMIT 1)"
+        if is_lake
+        else "NULL"
+    )
+    where = "WHERE a.agent = ?" if agent else ""
+    params: list[Any] = [agent] if agent else []
+    rows = cur.execute(
+        f"SELECT a.time, a.agent, a.decision, a.operation, a.summary, a.statement_hash, "
+        f"a.tables, a.violations, {snap} AS snapshot_id, a.trace_id "
+        f"FROM (FROM {TABLE} UNION ALL BY NAME FROM {REFUSALS}) a {where} "
+        "ORDER BY a.time DESC LIMIT ?",
+        [*params, int(limit)],
+    ).fetchall()
+    out = []
+    for when, who, decision, op, summary, digest, tables, violations, sid, trace in rows:
+        out.append(
+            {
+                "time": when.isoformat() if isinstance(when, datetime) else str(when),
+                "agent": who,
+                "decision": decision,
+                "operation": op,
+                "summary": summary,
+                "statement_hash": digest,
+                "tables": list(tables or []),
+                "violations": json.loads(violations or "[]"),
+                "snapshot_id": sid,
+                "trace_id": trace,
+            }
+        )
+    return out

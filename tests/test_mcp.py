@@ -1,0 +1,160 @@
+"""MCP tools through a real MCP client: streamable HTTP on the running server, and stdio."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from server_helpers import serve
+
+TOOLS = {"query", "execute", "list_tables", "describe_table", "list_snapshots"}
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        with anyio.fail_after(120):  # a hung transport fails the test instead of the whole run
+            await main()
+
+    anyio.run(bounded)
+
+
+def ok(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    data = result.structured_content
+    assert isinstance(data, dict)
+    return data
+
+
+def tool_error(result: Any) -> dict[str, Any]:
+    assert result.is_error
+    body = json.loads(result.content[0].text)
+    assert set(body["error"]) == {"code", "message", "violations"}
+    return dict(body["error"])
+
+
+async def exercise(client: Client, agent: str) -> None:
+    """Call every tool once the way an agent would, and check what comes back."""
+    assert {t.name for t in (await client.list_tools()).tools} >= TOOLS
+    created = ok(
+        await client.call_tool("execute", {"sql": "CREATE TABLE orders (id BIGINT, email VARCHAR)"})
+    )
+    assert created["kind"] == "ddl"
+    written = ok(
+        await client.call_tool(
+            "execute", {"sql": "INSERT INTO orders VALUES (?, ?), (2, NULL)", "params": [1, "a"]}
+        )
+    )
+    assert written["rows_affected"] == 2
+    read = ok(await client.call_tool("query", {"sql": "SELECT * FROM orders ORDER BY id"}))
+    assert (read["columns"], read["rows"]) == (["id", "email"], [[1, "a"], [2, None]])
+    tables = ok(await client.call_tool("list_tables", {}))
+    assert [t["table"] for t in tables["tables"]] == ["orders"]
+    described = ok(await client.call_tool("describe_table", {"name": "orders"}))
+    assert described["rows"] == 2
+    snaps = ok(await client.call_tool("list_snapshots", {"table": "orders", "limit": 5}))
+    assert {s["agent"] for s in snaps["snapshots"]} == {agent}
+
+    assert tool_error(await client.call_tool("execute", {"sql": "ATTACH 'x.db'"}))["code"] == (
+        "policy_denied"
+    )
+    assert tool_error(await client.call_tool("query", {"sql": "SELECT 1; SELECT 2"}))["code"] == (
+        "invalid_sql"
+    )
+    assert tool_error(await client.call_tool("describe_table", {"name": "nope"}))["code"] == (
+        "not_found"
+    )
+    wrong = tool_error(await client.call_tool("query", {"sql": "DELETE FROM orders"}))
+    assert wrong["violations"][0]["rule"] == "wrong_tool"
+
+
+def test_streamable_http_open_mode_with_traceparent(tmp_path: Path) -> None:
+    with serve(tmp_path / "lake") as served:
+        headers = {"X-Lakewarden-Agent": "mcp-agent"}
+
+        async def main() -> None:
+            http = create_mcp_http_client(headers=headers)
+            async with (
+                http,
+                Client(streamable_http_client(f"{served.url}/mcp/", http_client=http)) as client,
+            ):
+                await exercise(client, "mcp-agent")
+                trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+                served.spans.clear()
+                result = ok(
+                    await client.call_tool(
+                        "query",
+                        {"sql": "SELECT count(*) FROM orders"},
+                        meta={"traceparent": f"00-{trace_id}-{parent}-01"},  # type: ignore[arg-type]
+                    )
+                )
+                assert result["trace_id"] == trace_id
+                (span,) = served.spans.get_finished_spans()
+                assert span.parent is not None
+                assert f"{span.parent.span_id:016x}" == parent
+
+        run(main)
+
+
+@pytest.mark.parametrize(
+    ("token", "allowed"),
+    [("good", True), ("bad", False), (None, False)],
+    ids=["valid-token", "wrong-token", "no-token"],
+)
+def test_streamable_http_identity_from_bearer_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str | None, allowed: bool
+) -> None:
+    secret = secrets.token_urlsafe(16)
+    monkeypatch.setenv("LW_TEST_TOKEN_MCP", secret)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nagents:\n  mcp-etl: {token_env: LW_TEST_TOKEN_MCP, write: ['*'], ddl: true}\n"
+    )
+    sent = {"good": secret, "bad": "not-the-token"}.get(token or "")
+    headers = {"Authorization": f"Bearer {sent}"} if sent else {}
+    with serve(tmp_path / "lake", policy=policy) as served:
+
+        async def main() -> None:
+            http = create_mcp_http_client(headers=headers)
+            async with (
+                http,
+                Client(streamable_http_client(f"{served.url}/mcp/", http_client=http)) as client,
+            ):
+                if allowed:
+                    await exercise(client, "mcp-etl")
+                else:
+                    result = await client.call_tool("list_tables", {})
+                    assert tool_error(result)["code"] == "unauthenticated"
+
+        run(main)
+
+
+def test_stdio_server_for_one_agent(tmp_path: Path) -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=[
+            "-m",
+            "lakewarden.intake.cli",
+            "mcp",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--agent",
+            "stdio-agent",
+        ],
+        env={"OTEL_SDK_DISABLED": "true", "PATH": "/usr/bin:/bin"},
+    )
+
+    async def main() -> None:
+        async with Client(params) as client:
+            await exercise(client, "stdio-agent")
+
+    run(main)
