@@ -197,6 +197,17 @@ class Client:
             params["table"] = table
         return list(self.request("GET", "/v1/snapshots", params=params)["snapshots"])
 
+    def restore(self, table: str, snapshot_id: int) -> dict[str, Any]:
+        return dict(
+            self.request("POST", f"/v1/tables/{table}/restore", json={"snapshot_id": snapshot_id})
+        )
+
+    def audit(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if agent:
+            params["agent"] = agent
+        return list(self.request("GET", "/v1/audit", params=params)["records"])
+
     def close(self) -> None:
         self._http.close()
 

@@ -284,6 +284,22 @@ class Warden:
             )
         return state
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """A table's schema and signals, with the state of each of its contract checks."""
+        state = self.table(name)
+        out = state.summary()
+        out["checks"] = [
+            {
+                "check": f.check,
+                "passing": f.passing,
+                "detail": f.detail,
+                "measured": f.measured,
+                "limit": f.limit,
+            }
+            for f in self.checks(state.name).get(state.name, [])
+        ]
+        return out
+
     def snapshots(self, table: str | None = None, limit: int = 50) -> list[catalog.Snapshot]:
         """Snapshots newest first, optionally only those that changed ``table``."""
         if not self.engine.location.is_lake:

@@ -43,12 +43,107 @@ def _fail(error: LakewardenError) -> None:
     raise typer.Exit(code=2)
 
 
-def _open(lake: Path, policy: Path | None) -> Any:
+DEFAULT_SERVER = "http://127.0.0.1:7117"
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="Ask a running lakewarden server (its REST API) instead of opening the lake.",
+        envvar="LAKEWARDEN_SERVER",
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token for --server.", envvar="LAKEWARDEN_TOKEN"),
+]
+AgentOption = Annotated[
+    str, typer.Option("--agent", help="Who is acting (the policy decides what it may do).")
+]
+
+
+class _Local:
+    """The lake opened in this process."""
+
+    def __init__(self, warden: Any) -> None:
+        self.warden = warden
+
+    def table(self, name: str) -> dict[str, Any]:
+        return dict(self.warden.describe(name))
+
+    def snapshots(self, table: str | None, limit: int) -> list[dict[str, Any]]:
+        if table is not None:
+            self.warden.table(table)  # NotFound for a table that does not exist
+        return [s.to_dict() for s in self.warden.snapshots(table, limit)]
+
+    def restore(self, table: str, snapshot_id: int, agent: str) -> dict[str, Any]:
+        from lakewarden.intake.jsonvalues import result_json
+
+        return result_json(self.warden.restore(table, snapshot_id, agent=agent))
+
+    def audit(self, agent: str | None, limit: int) -> list[dict[str, Any]]:
+        return list(self.warden.audit(agent, limit))
+
+    def close(self) -> None:
+        self.warden.close()
+
+
+class _Remote:
+    """A running server holds the lake: go through its REST API."""
+
+    def __init__(self, url: str, token: str | None, agent: str | None) -> None:
+        from lakewarden.client import Client
+
+        self.client = Client(url, token=token, agent=agent)
+
+    def table(self, name: str) -> dict[str, Any]:
+        return self.client.table(name)
+
+    def snapshots(self, table: str | None, limit: int) -> list[dict[str, Any]]:
+        return self.client.snapshots(table, limit)
+
+    def restore(self, table: str, snapshot_id: int, agent: str) -> dict[str, Any]:
+        return self.client.restore(table, snapshot_id)
+
+    def audit(self, agent: str | None, limit: int) -> list[dict[str, Any]]:
+        return self.client.audit(agent, limit)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _server_up(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url.rstrip("/") + "/healthz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _backend(
+    lake: Path,
+    policy: Path | None,
+    server: str | None,
+    token: str | None = None,
+    agent: str | None = None,
+) -> _Local | _Remote:
+    """The lake itself, or, when a server holds it (a DuckDB catalog admits one process), the
+    server's API: the same answers either way."""
     import lakewarden
 
+    if server:
+        return _Remote(server, token, agent)
     if not lake.exists():
         raise LakewardenError(f"no lake at {lake}: give --lake DIR (or a .duckdb file)")
-    return lakewarden.open(lake, policy=policy)
+    try:
+        return _Local(lakewarden.open(lake, policy=policy))
+    except lakewarden.ConfigurationError as exc:
+        if "lock" in str(exc).lower() and _server_up(DEFAULT_SERVER):
+            err_console.print(
+                f"[dim]the lake is held by the server at {DEFAULT_SERVER}; asking it[/]"
+            )
+            return _Remote(DEFAULT_SERVER, token, agent)
+        raise
 
 
 def _when(epoch: float | None) -> str:
@@ -78,48 +173,66 @@ def check(
     table: Annotated[str, typer.Argument(help="Table name, e.g. orders or staging.orders.")],
     lake: LakeOption = Path("lakewarden-demo"),
     policy: PolicyOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a table's data-quality signals: rows, freshness, nulls, schema changes."""
+    """Show a table's data-quality signals: rows, freshness, nulls, schema changes, checks."""
     try:
-        with _open(lake, policy) as warden:
-            state = warden.table(table)
+        backend = _backend(lake, policy, server, token)
+        try:
+            info = backend.table(table)
+        finally:
+            backend.close()
     except LakewardenError as exc:
         _fail(exc)
         return
-    summary = state.summary()
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
-    head = Table(title=f"{state.name}", show_header=False, title_justify="left")
+    _print_table(info)
+
+
+def _print_table(info: dict[str, Any]) -> None:
+    head = Table(title=str(info["table"]), show_header=False, title_justify="left")
     head.add_column("signal", style="bold")
     head.add_column("value")
-    head.add_row("rows", f"{state.rows:,}")
-    head.add_row("columns", str(len(state.columns)))
-    head.add_row("last write", f"{_when(state.last_modified)} ({_age(state.last_modified)})")
-    head.add_row("last writer", state.last_writer or "-")
-    if state.event_time_column:
+    head.add_row("rows", f"{info['rows']:,}")
+    head.add_row("columns", str(len(info["columns"])))
+    head.add_row("last write", f"{_when(info['last_modified'])} ({_age(info['last_modified'])})")
+    head.add_row("last writer", info.get("last_writer") or "-")
+    if info.get("event_time_column"):
         head.add_row(
-            f"max({state.event_time_column})",
-            f"{_when(state.last_event_time)} ({_age(state.last_event_time)})",
+            f"max({info['event_time_column']})",
+            f"{_when(info['last_event_time'])} ({_age(info['last_event_time'])})",
         )
-    changes = ", ".join(f"{k}={v}" for k, v in sorted(state.schema_changes.items())) or "none"
+    changes = ", ".join(f"{k}={v}" for k, v in sorted(info["schema_changes"].items())) or "none"
     head.add_row("schema changes", changes)
-    head.add_row("snapshot", str(state.snapshot_id if state.snapshot_id is not None else "-"))
+    snapshot = info.get("snapshot_id")
+    head.add_row("snapshot", str(snapshot if snapshot is not None else "-"))
     console.print(head)
     cols = Table(title="columns", title_justify="left")
     for name in ("column", "type", "nulls", "null ratio"):
         cols.add_column(name, justify="right" if name in ("nulls", "null ratio") else "left")
-    for col in state.columns:
-        ratio = state.null_ratio(col.name)
+    for col in info["columns"]:
+        ratio = col["null_ratio"]
         style = "red" if ratio >= 0.5 else ("yellow" if ratio > 0 else "")
+        shown = f"{ratio:.2%}"
         cols.add_row(
-            col.name,
-            col.type,
-            f"{col.null_count:,}",
-            f"[{style}]{ratio:.2%}[/]" if style else f"{ratio:.2%}",
+            col["name"],
+            col["type"],
+            f"{col['null_count']:,}",
+            f"[{style}]{shown}[/]" if style else shown,
         )
     console.print(cols)
+    if info.get("checks"):
+        checks = Table(title="contract checks", title_justify="left")
+        for name in ("check", "state", "measured", "limit", "detail"):
+            checks.add_column(name)
+        for c in info["checks"]:
+            state = "[green]passing[/]" if c["passing"] else "[red]failing[/]"
+            checks.add_row(c["check"], state, str(c["measured"]), str(c["limit"]), c["detail"])
+        console.print(checks)
 
 
 @app.command()
@@ -128,31 +241,100 @@ def snapshots(
         str | None, typer.Argument(help="Only snapshots that changed this table.")
     ] = None,
     lake: LakeOption = Path("lakewarden-demo"),
+    server: ServerOption = None,
+    token: TokenOption = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """List the lake's snapshots: who committed what, when, and in which trace."""
     try:
-        with _open(lake, None) as warden:
-            snaps = warden.snapshots(table, limit=limit)
+        backend = _backend(lake, None, server, token)
+        try:
+            snaps = backend.snapshots(table, limit)
+        finally:
+            backend.close()
     except LakewardenError as exc:
         _fail(exc)
         return
     if as_json:
-        sys.stdout.write(json.dumps([s.to_dict() for s in snaps], indent=2) + "\n")
+        sys.stdout.write(json.dumps(snaps, indent=2) + "\n")
         return
     out = Table(title=f"snapshots{' of ' + table if table else ''}", title_justify="left")
     for name in ("id", "time", "agent", "summary", "changes", "trace id"):
         out.add_column(name)
     for snap in snaps:
-        changes = "; ".join(f"{k}" for k in snap.changes)
         out.add_row(
-            str(snap.snapshot_id),
-            snap.time.strftime("%Y-%m-%d %H:%M:%S"),
-            snap.agent or "-",
-            snap.message or "-",
-            changes,
-            snap.trace_id or "-",
+            str(snap["snapshot_id"]),
+            str(snap["time"])[:19].replace("T", " "),
+            snap["agent"] or "-",
+            snap["message"] or "-",
+            "; ".join(snap["changes"]),
+            snap["trace_id"] or "-",
+        )
+    console.print(out)
+
+
+@app.command()
+def restore(
+    table: Annotated[str, typer.Argument(help="Table to restore.")],
+    to: Annotated[int, typer.Option("--to", help="Snapshot id to restore the table to.")],
+    lake: LakeOption = Path("lakewarden-demo"),
+    policy: PolicyOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    agent: AgentOption = "operator",
+) -> None:
+    """Make TABLE equal to its content at snapshot --to, as one new, audited commit."""
+    try:
+        backend = _backend(lake, policy, server, token, agent)
+        try:
+            result = backend.restore(table, to, agent)
+        finally:
+            backend.close()
+    except LakewardenError as exc:
+        _fail(exc)
+        return
+    rows = result["signals"].get(table, {}).get("rows", "?")
+    console.print(
+        f"[green]restored[/] {table} to snapshot {to}: new snapshot "
+        f"{result['snapshot_id']}, {rows} rows (trace {result['trace_id']})"
+    )
+
+
+@app.command()
+def audit(
+    lake: LakeOption = Path("lakewarden-demo"),
+    server: ServerOption = None,
+    token: TokenOption = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The audit trail: every governed decision, newest first."""
+    try:
+        backend = _backend(lake, None, server, token)
+        try:
+            records = backend.audit(agent, limit)
+        finally:
+            backend.close()
+    except LakewardenError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
+        return
+    out = Table(title="audit", title_justify="left")
+    for name in ("time", "agent", "decision", "summary", "snapshot", "violations"):
+        out.add_column(name)
+    for r in records:
+        style = {"allowed": "green", "restored": "cyan"}.get(r["decision"], "red")
+        out.add_row(
+            str(r["time"])[:19].replace("T", " "),
+            r["agent"],
+            f"[{style}]{r['decision']}[/]",
+            r["summary"],
+            str(r["snapshot_id"] if r["snapshot_id"] is not None else "-"),
+            "; ".join(v["rule"] for v in r["violations"]),
         )
     console.print(out)
 

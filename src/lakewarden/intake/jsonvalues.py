@@ -86,6 +86,10 @@ def result_json(result: Result) -> dict[str, Any]:
         "trace_id": result.trace_id,
         "signals": json_value(result.signals),
         **({"violations": list(result.violations)} if result.violations else {}),
+        **({"dry_run": True} if result.dry_run else {}),
+        **(
+            {"statements": [result_json(r) for r in result.statements]} if result.statements else {}
+        ),
     }
 
 

@@ -87,7 +87,12 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         return await anyio.to_thread.run_sync(work, agent)
 
     async def statement(
-        ctx: Context, sql: str, params: list[Any] | None, max_rows: int | None, reads: bool
+        ctx: Context,
+        sql: str,
+        params: list[Any] | None,
+        max_rows: int | None,
+        reads: bool,
+        dry_run: bool = False,
     ) -> CallToolResult:
         try:
             try:
@@ -107,7 +112,9 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
                 if cap is None and warden.row_limit(agent, None) is None:
                     cap = default_max_rows()
                 with warden.session(agent) as s:
-                    return result_json(s.sql(sql, params, max_rows=cap, traceparent=traceparent))
+                    return result_json(
+                        s.sql(sql, params, max_rows=cap, traceparent=traceparent, dry_run=dry_run)
+                    )
 
             return _ok(await call(ctx, run))
         except LakewardenError as exc:
@@ -121,9 +128,42 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         return await statement(ctx, sql, params, max_rows, reads=True)
 
     @server.tool()
-    async def execute(sql: str, ctx: Context, params: list[Any] | None = None) -> CallToolResult:
-        """Run one write or DDL statement; returns rows_affected, snapshot_id and signals."""
-        return await statement(ctx, sql, params, None, reads=False)
+    async def execute(
+        sql: str | list[str],
+        ctx: Context,
+        params: list[Any] | None = None,
+        dry_run: bool = False,
+    ) -> CallToolResult:
+        """Run one write or DDL statement, or a list of them as ONE atomic, gated transaction;
+        returns rows_affected, snapshot_id and signals. dry_run judges and rolls back."""
+        if isinstance(sql, list):
+            try:
+                traceparent = traceparent_of(ctx)
+
+                def run_batch(agent: str) -> dict[str, Any]:
+                    with warden.session(agent) as s:
+                        return result_json(s.batch(sql, traceparent=traceparent, dry_run=dry_run))
+
+                return _ok(await call(ctx, run_batch))
+            except LakewardenError as exc:
+                return _error(exc)
+        return await statement(ctx, sql, params, None, reads=False, dry_run=dry_run)
+
+    @server.tool()
+    async def restore_table(name: str, snapshot_id: int, ctx: Context) -> CallToolResult:
+        """Restore a table to its content at an earlier snapshot, as one new commit
+        (only agents the policy allows to restore)."""
+        try:
+            traceparent = traceparent_of(ctx)
+            result = await call(
+                ctx,
+                lambda agent: warden.restore(
+                    name, snapshot_id, agent=agent, traceparent=traceparent
+                ),
+            )
+            return _ok(result_json(result))
+        except LakewardenError as exc:
+            return _error(exc)
 
     @server.tool()
     async def list_tables(ctx: Context) -> CallToolResult:
@@ -138,8 +178,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
     async def describe_table(name: str, ctx: Context) -> CallToolResult:
         """Describe one table: columns with types and null ratios, last writer, freshness."""
         try:
-            state = await call(ctx, lambda _agent: warden.table(name))
-            return _ok(state.summary())
+            return _ok(await call(ctx, lambda _agent: warden.describe(name)))
         except LakewardenError as exc:
             return _error(exc)
 

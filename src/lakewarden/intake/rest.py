@@ -15,7 +15,7 @@ import pyarrow as pa
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -60,11 +60,29 @@ def default_max_rows() -> int:
 
 
 class SqlRequest(BaseModel):
+    """One statement (``sql``), or an atomic batch (``statements``): exactly one of the two."""
+
     model_config = ConfigDict(extra="forbid")
 
-    sql: str
+    sql: str | None = None
+    statements: Annotated[list[str], Field(min_length=1)] | None = None
     params: list[Any] | None = None
     max_rows: Annotated[int, Field(gt=0)] | None = None
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SqlRequest:
+        if (self.sql is None) == (self.statements is None):
+            raise ValueError("give either 'sql' (one statement) or 'statements' (a batch)")
+        if self.statements is not None and self.params is not None:
+            raise ValueError("'params' goes with 'sql'; a batch takes literal statements")
+        return self
+
+
+class RestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_id: Annotated[int, Field(ge=0)]
 
 
 def error_body(error: LakewardenError, trace_id: str | None) -> dict[str, Any]:
@@ -122,7 +140,16 @@ def build_router(warden: Warden) -> APIRouter:
         if max_rows is None and warden.row_limit(agent, None) is None:
             max_rows = default_max_rows()
         with warden.session(agent) as s:
-            return s.sql(body.sql, body.params, max_rows=max_rows, traceparent=traceparent)
+            if body.statements is not None:
+                return s.batch(body.statements, traceparent=traceparent, dry_run=body.dry_run)
+            assert body.sql is not None
+            return s.sql(
+                body.sql,
+                body.params,
+                max_rows=max_rows,
+                traceparent=traceparent,
+                dry_run=body.dry_run,
+            )
 
     @router.post("/sql")
     async def sql(body: SqlRequest, request: Request) -> Response:
@@ -164,10 +191,10 @@ def build_router(warden: Warden) -> APIRouter:
         """One table: schema, signals, schema changes."""
         try:
             identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
-            state = await run_in_threadpool(warden.table, name)
+            described = await run_in_threadpool(warden.describe, name)
         except LakewardenError as exc:
             return error_response(exc, None)
-        return JSONResponse(json_value(state.summary()))
+        return JSONResponse(json_value(described))
 
     @router.get("/snapshots")
     async def snapshots(
@@ -184,6 +211,37 @@ def build_router(warden: Warden) -> APIRouter:
         except LakewardenError as exc:
             return error_response(exc, None)
         return JSONResponse({"snapshots": [json_value(s.to_dict()) for s in snaps]})
+
+    @router.post("/tables/{name}/restore")
+    async def restore(name: str, body: RestoreRequest, request: Request) -> Response:
+        """Make the table equal to its content at ``snapshot_id``, as one new commit."""
+        traceparent = traceparent_of(request)
+        try:
+            agent = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            result = await run_in_threadpool(
+                lambda: warden.restore(name, body.snapshot_id, agent=agent, traceparent=traceparent)
+            )
+        except LakewardenError as exc:
+            return error_response(exc, getattr(exc, "trace_id", None) or trace_id_of(traceparent))
+        payload = result_json(result)
+        payload["trace_id"] = result.trace_id or trace_id_of(traceparent)
+        return JSONResponse(payload)
+
+    @router.get("/audit")
+    async def audit(
+        request: Request,
+        agent: str | None = None,
+        limit: Annotated[int, Query(gt=0, le=10_000)] = 100,
+    ) -> Response:
+        """Audit records newest first: agent, decision, summary, violations, snapshot, trace."""
+        try:
+            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
+            records = await run_in_threadpool(warden.audit, agent, limit)
+        except LakewardenError as exc:
+            return error_response(exc, None)
+        return JSONResponse({"records": [json_value(r) for r in records]})
 
     return router
 
