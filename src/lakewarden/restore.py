@@ -93,6 +93,11 @@ def restore(
         span.set_attribute("error.type", getattr(error, "code", type(exc).__name__))
         span.set_status(Status(StatusCode.ERROR, str(error)[:256]))
         span.end()
+        warden.audit_refused(audit.AuditRecord(
+            agent=agent, decision="denied" if isinstance(exc, PolicyDenied) else "failed",
+            operation="RESTORE", summary=f"{summary} TO {snapshot_id}", tables=(table,),
+            violations=tuple(getattr(error, "violations", ())), trace_id=trace_id,
+        ))
         if error is exc:
             raise
         raise error from exc
@@ -150,18 +155,18 @@ def _rewrite(tx: Transaction, table: str, version: int) -> bool:
         if c in now and now[c] != t
     ]
     columns = ", ".join(ident(c) for c in then)
-    source = f"{ref} AT (VERSION => {version})"
-    if ddl:
-        # Time travel resolves columns against the current schema: a column dropped and added
-        # back is a new column with no past. Keep the old rows aside before changing the schema.
-        cur.execute(f"CREATE OR REPLACE TEMP TABLE {_STAGE} AS SELECT {columns} FROM {source}")
-        source = _STAGE
+    # Keep the old rows aside first (measured with duckdb 1.5.5 and DuckLake): inside the
+    # transaction, a time-travel scan sees the transaction's own deletes, and it resolves
+    # columns against the current schema, so a column dropped and added back has no past.
+    cur.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_STAGE} AS "
+        f"SELECT {columns} FROM {ref} AT (VERSION => {version})"
+    )
     for statement in ddl:
         cur.execute(statement)
     cur.execute(f"DELETE FROM {ref}")
-    cur.execute(f"INSERT INTO {ref} ({columns}) SELECT {columns} FROM {source}")
-    if ddl:
-        cur.execute(f"DROP TABLE {_STAGE}")
+    cur.execute(f"INSERT INTO {ref} ({columns}) SELECT {columns} FROM {_STAGE}")
+    cur.execute(f"DROP TABLE {_STAGE}")
     return bool(ddl)
 
 

@@ -17,7 +17,7 @@ import sqlglot
 from sqlglot import exp
 
 from lakewarden.analysis.names import display_name
-from lakewarden.analysis.text import sanitize
+from lakewarden.analysis.text import first_keyword, sanitize
 from lakewarden.errors import InvalidSQL
 
 MAX_SQL_CHARS = 1_000_000
@@ -50,6 +50,7 @@ class Statement:
     tables_written: tuple[str, ...]
     functions: tuple[str, ...]
     qualifiers: tuple[str, ...]  # catalog and schema parts of every table reference
+    keyword: str  # first word of the statement, comments skipped
     summary: str
     query_text: str
     parsed: bool  # False when sqlglot could not parse it: tables are then unknown
@@ -67,8 +68,13 @@ class Statement:
 def _split(sql: str) -> list[duckdb.Statement]:
     con = getattr(_parser, "con", None)
     if con is None:
-        # A private in-memory connection per thread: parsing only, it never sees the lake.
-        con = _parser.con = duckdb.connect(":memory:")
+        # A private in-memory connection per thread: parsing only, it never sees the lake. It is
+        # locked down too: DuckDB's parser itself reads files for IMPORT DATABASE.
+        con = _parser.con = duckdb.connect(
+            ":memory:",
+            config={"enable_external_access": False, "autoload_known_extensions": False,
+                    "autoinstall_known_extensions": False, "lock_configuration": True},
+        )
     try:
         return con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -94,6 +100,10 @@ def analyze(sql: str) -> Statement:
 def _analyze(sql: str) -> Statement:
     if "\x00" in sql:
         raise InvalidSQL("the statement contains a NUL character")
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidSQL(f"the statement is not valid UTF-8 text: {exc.reason}") from exc
     statements = _split(sql)
     if not statements:
         raise InvalidSQL("the SQL text is empty: send exactly one statement")
@@ -132,6 +142,7 @@ def _analyze(sql: str) -> Statement:
         tables_written=written,
         functions=functions,
         qualifiers=qualifiers,
+        keyword=first_keyword(sql),
         summary=summary,
         query_text=sanitize(sql),
         parsed=tree is not None,

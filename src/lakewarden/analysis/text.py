@@ -21,6 +21,15 @@ _LITERALS = {
 _TOKENIZER = DuckDB().tokenizer()
 
 
+def first_keyword(sql: str) -> str:
+    """The statement's first word, comments skipped, upper case (``PRAGMA``, ``SELECT``...)."""
+    try:
+        tokens = _TOKENIZER.tokenize(sql)
+    except Exception as exc:
+        raise InvalidSQL(f"could not tokenize the statement: {exc}") from exc
+    return tokens[0].text.upper() if tokens else ""
+
+
 def sanitize(sql: str) -> str:
     """Return ``sql`` with every literal replaced by ``?``, keeping the rest as written."""
     try:

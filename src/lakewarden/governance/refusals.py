@@ -35,6 +35,16 @@ REFUSED_TYPES = {
     "INVALID": "unknown statements",
 }
 
+# Statements DuckDB rewrites into another type (``PRAGMA database_list`` parses as a SELECT).
+REFUSED_KEYWORDS = {
+    "PRAGMA": "PRAGMA",
+    "CHECKPOINT": "CHECKPOINT",
+    "FORCE": "FORCE CHECKPOINT",
+    "USE": "USE (switching databases)",
+    "IMPORT": "EXPORT/IMPORT DATABASE",
+    "EXPORT": "EXPORT/IMPORT DATABASE",
+}
+
 # Table functions that only generate values; every other one may read files, URLs or catalogs.
 ALLOWED_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
 
@@ -42,7 +52,7 @@ ALLOWED_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
 def refusals(stmt: Statement, lake_database: str) -> list[Violation]:
     """Why ``stmt`` is refused for any agent (empty list: not refused by the defaults)."""
     out: list[Violation] = []
-    what = REFUSED_TYPES.get(stmt.statement_type)
+    what = REFUSED_TYPES.get(stmt.statement_type) or REFUSED_KEYWORDS.get(stmt.keyword)
     if what:
         out.append(Violation("statement_class", f"{what} is not allowed for agents"))
     for func in stmt.functions:
@@ -58,9 +68,13 @@ def refusals(stmt: Statement, lake_database: str) -> list[Violation]:
     for table in stmt.tables:
         if "/" in table or "\\" in table or table.rsplit(".", 1)[-1] in _FILE_SUFFIXES:
             out.append(Violation("file_access", f"{table!r} names a file, not a table"))
-    if stmt.kind != "read" and not stmt.parsed:
+    if not stmt.parsed and not out:
         out.append(
-            Violation("unanalysable", "the statement could not be analysed, so writes are refused")
+            Violation(
+                "unanalysable",
+                "the statement could not be analysed, so its tables cannot be checked against "
+                "the policy; rewrite it in plain SQL",
+            )
         )
     return out
 
