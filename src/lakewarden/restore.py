@@ -93,11 +93,17 @@ def restore(
         span.set_attribute("error.type", getattr(error, "code", type(exc).__name__))
         span.set_status(Status(StatusCode.ERROR, str(error)[:256]))
         span.end()
-        warden.audit_refused(audit.AuditRecord(
-            agent=agent, decision="denied" if isinstance(exc, PolicyDenied) else "failed",
-            operation="RESTORE", summary=f"{summary} TO {snapshot_id}", tables=(table,),
-            violations=tuple(getattr(error, "violations", ())), trace_id=trace_id,
-        ))
+        warden.audit_refused(
+            audit.AuditRecord(
+                agent=agent,
+                decision="denied" if isinstance(exc, PolicyDenied) else "failed",
+                operation="RESTORE",
+                summary=f"{summary} TO {snapshot_id}",
+                tables=(table,),
+                violations=tuple(getattr(error, "violations", ())),
+                trace_id=trace_id,
+            )
+        )
         if error is exc:
             raise
         raise error from exc

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -153,10 +154,13 @@ class Transaction:
         """Commit as one snapshot, its audit records inside it, and update the table signals."""
         warden = self.warden
         is_lake = warden.engine.location.is_lake
+        commit_id = uuid.uuid4().hex
         try:
-            audit.insert(self.cur, records)
+            audit.insert(self.cur, [replace(r, commit_id=commit_id) for r in records])
             if is_lake:
-                extra = json.dumps({"trace_id": trace_id, "span_id": span_id})
+                extra = json.dumps(
+                    {"trace_id": trace_id, "span_id": span_id, "commit_id": commit_id}
+                )
                 self.cur.execute(
                     f"CALL {LAKE_ALIAS}.set_commit_message(?, ?, extra_info => ?)",
                     [self.agent, summary, extra],

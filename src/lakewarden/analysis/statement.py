@@ -72,8 +72,12 @@ def _split(sql: str) -> list[duckdb.Statement]:
         # locked down too: DuckDB's parser itself reads files for IMPORT DATABASE.
         con = _parser.con = duckdb.connect(
             ":memory:",
-            config={"enable_external_access": False, "autoload_known_extensions": False,
-                    "autoinstall_known_extensions": False, "lock_configuration": True},
+            config={
+                "enable_external_access": False,
+                "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False,
+                "lock_configuration": True,
+            },
         )
     try:
         return con.extract_statements(sql)

@@ -2,7 +2,8 @@
 
 A committed write's record is inserted in the same transaction as the write, so the data and the
 audit can never disagree: the record exists exactly when the write does. Its snapshot id is not
-stored (DuckLake assigns it at commit) but found through the span id the commit carries.
+stored (DuckLake assigns it at commit) but found through the commit id the commit carries in
+its extra info (a random id, so it holds with tracing off).
 Refused and failed statements committed nothing, and recording them must not make a snapshot
 either: their records go to the same table's twin in the state database inside the lake folder.
 Reading the trail reads both.
@@ -29,7 +30,7 @@ AUTHOR = "lakewarden"
 _COLUMNS = (
     "time TIMESTAMPTZ, agent VARCHAR, decision VARCHAR, operation VARCHAR, summary VARCHAR, "
     "statement_hash VARCHAR, tables VARCHAR[], violations VARCHAR, trace_id VARCHAR, "
-    "span_id VARCHAR"
+    "span_id VARCHAR, commit_id VARCHAR"
 )
 
 
@@ -44,6 +45,7 @@ class AuditRecord:
     violations: tuple[Violation, ...] = field(default_factory=tuple)
     trace_id: str | None = None
     span_id: str | None = None
+    commit_id: str | None = None  # set by the transaction that commits the record
 
     def row(self) -> list[Any]:
         digest = hashlib.sha256(self.statement.encode()).hexdigest() if self.statement else None
@@ -57,6 +59,7 @@ class AuditRecord:
             json.dumps([v.to_dict() for v in self.violations], default=str),
             self.trace_id,
             self.span_id,
+            self.commit_id,
         ]
 
 
@@ -73,7 +76,7 @@ def insert(cur: duckdb.DuckDBPyConnection, records: list[AuditRecord], table: st
     """Append ``records`` (inside the caller's open transaction, if any)."""
     if records:
         cur.executemany(
-            f"INSERT INTO {table} VALUES (now(), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {table} VALUES (now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [r.row() for r in records],
         )
 
@@ -92,7 +95,7 @@ def read(
     """Newest first; a committed write's record carries the snapshot that holds it."""
     snap = (
         f"(SELECT snapshot_id FROM {LAKE_ALIAS}.snapshots() s "
-        "WHERE json_extract_string(s.commit_extra_info, '$.span_id') = a.span_id "
+        "WHERE json_extract_string(s.commit_extra_info, '$.commit_id') = a.commit_id "
         "AND a.decision IN ('allowed', 'restored') LIMIT 1)"
         if is_lake
         else "NULL"
