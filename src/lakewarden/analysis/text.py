@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlglot.dialects.duckdb import DuckDB
-from sqlglot.tokens import TokenType
+from sqlglot.tokenizer_core import TokenType
 
 from lakewarden.errors import InvalidSQL
 
