@@ -10,11 +10,24 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 import lakewarden
+from lakewarden.telemetry.recorder import flush_all
+
+
+class SyncedSpans(InMemorySpanExporter):
+    """Spans are recorded in the background: reading them first waits for the recorders."""
+
+    def get_finished_spans(self):  # type: ignore[no-untyped-def]
+        flush_all()
+        return super().get_finished_spans()
+
+    def clear(self) -> None:
+        flush_all()
+        super().clear()
 
 
 @pytest.fixture
 def spans() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
+    return SyncedSpans()
 
 
 @pytest.fixture

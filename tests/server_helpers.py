@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import lakewarden
 from lakewarden.intake.server import ServerThread
 
+from conftest import SyncedSpans
+
 
 @dataclass
 class Served:
@@ -28,7 +30,7 @@ def serve(
     policy: Path | None = None,
     settings: lakewarden.Settings | None = None,
 ) -> Iterator[Served]:
-    spans = InMemorySpanExporter()
+    spans = SyncedSpans()
     warden = lakewarden.open(
         lake,
         policy=policy,

@@ -9,16 +9,16 @@ definition, one the table was already in.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import duckdb
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from lakewarden.errors import ExecutionError, NotFound, PolicyDenied, Violation
+from lakewarden.errors import ExecutionError, LakewardenError, NotFound, PolicyDenied, Violation
 from lakewarden.result import Result
-from lakewarden.session import parent_context
 from lakewarden.store import audit, catalog
 from lakewarden.store.catalog import ident, table_ref
+from lakewarden.telemetry.recorder import Event, new_ids, parent_of
 from lakewarden.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -32,25 +32,30 @@ def restore(
 ) -> Result:
     if not warden.engine.location.is_lake:
         raise ExecutionError(
-            "restore needs a DuckLake lake: a plain DuckDB file keeps no snapshots"
+            "restore needs a DuckLake lake; a plain DuckDB file keeps no snapshots"
         )
-    summary = f"RESTORE {table}"
-    span = warden.telemetry.tracer.start_span(
-        summary,
-        context=parent_context(traceparent),
-        kind=SpanKind.CLIENT,
+    summary = f"RESTORE {table} TO {snapshot_id}"
+    parent = parent_of(traceparent)
+    trace_id, span_id = new_ids(parent)
+    event = Event(
+        name=f"RESTORE {table}",
+        agent=agent,
+        operation="RESTORE",
+        trace_id=trace_id,
+        span_id=span_id,
+        parent=parent,
+        start_ns=time.time_ns(),
+        collection=table,
         attributes={
             "db.system.name": "duckdb",
             "db.operation.name": "RESTORE",
             "db.collection.name": table,
-            "db.query.summary": summary,
+            "db.query.summary": f"RESTORE {table}",
             "gen_ai.agent.name": agent,
             "lakewarden.restore.snapshot_id": snapshot_id,
             "db.namespace": warden.engine.location.namespace,
         },
     )
-    ctx = span.get_span_context()
-    trace_id = f"{ctx.trace_id:032x}" if ctx.is_valid else None
     try:
         if not warden.policy.can_restore(agent):
             raise PolicyDenied(
@@ -61,21 +66,17 @@ def restore(
         tx.begin()
         try:
             _check_target(tx.cur, table, snapshot_id)
-            reshaped = _rewrite(tx, table, snapshot_id)
-            tx.shape_changed = reshaped
-            span_id = f"{ctx.span_id:016x}" if ctx.is_valid else None
+            tx.shape_changed = _rewrite(tx, table, snapshot_id)
             record = audit.AuditRecord(
                 agent=agent,
                 decision=DECISION_RESTORED,
                 operation="RESTORE",
-                summary=f"{summary} TO {snapshot_id}",
+                summary=summary,
                 tables=(table,),
-                trace_id=trace_id,
-                span_id=span_id,
+                trace_id=event.trace_hex,
+                span_id=event.span_hex,
             )
-            new_snapshot, updates = tx.commit(
-                f"{summary} TO {snapshot_id}", trace_id, span_id, [record]
-            )
+            new_snapshot, updates = tx.commit(summary, event.trace_hex, event.span_hex, [record])
         except BaseException:
             tx.rollback()
             raise
@@ -83,48 +84,40 @@ def restore(
             tx.cur.close()
     except Exception as exc:
         error = (
-            exc
-            if isinstance(exc, (PolicyDenied, NotFound, ExecutionError))
-            else ExecutionError(f"restore failed: {exc}")
+            exc if isinstance(exc, LakewardenError) else ExecutionError(f"restore failed: {exc}")
         )
-        span.set_attribute(
-            "lakewarden.decision", "denied" if isinstance(exc, PolicyDenied) else "failed"
-        )
-        span.set_attribute("error.type", getattr(error, "code", type(exc).__name__))
-        span.set_status(Status(StatusCode.ERROR, str(error)[:256]))
-        span.end()
+        error.trace_id = event.trace_hex
+        event.end_ns = time.time_ns()
+        event.decision = "denied" if isinstance(error, PolicyDenied) else "failed"
+        event.error_type, event.error_message = error.code, error.message
+        event.violations = tuple(error.violations)
+        warden.recorder.submit(event)
         warden.audit_refused(
             audit.AuditRecord(
                 agent=agent,
-                decision="denied" if isinstance(exc, PolicyDenied) else "failed",
+                decision=event.decision,
                 operation="RESTORE",
-                summary=f"{summary} TO {snapshot_id}",
+                summary=summary,
                 tables=(table,),
-                violations=tuple(getattr(error, "violations", ())),
-                trace_id=trace_id,
+                violations=tuple(error.violations),
+                trace_id=event.trace_hex,
             )
         )
         if error is exc:
             raise
         raise error from exc
-    span.set_attribute("lakewarden.decision", DECISION_RESTORED)
-    if new_snapshot is not None:
-        span.set_attribute("lakewarden.snapshot.id", new_snapshot)
-    span.end()
     signals = {name: u.to_dict() for name, u in updates.items()}
-    warden.record_statement(
-        agent=agent,
-        operation="RESTORE",
-        collection=table,
-        decision=DECISION_RESTORED,
-        seconds=0.0,
-        error=None,
-        updates=signals,
-    )
+    event.end_ns = time.time_ns()
+    event.decision = DECISION_RESTORED
+    event.snapshot_id = new_snapshot
+    event.rows_written = {
+        t: s["rows_inserted"] + s["rows_deleted"] + s["rows_updated"] for t, s in signals.items()
+    }
+    warden.recorder.submit(event)
     return Result(
         kind="write",
-        summary=f"{summary} TO {snapshot_id}",
-        trace_id=trace_id,
+        summary=summary,
+        trace_id=event.trace_hex,
         snapshot_id=new_snapshot,
         signals=signals,
     )

@@ -56,6 +56,7 @@ class Warden:
         self.instruments = Instruments(
             self.telemetry.meter, self._table_states, self._check_states, self._contract_limits
         )
+        self.recorder = self.telemetry.recorder(self.instruments)
         self._audit_cur = self.engine.cursor()
         with self.engine.write_lock:
             self._bookkeeping(lambda cur: audit.ensure(cur), "audit trail")
@@ -165,62 +166,6 @@ class Warden:
 
     def _time_signal(self, signal: str, seconds: float) -> None:
         self.instruments.signal_duration.record(seconds, {"lakewarden.signal": signal})
-
-    def record_statement(
-        self,
-        *,
-        agent: str,
-        operation: str,
-        collection: str | None,
-        decision: str,
-        seconds: float,
-        error: str | None,
-        updates: dict[str, dict[str, Any]],
-    ) -> None:
-        attrs: dict[str, Any] = {
-            "db.system.name": "duckdb",
-            "db.operation.name": operation,
-            "gen_ai.agent.name": agent,
-        }
-        if collection:
-            attrs["db.collection.name"] = collection
-        if error:
-            attrs["error.type"] = error
-        self.instruments.duration.record(seconds, attrs)
-        self.instruments.statements.add(
-            1,
-            {
-                "gen_ai.agent.name": agent,
-                "db.operation.name": operation,
-                "lakewarden.decision": decision,
-            },
-        )
-        for table, sig in updates.items():
-            written = sig["rows_inserted"] + sig["rows_deleted"] + sig["rows_updated"]
-            if written:
-                self.instruments.rows_written.add(
-                    written,
-                    {
-                        "gen_ai.agent.name": agent,
-                        "db.collection.name": table,
-                        "db.operation.name": operation,
-                    },
-                )
-
-    def record_blocked(self, agent: str, violations: list[Violation]) -> None:
-        """Count a write the gate rolled back, once per violated check and table."""
-        try:
-            for v in violations:
-                self.instruments.gate_blocks.add(
-                    1,
-                    {
-                        "gen_ai.agent.name": agent,
-                        "db.collection.name": v.table or "",
-                        "lakewarden.check.name": v.rule,
-                    },
-                )
-        except Exception:
-            log.exception("could not count a quality-gate block")
 
     # -- audit and restore ------------------------------------------------------------------
 

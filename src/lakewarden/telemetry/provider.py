@@ -32,6 +32,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from lakewarden import __version__
 from lakewarden.errors import ConfigurationError
+from lakewarden.telemetry.instruments import Instruments
+from lakewarden.telemetry.recorder import PresetIds, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,8 @@ class Telemetry:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         readers.append(PrometheusMetricReader(registry=self.registry))
-        self.tracer_provider = TracerProvider(resource=self.resource)
+        self.ids = PresetIds()
+        self.tracer_provider = TracerProvider(resource=self.resource, id_generator=self.ids)
         for processor in processors:
             self.tracer_provider.add_span_processor(processor)
         self.meter_provider = MeterProvider(
@@ -135,12 +138,23 @@ class Telemetry:
             else self.tracer_provider.get_tracer(SCOPE, __version__)
         )
         self.meter = self.meter_provider.get_meter(SCOPE, __version__)
+        self._recorders: list[Recorder] = []
+
+    def recorder(self, instruments: Instruments) -> Recorder:
+        """The background recorder of statement spans and metric points."""
+        recorder = Recorder(self.tracer, self.ids, instruments, enabled=not self.disabled)
+        self._recorders.append(recorder)
+        return recorder
 
     def prometheus_text(self) -> bytes:
         """The Prometheus exposition of every instrument (what ``/metrics`` serves)."""
+        for recorder in self._recorders:
+            recorder.flush(timeout_s=2.0)
         return generate_latest(self.registry)
 
     def flush(self, timeout_s: float = 10.0) -> None:
+        for recorder in self._recorders:
+            recorder.flush(timeout_s)
         millis = int(timeout_s * 1000)
         for flush in (self.tracer_provider.force_flush, self.meter_provider.force_flush):
             try:
@@ -149,6 +163,8 @@ class Telemetry:
                 log.exception("telemetry flush failed")
 
     def shutdown(self) -> None:
+        for recorder in self._recorders:
+            recorder.close()
         self.flush()
         for stop in (self.tracer_provider.shutdown, self.meter_provider.shutdown):
             try:
