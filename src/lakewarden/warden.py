@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from lakewarden.tracker import Tracker
 log = logging.getLogger(__name__)
 
 _ENFORCE = "enforce"
+_VERDICT_CACHE = 4096
 
 
 class Warden:
@@ -53,6 +54,8 @@ class Warden:
         self.telemetry = telemetry or Telemetry()
         self.engine = Engine(locate(path, self.settings), self.settings)
         self._lock = threading.Lock()
+        self._verdicts: dict[tuple[str, str], tuple[tuple[Violation, ...], bool]] = {}
+        self._agent_limits: dict[str, tuple[int | None, float | None]] = {}
         self.instruments = Instruments(
             self.telemetry.meter, self._table_states, self._check_states, self._contract_limits
         )
@@ -82,16 +85,31 @@ class Warden:
     # -- governance ----------------------------------------------------------------------------
 
     def govern(self, agent: str, stmt: Statement) -> list[Violation]:
-        """Raise :class:`PolicyDenied` when refused; return violations flagged but allowed."""
+        """Raise :class:`PolicyDenied` when refused; return violations flagged but allowed.
+
+        The verdict depends only on the agent and the statement text (the policy is fixed for
+        the warden's life), so it is remembered: agents repeat their statements.
+        """
+        key = (agent, stmt.text)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdict(agent, stmt)
+            if len(self._verdicts) >= _VERDICT_CACHE:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        violations, denied = verdict
+        if denied:
+            raise PolicyDenied(_message(agent, stmt, violations), list(violations))
+        return list(violations)
+
+    def _verdict(self, agent: str, stmt: Statement) -> tuple[tuple[Violation, ...], bool]:
         hard = refusals(stmt, self.engine.database)
         if hard:
-            raise PolicyDenied(_message(agent, stmt, hard), hard)
+            return tuple(hard), True
         violations = self._policy_violations(agent, stmt)
-        if not violations:
-            return []
-        if self.policy.effective_mode(agent) == _ENFORCE:
-            raise PolicyDenied(_message(agent, stmt, violations), violations)
-        return violations
+        return tuple(violations), bool(violations) and (
+            self.policy.effective_mode(agent) == _ENFORCE
+        )
 
     def _policy_violations(self, agent: str, stmt: Statement) -> list[Violation]:
         if self.policy.is_open:
@@ -115,17 +133,26 @@ class Warden:
         return out
 
     def row_limit(self, agent: str, requested: int | None) -> int | None:
-        rules = self.policy.agent(agent)
-        cap = rules.max_rows if rules is not None else None
+        cap = self._limits(agent)[0]
         if requested is None:
             return cap
         return min(requested, cap) if cap is not None else requested
 
     def timeout(self, agent: str) -> float | None:
-        rules = self.policy.agent(agent)
-        if rules is not None and rules.timeout_s is not None:
-            return rules.timeout_s
-        return self.settings.statement_timeout_s or None
+        return self._limits(agent)[1]
+
+    def _limits(self, agent: str) -> tuple[int | None, float | None]:
+        """(max rows, statement timeout) of an agent, looked up once."""
+        limits = self._agent_limits.get(agent)
+        if limits is None:
+            rules = self.policy.agent(agent)
+            timeout = rules.timeout_s if rules is not None else None
+            limits = (
+                rules.max_rows if rules is not None else None,
+                timeout if timeout is not None else (self.settings.statement_timeout_s or None),
+            )
+            self._agent_limits[agent] = limits
+        return limits
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -290,7 +317,7 @@ class Warden:
         self.close()
 
 
-def _message(agent: str, stmt: Statement, violations: list[Violation]) -> str:
+def _message(agent: str, stmt: Statement, violations: Sequence[Violation]) -> str:
     reasons = "; ".join(v.detail for v in violations)
     return f"{stmt.summary} refused for agent {agent!r}: {reasons}"
 

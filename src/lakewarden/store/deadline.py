@@ -1,12 +1,13 @@
-"""Statement time limits: duckdb 1.5.5 has no timeout setting, so a timer interrupts the cursor.
+"""Statement time limits: duckdb 1.5.5 has no timeout setting, so a sweeper interrupts cursors.
 
-One watchdog thread serves every statement; arming it is a heap push, which keeps the cost off
-the hot path (a ``threading.Timer`` per statement would start a thread each time).
+One background thread checks the running statements a few times a second and interrupts those
+past their deadline. Arming a deadline is a dict insert under a lock, with no thread wake-up:
+a ``threading.Timer`` per statement, or waking a timer thread each time, costs more than a small
+read. The price is precision: a statement is stopped within one tick after its limit.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import threading
 import time
@@ -15,67 +16,60 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+TICK_S = 0.05
+
 
 class Interruptible(Protocol):
     def interrupt(self) -> None: ...
 
 
-@dataclass(order=True)
+@dataclass
 class Deadline:
     due: float
-    ident: int
-    target: Interruptible = field(compare=False)
-    active: bool = field(default=True, compare=False)
-    expired: bool = field(default=False, compare=False)  # set when the watchdog interrupted
+    target: Interruptible = field(repr=False)
+    expired: bool = False  # set when the sweeper interrupted the statement
 
 
 class Watchdog:
-    def __init__(self) -> None:
-        self._heap: list[Deadline] = []
+    def __init__(self, tick_s: float = TICK_S) -> None:
+        self._tick = tick_s
+        self._active: dict[int, Deadline] = {}
         self._ids = itertools.count()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def guard(self, target: Interruptible, seconds: float | None) -> Iterator[Deadline]:
         """Interrupt ``target`` if the block is still running after ``seconds``."""
-        deadline = Deadline(time.monotonic() + (seconds or 0), next(self._ids), target)
+        deadline = Deadline(time.monotonic() + (seconds or 0), target)
         if seconds is None or seconds <= 0:
-            deadline.active = False
             yield deadline
             return
-        with self._cond:
-            heapq.heappush(self._heap, deadline)
+        ident = next(self._ids)
+        with self._lock:
+            self._active[ident] = deadline
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="lakewarden-watchdog", daemon=True
+                    target=self._sweep, name="lakewarden-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
         try:
             yield deadline
         finally:
-            with self._cond:
-                deadline.active = False
+            with self._lock:
+                del self._active[ident]
 
-    def _run(self) -> None:
+    def _sweep(self) -> None:
         while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                deadline = self._heap[0]
-                if not deadline.active:
-                    heapq.heappop(self._heap)
-                    continue
-                wait = deadline.due - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                deadline.active = False
-                deadline.expired = True
-                # Under the lock: once guard() has left its block, the cursor is never hit.
-                deadline.target.interrupt()
+            time.sleep(self._tick)
+            now = time.monotonic()
+            with self._lock:
+                for deadline in self._active.values():
+                    if not deadline.expired and deadline.due <= now:
+                        deadline.expired = True
+                        # Under the lock: once guard() has left its block, the cursor is never
+                        # interrupted on behalf of a finished statement.
+                        deadline.target.interrupt()
 
 
 WATCHDOG = Watchdog()

@@ -9,8 +9,8 @@ is bounded: when telemetry cannot keep up, events are dropped and counted, never
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import random
 import threading
 import time
@@ -37,7 +37,8 @@ from lakewarden.telemetry.instruments import Instruments
 
 log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
-QUEUE_SIZE = 10_000
+QUEUE_SIZE = 10_000  # events waiting to be recorded; beyond this they are dropped and counted
+DRAIN_INTERVAL_S = 0.05
 
 
 def new_ids(parent: SpanContext | None) -> tuple[int, int]:
@@ -131,7 +132,13 @@ class Recorder:
         self._instruments = instruments
         self.enabled = enabled
         self.dropped = 0
-        self._queue: queue.Queue[Event | None] = queue.Queue(QUEUE_SIZE)
+        # A deque and a periodic drain, not a queue that wakes the thread per statement: the
+        # wake-up and the GIL hand-off would cost the agent more than the telemetry itself.
+        self._pending: collections.deque[Event] = collections.deque()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="lakewarden-telemetry", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -139,37 +146,40 @@ class Recorder:
     def submit(self, event: Event) -> None:
         if not self.enabled:
             return
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
+        if len(self._pending) >= QUEUE_SIZE:
             self.dropped += 1
+            return
+        self._idle.clear()
+        self._pending.append(event)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every submitted event is recorded; False on timeout."""
+        """Record everything submitted so far, now; False on timeout."""
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks:
+        while self._pending or not self._idle.is_set():
+            self._wake.set()
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.001)
+            self._idle.wait(0.01)
         return True
 
     def close(self) -> None:
         self.flush()
-        self._queue.put(None)
+        self._closed = True
+        self._wake.set()
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            try:
-                if event is None:
-                    return
-                self._span(event)
-                self._metrics(event)
-            except Exception:  # telemetry must never take the sidecar down
-                log.exception("could not record telemetry for %s", getattr(event, "name", "?"))
-            finally:
-                self._queue.task_done()
+        while not self._closed:
+            self._wake.wait(DRAIN_INTERVAL_S)
+            self._wake.clear()
+            while self._pending:
+                event = self._pending.popleft()
+                try:
+                    self._span(event)
+                    self._metrics(event)
+                except Exception:  # telemetry must never take the sidecar down
+                    log.exception("could not record telemetry for %s", event.name)
+            self._idle.set()
 
     def _span(self, e: Event) -> None:
         context = trace.set_span_in_context(NonRecordingSpan(e.parent)) if e.parent else Context()
