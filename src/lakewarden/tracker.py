@@ -17,10 +17,10 @@ from typing import Any
 from lakewarden.analysis.names import normalize
 from lakewarden.signals import delta as deltas
 from lakewarden.signals.schema import SchemaChange, diff
-from lakewarden.signals.table_state import ColumnState, TableState
+from lakewarden.signals.table_state import ColumnState, TableState, WriteRecord
 from lakewarden.store import audit, catalog
 from lakewarden.store.engine import Engine
-from lakewarden.store.state import StateStore
+from lakewarden.store.state import HISTORY_KEEP, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class Tracker:
         self._cur = engine.cursor()
         self._store = StateStore(self._cur)
         self.states, self.snapshot_id = self._store.load()
+        self._store.prune_history()
+        self.history: dict[str, list[WriteRecord]] = self._store.history()
+        self._new_writes: list[tuple[str, WriteRecord]] = []
 
     # -- reading -------------------------------------------------------------------------
 
@@ -75,6 +78,11 @@ class Tracker:
     def get(self, name: str) -> TableState | None:
         with self._lock:
             return self.states.get(name)
+
+    def writes(self, name: str) -> list[WriteRecord]:
+        """The table's recent writes, oldest first (what anomaly scores train on)."""
+        with self._lock:
+            return list(self.history.get(name, ()))
 
     # -- bringing state up to date ---------------------------------------------------------
 
@@ -157,6 +165,11 @@ class Tracker:
         delta = deltas.from_changes(frame, state.event_time_column)
         new = deltas.apply(state, delta, when=stamp, writer=writer, snapshot_id=last)
         self.states[name] = new
+        if delta.rows_written:
+            self._remember(
+                name,
+                WriteRecord(stamp, delta.inserted + delta.updated, delta.deleted, writer, last),
+            )
         self._timer("delta", time.perf_counter() - started)
         return TableUpdate(new, delta)
 
@@ -198,6 +211,10 @@ class Tracker:
             )
             self.states[name] = new
             updates[name] = TableUpdate(new, delta, changes)
+            if writer is not None and delta.rows_written:
+                self._remember(
+                    name, WriteRecord(stamp, delta.inserted, delta.deleted, writer, snapshot_id)
+                )
         self._timer("profile", time.perf_counter() - started)
         if save:
             self._save(updates, snapshot_id)
@@ -269,14 +286,26 @@ class Tracker:
         )
         return self._reprofile(changed, None, time.time(), None)
 
+    def _remember(self, name: str, record: WriteRecord) -> None:
+        writes = self.history.setdefault(name, [])
+        writes.append(record)
+        if len(writes) > HISTORY_KEEP:
+            del writes[: len(writes) - HISTORY_KEEP]
+        self._new_writes.append((name, record))
+
     def _save(self, updates: dict[str, TableUpdate], snapshot_id: int | None) -> None:
         if snapshot_id is not None:
             self.snapshot_id = snapshot_id
+        for name, update in updates.items():
+            if update.dropped:
+                self.history.pop(name, None)
+        writes, self._new_writes = self._new_writes, []
         try:
             self._store.save(
                 [u.state for u in updates.values() if not u.dropped],
                 [n for n, u in updates.items() if u.dropped],
                 self.snapshot_id,
+                writes,
             )
         except Exception:
             # The lake is the truth and the state only a cache: a failed save re-bases later.

@@ -15,11 +15,13 @@ import duckdb
 from lakewarden.analysis import Statement
 from lakewarden.analysis.names import normalize
 from lakewarden.errors import NotFound, PolicyDenied, Violation
-from lakewarden.governance.policy import OPEN_POLICY, Policy, load_policy
+from lakewarden.governance.policy import OPEN_POLICY, AnomalySettings, Policy, load_policy
+from lakewarden.governance.policy import AnomalyRule as PolicyAnomalyRule
 from lakewarden.governance.refusals import refusals
 from lakewarden.session import Session
 from lakewarden.settings import Settings
-from lakewarden.signals import checks
+from lakewarden.signals import checks, monitoring
+from lakewarden.signals.anomaly import AnomalyRule
 from lakewarden.signals.table_state import TableState
 from lakewarden.store import audit, catalog
 from lakewarden.store.engine import LAKE_ALIAS, Engine, locate
@@ -30,6 +32,13 @@ from lakewarden.tracker import Tracker
 log = logging.getLogger(__name__)
 
 _ENFORCE = "enforce"
+_DEFAULT_ANOMALY = AnomalySettings()
+
+
+def _rule(rule: PolicyAnomalyRule) -> AnomalyRule:
+    return AnomalyRule(**rule.model_dump(exclude={"enabled"}))
+
+
 _VERDICT_CACHE = 4096
 
 
@@ -43,7 +52,9 @@ class Warden:
         policy: Policy | str | Path | None = None,
         telemetry: Telemetry | None = None,
         settings: Settings | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock  # what "now" is for freshness checks: injectable for tests
         self.settings = settings or Settings.from_env()
         if policy is None:
             self.policy = OPEN_POLICY
@@ -56,8 +67,13 @@ class Warden:
         self._lock = threading.Lock()
         self._verdicts: dict[tuple[str, str], tuple[tuple[Violation, ...], bool]] = {}
         self._agent_limits: dict[str, tuple[int | None, float | None]] = {}
+        self._monitored: tuple[tuple[int, int | None, int], dict[str, Any]] | None = None
         self.instruments = Instruments(
-            self.telemetry.meter, self._table_states, self._check_states, self._contract_limits
+            self.telemetry.meter,
+            self._table_states,
+            self._check_states,
+            self._contract_limits,
+            self._anomaly_scores,
         )
         self.recorder = self.telemetry.recorder(self.instruments)
         self._audit_cur = self.engine.cursor()
@@ -167,15 +183,62 @@ class Warden:
         self, table: str | None = None, now: float | None = None
     ) -> dict[str, list[checks.Finding]]:
         """Every contract check of every table (or of one), as the tables stand now."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         out: dict[str, list[checks.Finding]] = {}
         for state in self.tracker.tables():
             if table is not None and state.name != normalize(table):
                 continue
             contract = self.policy.contract(state.name)
-            if contract is not None:
-                out[state.name] = checks.evaluate(state, contract, now)
+            found = checks.evaluate(state, contract, now) if contract is not None else []
+            for signal, m in self.monitored(now).get(state.name, {}).items():
+                if m.result.score is not None:
+                    found.append(
+                        checks.Finding(
+                            f"{signal}_anomaly",
+                            not m.result.anomalous,
+                            m.result.reason,
+                            round(m.value, 3) if m.value is not None else None,
+                            [m.result.lower, m.result.upper],
+                        )
+                    )
+            if found:
+                out[state.name] = found
         return out
+
+    def monitored(self, now: float | None = None) -> dict[str, dict[str, monitoring.Monitored]]:
+        """Volume and freshness anomaly scores of every table (cached for a second: the
+        check gauges and the score gauges of one scrape read the same numbers)."""
+        now = self.clock() if now is None else now
+        key = (int(now), self.tracker.snapshot_id, len(self.tracker.tables()))
+        cached = self._monitored
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out: dict[str, dict[str, monitoring.Monitored]] = {}
+        for state in self.tracker.tables():
+            settings = self._anomaly_settings(state.name)
+            writes = self.tracker.writes(state.name)
+            found = {}
+            if settings.volume.enabled:
+                found[monitoring.VOLUME] = monitoring.volume(writes, _rule(settings.volume))
+            if settings.freshness.enabled:
+                found[monitoring.FRESHNESS] = monitoring.freshness(
+                    writes, _rule(settings.freshness), now
+                )
+            out[state.name] = found
+        self._monitored = (key, out)
+        return out
+
+    def _anomaly_settings(self, table: str) -> AnomalySettings:
+        contract = self.policy.contract(table)
+        return contract.anomaly if contract is not None else _DEFAULT_ANOMALY
+
+    def _anomaly_scores(self) -> list[tuple[str, str, float]]:
+        return [
+            (table, signal, m.result.score)
+            for table, found in self.monitored().items()
+            for signal, m in found.items()
+            if m.result.score is not None
+        ]
 
     def _check_states(self) -> list[tuple[str, str, bool]]:
         return [(t, f.check, f.passing) for t, found in self.checks().items() for f in found]
@@ -270,6 +333,9 @@ class Warden:
             }
             for f in self.checks(state.name).get(state.name, [])
         ]
+        out["monitors"] = {
+            signal: m.to_dict() for signal, m in self.monitored().get(state.name, {}).items()
+        }
         return out
 
     def snapshots(self, table: str | None = None, limit: int = 50) -> list[catalog.Snapshot]:
@@ -304,7 +370,10 @@ class Warden:
 
     def refresh(self) -> None:
         """Pick up commits made outside this warden (other processes, other tools)."""
-        self.tracker.sync()
+        # Under the write lock: a commit of ours is applied by the session that made it, which
+        # then knows its snapshot id for sure.
+        with self.engine.write_lock:
+            self.tracker.sync()
 
     def close(self) -> None:
         self.telemetry.shutdown()

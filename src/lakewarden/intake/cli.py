@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -432,6 +433,60 @@ def demo(
         run_demo(directory, port=port, duration=duration, console=console)
     except LakewardenError as exc:
         _fail(exc)
+
+
+@app.command()
+def watch(
+    lake: LakeOption = Path("lakewarden-demo"),
+    policy: PolicyOption = None,
+    interval: Annotated[
+        float,
+        typer.Option(help="Seconds between evaluations.", envvar="LAKEWARDEN_POLL_INTERVAL_S"),
+    ] = 5.0,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Also serve Prometheus /metrics on 127.0.0.1:PORT.")
+    ] = None,
+    once: Annotated[bool, typer.Option(help="Evaluate once and exit.")] = False,
+) -> None:
+    """Watch a lake: pick up commits made by any writer and re-judge every check on a clock."""
+    import lakewarden
+    from lakewarden.monitor import Monitor
+
+    try:
+        warden = lakewarden.open(lake, policy=policy)
+    except LakewardenError as exc:
+        _fail(exc)
+        return
+    if interval <= 0:
+        err_console.print("[bold red]error[/]: --interval must be > 0")
+        raise typer.Exit(code=2)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=warden.telemetry.registry)
+    monitor = Monitor(warden, interval)
+    try:
+        while True:
+            for flip in monitor.tick():
+                style = "green" if flip.passing else "red"
+                console.print(
+                    f"[{style}]{'PASS' if flip.passing else 'FAIL'}[/] {flip.table} "
+                    f"{flip.check}: {flip.detail}"
+                )
+            failing = [
+                (t, f) for t, found in warden.checks().items() for f in found if not f.passing
+            ]
+            console.print(
+                f"[dim]{_when(warden.clock())}: {len(warden.tables())} tables, "
+                f"{len(failing)} failing checks[/]"
+            )
+            if once:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        warden.close()
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from lakewarden import __version__
 from lakewarden.errors import ConfigurationError
 from lakewarden.intake.mcp import build_mcp
 from lakewarden.intake.rest import build_router, install_error_handlers
+from lakewarden.monitor import Monitor, interval_from_env
 from lakewarden.warden import Warden
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerThread", "check_bind", "create_app", "run"]
@@ -35,15 +36,20 @@ GRACEFUL_SHUTDOWN_S = 10
 
 
 def create_app(warden: Warden) -> FastAPI:
+    poll_interval = interval_from_env()  # a bad value stops start-up, not the first tick
     mcp_server = build_mcp(warden)
     mcp_app = mcp_server.streamable_http_app(streamable_http_path="/")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with mcp_server.session_manager.run():
-            app.state.ready = True
-            yield
-            app.state.ready = False
+        monitor = Monitor(warden, poll_interval).start()
+        try:
+            async with mcp_server.session_manager.run():
+                app.state.ready = True
+                yield
+                app.state.ready = False
+        finally:
+            monitor.stop()
 
     app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
     app.state.ready = False

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class WriteRecord(NamedTuple):
+    """One committed change of a table: the history anomaly scores are trained on."""
+
+    time: float  # epoch seconds of the commit
+    rows_added: int
+    rows_removed: int
+    writer: str | None
+    snapshot_id: int | None
 
 
 @dataclass(frozen=True)

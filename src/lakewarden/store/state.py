@@ -6,13 +6,17 @@ true at; after a restart only the snapshots since then are replayed from the cha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 
-from lakewarden.signals.table_state import TableState
+from lakewarden.signals.table_state import TableState, WriteRecord
 from lakewarden.store.engine import STATE_ALIAS
 
 _TABLES = f"{STATE_ALIAS}.main.table_state"
 _META = f"{STATE_ALIAS}.main.meta"
+_HISTORY = f"{STATE_ALIAS}.main.history"
+HISTORY_KEEP = 5000  # writes per table kept for anomaly training (about 7 months of hourly loads)
 
 
 class StateStore:
@@ -20,6 +24,10 @@ class StateStore:
         self._cur = cur
         cur.execute(f"CREATE TABLE IF NOT EXISTS {_TABLES} (name VARCHAR PRIMARY KEY, state JSON)")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {_META} (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {_HISTORY} (name VARCHAR, time DOUBLE, "
+            "rows_added BIGINT, rows_removed BIGINT, writer VARCHAR, snapshot_id BIGINT)"
+        )
 
     def load(self) -> tuple[dict[str, TableState], int | None]:
         """All table states and the snapshot they are true at (None: no state yet)."""
@@ -30,13 +38,45 @@ class StateStore:
         row = self._cur.execute(f"SELECT value FROM {_META} WHERE key = 'snapshot_id'").fetchone()
         return tables, (int(row[0]) if row else None)
 
-    def save(self, changed: list[TableState], removed: list[str], snapshot_id: int | None) -> None:
-        """Write the changed tables and the new snapshot mark in one transaction."""
+    def history(self) -> dict[str, list[WriteRecord]]:
+        """The recent writes of every table, oldest first."""
+        rows = self._cur.execute(
+            f"SELECT name, time, rows_added, rows_removed, writer, snapshot_id FROM ("
+            f"  SELECT *, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS n "
+            f"  FROM {_HISTORY}) WHERE n <= {HISTORY_KEEP} ORDER BY name, time"
+        ).fetchall()
+        out: dict[str, list[WriteRecord]] = {}
+        for name, *rest in rows:
+            out.setdefault(name, []).append(WriteRecord(*rest))
+        return out
+
+    def prune_history(self) -> None:
+        """Keep the newest ``HISTORY_KEEP`` writes of each table."""
+        self._cur.execute(
+            f"DELETE FROM {_HISTORY} WHERE (name, time) IN (SELECT name, time FROM ("
+            f"  SELECT name, time, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS n"
+            f"  FROM {_HISTORY}) WHERE n > {HISTORY_KEEP})"
+        )
+
+    def save(
+        self,
+        changed: list[TableState],
+        removed: list[str],
+        snapshot_id: int | None,
+        writes: Sequence[tuple[str, WriteRecord]] = (),
+    ) -> None:
+        """Write the changed tables, their new writes and the snapshot mark in one transaction."""
         cur = self._cur
         cur.begin()
         try:
             for name in removed:
                 cur.execute(f"DELETE FROM {_TABLES} WHERE name = ?", [name])
+                cur.execute(f"DELETE FROM {_HISTORY} WHERE name = ?", [name])
+            if writes:
+                cur.executemany(
+                    f"INSERT INTO {_HISTORY} VALUES (?, ?, ?, ?, ?, ?)",
+                    [[name, *w] for name, w in writes],
+                )
             if changed:
                 cur.executemany(
                     f"INSERT OR REPLACE INTO {_TABLES} VALUES (?, ?)",

@@ -17,17 +17,25 @@ from lakewarden.signals.table_state import TableState
 TableSource = Callable[[], Iterable[TableState]]
 # (table, check name, passing) for every check of every table with a contract
 CheckSource = Callable[[], Iterable[tuple[str, str, bool]]]
+# (table, signal "volume"|"freshness", signed score) for every table with a verdict
+AnomalySource = Callable[[], Iterable[tuple[str, str, float]]]
 # (table, freshness SLA seconds | None, {column: max null ratio})
 ContractSource = Callable[[], Iterable[tuple[str, float | None, dict[str, float]]]]
 
 
 class Instruments:
     def __init__(
-        self, meter: Meter, tables: TableSource, checks: CheckSource, contracts: ContractSource
+        self,
+        meter: Meter,
+        tables: TableSource,
+        checks: CheckSource,
+        contracts: ContractSource,
+        anomalies: AnomalySource,
     ) -> None:
         self._tables = tables
         self._checks = checks
         self._contracts = contracts
+        self._anomalies = anomalies
         self.duration = meter.create_histogram(
             "db.client.operation.duration",
             unit="s",
@@ -108,6 +116,18 @@ class Instruments:
             description="1 while the table passes the check, 0 while it fails.",
         )
         meter.create_observable_gauge(
+            "lakewarden.table.volume_anomaly_score",
+            [self._score("volume")],
+            unit="1",
+            description="Robust z-score of the rows the latest write added (negative: fewer).",
+        )
+        meter.create_observable_gauge(
+            "lakewarden.table.freshness_anomaly_score",
+            [self._score("freshness")],
+            unit="1",
+            description="Robust z-score of the time since the latest write (positive: late).",
+        )
+        meter.create_observable_gauge(
             "lakewarden.build_info",
             [self._build_info],
             unit="1",
@@ -175,6 +195,16 @@ class Instruments:
             )
             for table, check, passing in self._checks()
         ]
+
+    def _score(self, signal: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(value, {"db.collection.name": table})
+                for table, which, value in self._anomalies()
+                if which == signal
+            ]
+
+        return observe
 
     def _build_info(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(1, {"version": __version__})]

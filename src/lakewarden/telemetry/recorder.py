@@ -83,6 +83,7 @@ class Event:
     rows_written: dict[str, int] | None = None  # table -> rows; None for reads
     snapshot_id: int | None = None
     dry_run: bool = False
+    record_metrics: bool = True  # False for events that are not statements (check changes)
 
     @property
     def trace_hex(self) -> str:
@@ -176,7 +177,8 @@ class Recorder:
                 event = self._pending.popleft()
                 try:
                     self._span(event)
-                    self._metrics(event)
+                    if event.record_metrics:
+                        self._metrics(event)
                 except Exception:  # telemetry must never take the sidecar down
                     log.exception("could not record telemetry for %s", event.name)
             self._idle.set()
@@ -194,7 +196,8 @@ class Recorder:
             )
         finally:
             self._ids.clear()
-        span.set_attribute("lakewarden.decision", e.decision)
+        if e.decision:
+            span.set_attribute("lakewarden.decision", e.decision)
         if e.returned_rows is not None:
             span.set_attribute("db.response.returned_rows", e.returned_rows)
         if e.rows_written is not None and not e.dry_run:

@@ -1,0 +1,259 @@
+"""Continuous monitoring: freshness on a clock, anomaly scores, and writers outside lakewarden."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from opentelemetry.trace import StatusCode
+
+import lakewarden
+from lakewarden.monitor import Monitor
+from lakewarden.signals.table_state import WriteRecord
+from lakewarden.store.state import StateStore
+
+from conftest import SyncedSpans, sample, samples
+from server_helpers import serve
+
+HOUR = 3600.0
+
+
+def _policy(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stale_table_flips_within_one_evaluation(tmp_path: Path, lake_dir: Path) -> None:
+    policy = _policy(
+        tmp_path,
+        """\
+        version: 1
+        mode: enforce
+        agents: {etl: {write: ["*"], ddl: true}}
+        tables: {orders: {freshness_sla: 1m}}
+    """,
+    )
+    spans = SyncedSpans()
+    warden = lakewarden.open(
+        lake_dir, policy=policy, telemetry=lakewarden.Telemetry(span_exporters=[spans], env={})
+    )
+    with warden.session("etl") as s:
+        s.sql("CREATE TABLE orders (id INT)")
+        s.sql("INSERT INTO orders VALUES (1)")
+    written = warden.table("orders").last_modified
+    assert written is not None
+    clock = Clock(written + 30)
+    warden.clock = clock
+    monitor = Monitor(warden, interval_s=10)
+    assert monitor.tick() == []
+    assert sample(warden, "lakewarden_check_passing", lakewarden_check_name="freshness") == 1
+    clock.now = written + 61  # one evaluation period later, with no traffic at all
+    (flip,) = monitor.tick()
+    assert (flip.table, flip.check, flip.passing) == ("orders", "freshness", False)
+    assert sample(warden, "lakewarden_check_passing", lakewarden_check_name="freshness") == 0
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "CHECK orders"]
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["lakewarden.check.name"] == "freshness"
+    assert monitor.tick() == []  # no new event while it stays stale
+    with warden.session("etl") as s:
+        s.sql("INSERT INTO orders VALUES (2)")
+    clock.now = warden.table("orders").last_modified + 1  # type: ignore[operator]
+    (back,) = monitor.tick()
+    assert back.passing
+    warden.close()
+
+
+def _hourly_loads(end: float, days: int, seed: int) -> list[WriteRecord]:
+    """Hourly loads of about 10,000 rows with a weekly pattern and 5% noise, ending at ``end``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(days * 24):
+        at = end - (days * 24 - i) * HOUR
+        hour_of_week = int((at // HOUR + 72) % 168)  # the epoch was a Thursday
+        weekly = 1.0 + 0.4 * math.sin(2 * math.pi * hour_of_week / 168)
+        rows = int(10_000 * weekly * (1 + rng.normal(0, 0.05)))
+        jitter = float(rng.normal(0, 60))
+        out.append(WriteRecord(at + jitter, rows, 0, "loader", None))
+    return out
+
+
+ANOMALY_POLICY = """\
+    version: 1
+    mode: observe
+    agents: {loader: {write: ["*"], ddl: true}}
+    tables:
+      loads:
+        anomaly:
+          volume: {min_training: 4, seasonality: hour_of_week, direction: drop}
+          freshness: {min_training: 14}
+      young:
+        anomaly: {volume: {min_training: 14}}
+"""
+
+
+@pytest.fixture
+def history_lake(tmp_path: Path, lake_dir: Path) -> tuple[lakewarden.Warden, float]:
+    policy = _policy(tmp_path, ANOMALY_POLICY)
+    with (
+        lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as w,
+        w.session("loader") as s,
+    ):
+        s.sql("CREATE TABLE loads (id BIGINT)")
+        s.sql("CREATE TABLE young (id BIGINT)")
+        for n in (100, 110, 90):
+            s.sql(f"INSERT INTO young SELECT * FROM range({n})")
+    # 30 days of synthetic hourly history, persisted in the state store, ending about an hour
+    # before now; the warden opened after it trains on it like on any other history
+    history = _hourly_loads(time.time(), days=30, seed=7)
+    with lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as w:
+        StateStore(w.engine.cursor()).save([], [], None, [("loads", r) for r in history])
+    warden = lakewarden.open(lake_dir, policy=policy, telemetry=lakewarden.Telemetry(env={}))
+    assert warden.tracker.writes("loads") == history
+    return warden, history[-1].time
+
+
+def test_volume_drop_is_flagged_against_30_days_of_history(history_lake) -> None:  # type: ignore[no-untyped-def]
+    warden, _ = history_lake
+    with warden.session("loader") as s:
+        s.sql("INSERT INTO loads SELECT * FROM range(12)")  # 12 rows where ~10,000 are usual
+    volume = warden.monitored()["loads"]["volume"]
+    assert volume.result.anomalous and volume.result.score is not None
+    assert volume.result.score < -4 and "drop" in volume.result.reason
+    assert sample(
+        warden, "lakewarden_table_volume_anomaly_score", db_collection_name="loads"
+    ) == pytest.approx(volume.result.score)
+    assert (
+        sample(
+            warden,
+            "lakewarden_check_passing",
+            db_collection_name="loads",
+            lakewarden_check_name="volume_anomaly",
+        )
+        == 0
+    )
+    described = warden.describe("loads")["monitors"]["volume"]
+    assert described["lower"] > 12 and len(described["history"]) == 48
+
+
+def test_delay_is_flagged(history_lake) -> None:  # type: ignore[no-untyped-def]
+    warden, last = history_lake
+    warden.clock = Clock(last + 0.5 * HOUR)  # half an hour after the last load: fine
+    fresh = warden.monitored()["loads"]["freshness"]
+    assert fresh.result.score is not None and not fresh.result.anomalous
+    warden.clock = Clock(last + 5 * HOUR)  # five hours without a load
+    late = warden.monitored()["loads"]["freshness"]
+    assert late.result.anomalous and late.result.score > 4  # type: ignore[operator]
+    assert (
+        sample(warden, "lakewarden_table_freshness_anomaly_score", db_collection_name="loads") > 4
+    )
+
+
+def test_short_history_flags_nothing_and_says_why(history_lake) -> None:  # type: ignore[no-untyped-def]
+    warden, _ = history_lake
+    volume = warden.monitored()["young"]["volume"]
+    assert volume.result.score is None and not volume.result.anomalous
+    assert "not enough history" in volume.result.reason and "2 of 14" in volume.result.reason
+    scores = samples(warden, "lakewarden_table_volume_anomaly_score")
+    assert not [k for k in scores if ("db_collection_name", "young") in k]
+
+
+def test_clean_60_days_false_positive_rate(tmp_path: Path) -> None:
+    from lakewarden.signals import monitoring
+    from lakewarden.signals.anomaly import AnomalyRule
+
+    rule = AnomalyRule(
+        min_training=4, seasonality="hour_of_week", min_abs_change=1, min_rel_change=0.1
+    )
+    loads = _hourly_loads(time.time(), days=60, seed=11)
+    flagged = scored = 0
+    for i in range(24 * 14, len(loads)):
+        result = monitoring.volume(loads[: i + 1], rule).result
+        if result.score is not None:
+            scored += 1
+            flagged += result.anomalous
+    assert scored >= 700  # every hour of the weeks after the first four
+    assert flagged / scored <= 0.01, f"false-positive rate {flagged / scored:.2%}"
+
+
+EXTERNAL_WRITER = textwrap.dedent(
+    """
+    import sys, duckdb
+    from lakewarden.store import extensions
+    lake = sys.argv[1]
+    con = duckdb.connect()
+    extensions.load(con, "ducklake")
+    extensions.load(con, "sqlite")
+    con.execute(f"ATTACH 'ducklake:sqlite:{lake}/meta.sqlite' AS l (DATA_PATH '{lake}/data/')")
+    con.execute("BEGIN")
+    con.execute("INSERT INTO l.events SELECT i, CASE WHEN i % 2 = 0 THEN NULL ELSE 'x' END, "
+                "TIMESTAMP '2026-11-27 10:00:00' + INTERVAL (i) MINUTE FROM range(40) t(i)")
+    con.execute("CALL l.set_commit_message('dbt-run', 'nightly model build')")
+    con.execute("COMMIT")
+    con.execute("BEGIN")
+    con.execute("ALTER TABLE l.events ADD COLUMN source VARCHAR")
+    con.execute("CALL l.set_commit_message('dbt-run', 'add source column')")
+    con.execute("COMMIT")
+    """
+)
+
+
+def test_external_writer_is_picked_up_within_one_poll(
+    tmp_path: Path, lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = _policy(
+        tmp_path,
+        """\
+        version: 1
+        mode: enforce
+        agents: {etl: {write: ["*"], ddl: true}}
+        tables: {events: {event_time: happened_at, freshness_sla: 1h}}
+    """,
+    )
+    settings = lakewarden.Settings(catalog="sqlite")
+    with (
+        lakewarden.open(lake_dir, settings=settings, telemetry=lakewarden.Telemetry(env={})) as w,
+        w.session("etl") as s,
+    ):
+        s.sql("CREATE TABLE events (id BIGINT, kind VARCHAR, happened_at TIMESTAMP)")
+        s.sql("INSERT INTO events VALUES (0, 'seed', TIMESTAMP '2026-11-27 09:00:00')")
+    monkeypatch.setenv("LAKEWARDEN_POLL_INTERVAL_S", "0.5")
+    with serve(lake_dir, policy=policy) as served:
+        subprocess.run(
+            [sys.executable, "-c", EXTERNAL_WRITER, str(lake_dir)],
+            check=True,
+            env=os.environ.copy(),
+            timeout=120,
+        )
+        deadline = time.monotonic() + 5  # a few poll intervals, bounded
+        while True:
+            table = httpx.get(f"{served.url}/v1/tables/events", timeout=10).json()
+            if "source" in [c["name"] for c in table["columns"]] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert table["rows"] == 41
+    assert table["last_writer"] == "dbt-run"
+    nulls = {c["name"]: c["null_count"] for c in table["columns"]}
+    assert nulls == {"id": 0, "kind": 20, "happened_at": 0, "source": 41}
+    assert table["schema_changes"] == {"column_added": 1}
+    assert table["last_event_time"] == pytest.approx(
+        __import__("datetime")
+        .datetime(2026, 11, 27, 10, 39, tzinfo=__import__("datetime").UTC)
+        .timestamp()
+    )
