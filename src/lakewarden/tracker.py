@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from lakewarden.analysis.names import normalize
 from lakewarden.signals import delta as deltas
 from lakewarden.signals.schema import SchemaChange, diff
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Change-map keys of a DuckLake snapshot that change a table's shape: the table is re-profiled.
 _SHAPE_KEYS = ("tables_created", "tables_altered", "tables_dropped")
+# Change-map keys that only add rows: the cheaper insertion feed gives the whole delta.
+_INSERT_KEYS = ("tables_inserted_into", "inlined_insert")
 # Replaying more snapshots than this after a restart costs more than re-profiling every table.
 MAX_REPLAY = 500
 
@@ -101,21 +105,35 @@ class Tracker:
             return updates
 
     def record(
-        self, snapshot_id: int | None, tables: tuple[str, ...], writer: str, shape_changed: bool
+        self,
+        snapshot_id: int | None,
+        tables: tuple[str, ...],
+        writer: str,
+        shape_changed: bool,
+        *,
+        when: float | None = None,
+        insert_only: frozenset[str] = frozenset(),
     ) -> dict[str, TableUpdate]:
-        """Signals of a write this process just committed as ``snapshot_id``."""
+        """Signals of a write this process just committed as ``snapshot_id`` at ``when``.
+
+        ``insert_only`` names the tables the write only inserted into: their delta is read
+        from DuckLake's insertion feed, several times cheaper than the full change feed.
+        """
         with self._lock:
             if not self._engine.location.is_lake:
                 return self._reprofile(tables, writer, time.time(), None)
             if snapshot_id is None:  # the write changed nothing, so DuckLake made no snapshot
                 return {}
             if self.snapshot_id is not None and snapshot_id == self.snapshot_id + 1:
-                when = catalog.snapshot_time(self._cur, snapshot_id)
-                stamp = when.timestamp() if when else time.time()
+                if when is None:
+                    commit_time = catalog.snapshot_time(self._cur, snapshot_id)
+                    when = commit_time.timestamp() if commit_time else time.time()
                 if shape_changed:
-                    return self._reprofile(tables, writer, stamp, snapshot_id)
+                    return self._reprofile(tables, writer, when, snapshot_id)
                 updates = {
-                    t: self._apply_delta(t, snapshot_id, snapshot_id, writer, stamp)
+                    t: self._apply_delta(
+                        t, snapshot_id, snapshot_id, writer, when, inserts_only=t in insert_only
+                    )
                     for t in tables
                     if t in self.states
                 }
@@ -130,6 +148,7 @@ class Tracker:
         ids = catalog.table_ids(self._cur)
         touched: set[str] = set()
         reshaped: set[str] = set()
+        removed: set[str] = set()  # tables with deleted or updated rows in this snapshot
         for key, values in snap.changes.items():
             if not key.startswith(("tables_", "inlined_")):
                 continue
@@ -138,6 +157,8 @@ class Tracker:
             touched.update(names)
             if key in _SHAPE_KEYS:
                 reshaped.update(names)
+            if key not in _INSERT_KEYS:
+                removed.update(names)
         writer = snap.agent or "unknown"
         stamp = snap.time.timestamp()
         updates: dict[str, TableUpdate] = {}
@@ -147,7 +168,12 @@ class Tracker:
         for name in touched - reshaped:
             if name in self.states:
                 updates[name] = self._apply_delta(
-                    name, snap.snapshot_id, snap.snapshot_id, writer, stamp
+                    name,
+                    snap.snapshot_id,
+                    snap.snapshot_id,
+                    writer,
+                    stamp,
+                    inserts_only=name not in removed,
                 )
             else:
                 updates.update(
@@ -157,11 +183,23 @@ class Tracker:
         return updates
 
     def _apply_delta(
-        self, name: str, first: int, last: int, writer: str, stamp: float
+        self,
+        name: str,
+        first: int,
+        last: int,
+        writer: str,
+        stamp: float,
+        *,
+        inserts_only: bool = False,
     ) -> TableUpdate:
         started = time.perf_counter()
         state = self.states[name]
-        frame = catalog.changes(self._cur, name, first, last)
+        if inserts_only:
+            frame = catalog.insertions(self._cur, name, first, last).with_columns(
+                change_type=pl.lit("insert")
+            )
+        else:
+            frame = catalog.changes(self._cur, name, first, last)
         delta = deltas.from_changes(frame, state.event_time_column)
         new = deltas.apply(state, delta, when=stamp, writer=writer, snapshot_id=last)
         self.states[name] = new

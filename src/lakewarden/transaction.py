@@ -35,6 +35,7 @@ class _Counts:
     inserted: int = 0
     deleted: int = 0
     updated: int = 0
+    merged: bool = False  # a MERGE may insert, update and delete: its split is unknown
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Transaction:
                 counts.deleted += affected
             else:  # UPDATE, and MERGE (whose split the engine does not report)
                 counts.updated += affected
+                counts.merged = counts.merged or stmt.statement_type == "MERGE_INTO"
         return affected
 
     def register(self, table: str) -> None:
@@ -171,14 +173,23 @@ class Transaction:
             raise
         self._open = False
         try:
-            snapshot_id = catalog.last_committed_snapshot(self.cur) if is_lake else None
+            last = catalog.last_commit(self.cur) if is_lake else None
+            snapshot_id, when = (last[0], last[1].timestamp()) if last else (None, None)
             known = warden.tracker.snapshot_id
             if snapshot_id is not None and known is not None and snapshot_id <= known:
                 # DuckLake made no snapshot (the transaction changed nothing): this id is an
                 # older commit of this cursor, already applied; never claim it.
                 snapshot_id = None
+            insert_only = frozenset(
+                t for t, c in self._counts.items() if not (c.deleted or c.updated or c.merged)
+            )
             updates = warden.tracker.record(
-                snapshot_id, self.tables_written, self.agent, shape_changed=self.shape_changed
+                snapshot_id,
+                self.tables_written,
+                self.agent,
+                shape_changed=self.shape_changed,
+                when=when,
+                insert_only=insert_only,
             )
             return snapshot_id, updates
         finally:

@@ -276,7 +276,8 @@ class Warden:
             raise
         if not self.engine.location.is_lake:
             return None
-        return catalog.last_committed_snapshot(cur)
+        last = catalog.last_commit(cur)
+        return last[0] if last else None
 
     def audit_refused(self, record: audit.AuditRecord) -> None:
         """Record a decision that committed nothing (denied, blocked, failed)."""

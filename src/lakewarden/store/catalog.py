@@ -72,18 +72,32 @@ def current_snapshot(cur: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def last_committed_snapshot(cur: duckdb.DuckDBPyConnection) -> int | None:
-    """The snapshot this cursor's last commit made (not another writer's)."""
-    row = cur.execute(f"FROM ducklake_last_committed_snapshot('{LAKE_ALIAS}')").fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
 def changes(cur: duckdb.DuckDBPyConnection, table: str, first: int, last: int) -> pl.DataFrame:
     """DuckLake's change feed of ``table`` for snapshots ``first..last``: the delta only."""
     schema, name = split_name(table)
     return cur.execute(
         "FROM ducklake_table_changes(?, ?, ?, ?, ?)", [LAKE_ALIAS, schema, name, first, last]
     ).pl()
+
+
+def insertions(cur: duckdb.DuckDBPyConnection, table: str, first: int, last: int) -> pl.DataFrame:
+    """The rows inserted into ``table`` in snapshots ``first..last`` (no deletes, no updates)."""
+    schema, name = split_name(table)
+    return cur.execute(
+        "FROM ducklake_table_insertions(?, ?, ?, ?, ?)", [LAKE_ALIAS, schema, name, first, last]
+    ).pl()
+
+
+def last_commit(cur: duckdb.DuckDBPyConnection) -> tuple[int, datetime] | None:
+    """Id and time of the snapshot this cursor's last commit made, in one metadata query."""
+    row = cur.execute(
+        "SELECT snapshot_id, snapshot_time "
+        f"FROM __ducklake_metadata_{LAKE_ALIAS}.ducklake_snapshot "
+        f"WHERE snapshot_id = (FROM ducklake_last_committed_snapshot('{LAKE_ALIAS}'))"
+    ).fetchone()
+    if row is None:
+        return None
+    return int(row[0]), _utc(row[1])
 
 
 @dataclass(frozen=True)
@@ -170,7 +184,10 @@ def snapshot_time(cur: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime 
     ).fetchone()
     if not row or row[0] is None:
         return None
-    value = row[0]
+    return _utc(row[0])
+
+
+def _utc(value: datetime | str) -> datetime:
     if isinstance(value, str):  # a SQLite catalog stores it as text, in UTC
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
