@@ -395,7 +395,7 @@ def fleet() -> Json:
                 "Tables with at least one failing contract or anomaly check.",
                 [
                     (
-                        f"count({TABLE_HEALTH} == 0)",
+                        f"count({TABLE_HEALTH} == 0) or vector(0)",
                         "",
                     )
                 ],
@@ -406,7 +406,8 @@ def fleet() -> Json:
             stat(
                 "Stale tables",
                 "Tables not written within their freshness SLA (alert LakewardenTableStale).",
-                [(f"count(({STALENESS}) > on (db_collection_name) {SLA})", "")],
+                # "or vector(0)": no stale table is a 0 on the panel, not "No data"
+                [(f"count(({STALENESS}) > on (db_collection_name) {SLA}) or vector(0)", "")],
                 thresholds=ALERTING,
                 w=4,
                 h=4,
