@@ -49,9 +49,9 @@ def test_snapshots(lake: Path) -> None:
     result = runner.invoke(app, ["snapshots", "orders", "--lake", str(lake), "--json"])
     assert result.exit_code == 0, result.output
     snaps = json.loads(result.stdout)
-    assert [(s["agent"], s["message"]) for s in snaps] == [
-        ("etl", "INSERT orders"),
-        ("etl", "CREATE TABLE orders"),
+    assert [(s["agent"], s["message"], s["rows_added"]) for s in snaps] == [
+        ("etl", "INSERT orders", 4),
+        ("etl", "CREATE TABLE orders", 0),
     ]
     assert all(len(s["trace_id"]) == 32 for s in snaps)
 

@@ -354,6 +354,7 @@ class Warden:
                         if s.agent != audit.AUTHOR
                     ][:limit]
                 name = normalize(table)
+                rows = {w.snapshot_id: w for w in self.tracker.writes(name)}
                 ids = {k for k, v in catalog.table_ids(cur).items() if v == name}
                 out = []
                 for snap in catalog.snapshots(cur):
@@ -362,7 +363,12 @@ class Warden:
                         or ids.intersection(values)
                         for key, values in snap.changes.items()
                     ):
-                        out.append(snap)
+                        write = rows.get(snap.snapshot_id)
+                        out.append(
+                            snap.with_rows(write.rows_added, write.rows_removed)
+                            if write
+                            else snap.with_rows(0, 0)
+                        )
                         if len(out) >= limit:
                             break
                 return out

@@ -261,15 +261,21 @@ def snapshots(
         sys.stdout.write(json.dumps(snaps, indent=2) + "\n")
         return
     out = Table(title=f"snapshots{' of ' + table if table else ''}", title_justify="left")
-    for name in ("id", "time", "agent", "summary", "changes", "trace id"):
+    for name in ("id", "time", "agent", "summary", "changes", "rows +/-", "trace id"):
         out.add_column(name)
     for snap in snaps:
+        rows = (
+            f"+{snap['rows_added']}/-{snap['rows_removed']}"
+            if snap.get("rows_added") is not None
+            else ""
+        )
         out.add_row(
             str(snap["snapshot_id"]),
             str(snap["time"])[:19].replace("T", " "),
             snap["agent"] or "-",
             snap["message"] or "-",
             "; ".join(snap["changes"]),
+            rows,
             snap["trace_id"] or "-",
         )
     console.print(out)

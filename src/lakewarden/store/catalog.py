@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,6 +109,11 @@ class Snapshot:
     trace_id: str | None
     span_id: str | None
     changes: dict[str, list[str]]
+    rows_added: int | None = None  # for one table's snapshots: rows it inserted (or updated)
+    rows_removed: int | None = None  # ... and rows it deleted
+
+    def with_rows(self, added: int, removed: int) -> Snapshot:
+        return replace(self, rows_added=added, rows_removed=removed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +124,11 @@ class Snapshot:
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "changes": self.changes,
+            **(
+                {"rows_added": self.rows_added, "rows_removed": self.rows_removed}
+                if self.rows_added is not None
+                else {}
+            ),
         }
 
 
