@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +26,7 @@ app = typer.Typer(
 policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
+T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -37,7 +39,7 @@ PolicyOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _fail(error: LakewardenError) -> None:
+def _fail(error: LakewardenError) -> NoReturn:
     err_console.print(f"[bold red]error[/] ({error.code}): {error.message}")
     for violation in error.violations:
         err_console.print(f"  - {violation.rule}: {violation.detail}")
@@ -112,6 +114,25 @@ class _Remote:
         self.client.close()
 
 
+def _ask(
+    work: Callable[[_Local | _Remote], T],
+    lake: Path,
+    policy: Path | None,
+    server: str | None,
+    token: str | None = None,
+    agent: str | None = None,
+) -> T:
+    """Run ``work`` against the lake, or the server holding it; a clear error on failure."""
+    try:
+        backend = _backend(lake, policy, server, token, agent)
+        try:
+            return work(backend)
+        finally:
+            backend.close()
+    except LakewardenError as exc:
+        _fail(exc)
+
+
 def _server_up(url: str) -> bool:
     import httpx
 
@@ -179,15 +200,7 @@ def check(
     as_json: JsonOption = False,
 ) -> None:
     """Show a table's data-quality signals: rows, freshness, nulls, schema changes, checks."""
-    try:
-        backend = _backend(lake, policy, server, token)
-        try:
-            info = backend.table(table)
-        finally:
-            backend.close()
-    except LakewardenError as exc:
-        _fail(exc)
-        return
+    info = _ask(lambda backend: backend.table(table), lake, policy, server, token)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
@@ -248,15 +261,7 @@ def snapshots(
     as_json: JsonOption = False,
 ) -> None:
     """List the lake's snapshots: who committed what, when, and in which trace."""
-    try:
-        backend = _backend(lake, None, server, token)
-        try:
-            snaps = backend.snapshots(table, limit)
-        finally:
-            backend.close()
-    except LakewardenError as exc:
-        _fail(exc)
-        return
+    snaps = _ask(lambda backend: backend.snapshots(table, limit), lake, None, server, token)
     if as_json:
         sys.stdout.write(json.dumps(snaps, indent=2) + "\n")
         return
@@ -292,15 +297,9 @@ def restore(
     agent: AgentOption = "operator",
 ) -> None:
     """Make TABLE equal to its content at snapshot --to, as one new, audited commit."""
-    try:
-        backend = _backend(lake, policy, server, token, agent)
-        try:
-            result = backend.restore(table, to, agent)
-        finally:
-            backend.close()
-    except LakewardenError as exc:
-        _fail(exc)
-        return
+    result = _ask(
+        lambda backend: backend.restore(table, to, agent), lake, policy, server, token, agent
+    )
     rows = result["signals"].get(table, {}).get("rows", "?")
     console.print(
         f"[green]restored[/] {table} to snapshot {to}: new snapshot "
@@ -318,15 +317,7 @@ def audit(
     as_json: JsonOption = False,
 ) -> None:
     """The audit trail: every governed decision, newest first."""
-    try:
-        backend = _backend(lake, None, server, token)
-        try:
-            records = backend.audit(agent, limit)
-        finally:
-            backend.close()
-    except LakewardenError as exc:
-        _fail(exc)
-        return
+    records = _ask(lambda backend: backend.audit(agent, limit), lake, None, server, token)
     if as_json:
         sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
         return
