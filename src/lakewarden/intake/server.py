@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import uvicorn
@@ -107,11 +108,32 @@ def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT once it has drained its requests, which would end the
+    process before the warden flushes telemetry and state; the signal is handled here instead:
+    finish in-flight statements, close the warden, exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run(warden: Warden, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve until SIGTERM/SIGINT, then close the warden (flushing telemetry)."""
     check_bind(warden, host)
     try:
-        uvicorn.Server(_config(warden, host, port)).run()
+        _Server(_config(warden, host, port)).run()
     finally:
         warden.close()
 
