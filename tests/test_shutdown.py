@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from otlp_receiver import OTLPReceiver
 from server_helpers import free_port
 
