@@ -228,6 +228,7 @@ def test_concurrent_agents_lose_nothing(served: Served, http: httpx.Client) -> N
     agents, per_agent = 8, 50
     written: list[int] = []
     statuses: list[int] = []
+    snapshots: list[int] = []
     lock = threading.Lock()
 
     def agent(n: int) -> None:
@@ -240,6 +241,9 @@ def test_concurrent_agents_lose_nothing(served: Served, http: httpx.Client) -> N
                     values = ", ".join(f"({n * 1000 + i}, 'e{k}')" for k in range(rows))
                     r = client.post("/v1/sql", json={"sql": f"INSERT INTO orders VALUES {values}"})
                     count = r.json().get("rows_affected") or 0 if r.status_code == 200 else 0
+                    if r.status_code == 200:
+                        with lock:
+                            snapshots.append(r.json()["snapshot_id"])
                 else:
                     r = client.post("/v1/sql", json={"sql": "SELECT count(*) FROM orders"})
                     count = 0
@@ -257,6 +261,12 @@ def test_concurrent_agents_lose_nothing(served: Served, http: httpx.Client) -> N
     total = http.post("/v1/sql", json={"sql": "SELECT count(*) FROM orders"}).json()["rows"][0][0]
     assert total == sum(written) > 0
     assert _metric_sum(http.get("/metrics").text, "lakewarden_rows_written_total") == total
+    # one snapshot per write, each naming its agent, and their rows add up to the table
+    assert len(set(snapshots)) == len(snapshots) and None not in snapshots
+    listed = http.get("/v1/snapshots", params={"table": "orders", "limit": 10_000}).json()
+    by_agents = [s for s in listed["snapshots"] if (s["agent"] or "").startswith("agent-")]
+    assert sorted(s["snapshot_id"] for s in by_agents) == sorted(snapshots)
+    assert sum(s["rows_added"] for s in by_agents) == total
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1"], ids=["any", "lan"])
