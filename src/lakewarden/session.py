@@ -84,6 +84,10 @@ class Session:
     ) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         if not self._closed:
             if self._tx is not None:

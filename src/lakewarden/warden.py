@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import duckdb
 
 from lakewarden.analysis import Statement
 from lakewarden.analysis.names import normalize
-from lakewarden.errors import NotFound, PolicyDenied, Violation
+from lakewarden.errors import LakewardenError, NotFound, PolicyDenied, Violation
 from lakewarden.governance.policy import OPEN_POLICY, AnomalySettings, Policy, load_policy
 from lakewarden.governance.policy import AnomalyRule as PolicyAnomalyRule
 from lakewarden.governance.refusals import refusals
@@ -40,6 +40,7 @@ def _rule(rule: PolicyAnomalyRule) -> AnomalyRule:
 
 
 _VERDICT_CACHE = 4096
+_IDLE_SESSIONS = 8  # per agent, kept open by pooled_session()
 
 
 class Warden:
@@ -65,6 +66,7 @@ class Warden:
         self.telemetry = telemetry or Telemetry()
         self.engine = Engine(locate(path, self.settings), self.settings)
         self._lock = threading.Lock()
+        self._idle: dict[str, list[Session]] = {}
         self._verdicts: dict[tuple[str, str], tuple[tuple[Violation, ...], bool]] = {}
         self._agent_limits: dict[str, tuple[int | None, float | None]] = {}
         self._monitored: tuple[tuple[int, int | None, int], dict[str, Any]] | None = None
@@ -92,6 +94,34 @@ class Warden:
     def session(self, agent: str) -> Session:
         """A session for ``agent``: its identity selects its policy."""
         return Session(self, agent)
+
+    @contextlib.contextmanager
+    def pooled_session(self, agent: str) -> Iterator[Session]:
+        """A session for one request of ``agent``, reused across requests.
+
+        Opening a session opens a DuckDB cursor (about 2 ms); a server answering many small
+        requests keeps a few per agent instead.
+        """
+        with self._lock:
+            idle = self._idle.setdefault(agent, [])
+            session = idle.pop() if idle else None
+        if session is None:
+            session = Session(self, agent)
+        reusable = False
+        try:
+            yield session
+            reusable = True
+        except LakewardenError:
+            reusable = True  # a refused statement leaves the session as it was
+            raise
+        finally:
+            with self._lock:
+                idle = self._idle.setdefault(agent, [])
+                keep = reusable and not session.closed and len(idle) < _IDLE_SESSIONS
+                if keep:
+                    idle.append(session)
+            if not keep:
+                session.close()
 
     def sql(self, sql: str, params: Any = None, *, agent: str = "anonymous") -> Any:
         """One statement in a short-lived session (convenience for scripts)."""
@@ -383,6 +413,11 @@ class Warden:
             self.tracker.sync()
 
     def close(self) -> None:
+        with self._lock:
+            for sessions in self._idle.values():
+                for session in sessions:
+                    session.close()
+            self._idle.clear()
         self.telemetry.shutdown()
         self.engine.close()
 

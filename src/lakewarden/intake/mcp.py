@@ -111,7 +111,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
                 cap = max_rows
                 if cap is None and warden.row_limit(agent, None) is None:
                     cap = default_max_rows()
-                with warden.session(agent) as s:
+                with warden.pooled_session(agent) as s:
                     return result_json(
                         s.sql(sql, params, max_rows=cap, traceparent=traceparent, dry_run=dry_run)
                     )
@@ -141,7 +141,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
                 traceparent = traceparent_of(ctx)
 
                 def run_batch(agent: str) -> dict[str, Any]:
-                    with warden.session(agent) as s:
+                    with warden.pooled_session(agent) as s:
                         return result_json(s.batch(sql, traceparent=traceparent, dry_run=dry_run))
 
                 return _ok(await call(ctx, run_batch))

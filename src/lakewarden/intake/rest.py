@@ -139,7 +139,7 @@ def build_router(warden: Warden) -> APIRouter:
         max_rows = body.max_rows
         if max_rows is None and warden.row_limit(agent, None) is None:
             max_rows = default_max_rows()
-        with warden.session(agent) as s:
+        with warden.pooled_session(agent) as s:
             if body.statements is not None:
                 return s.batch(body.statements, traceparent=traceparent, dry_run=body.dry_run)
             assert body.sql is not None
