@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import math
 import os
 import platform
 import statistics
@@ -31,17 +32,38 @@ BENCH_AGENT = "bench"
 
 
 def measure(
-    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int
+    fns: dict[str, Callable[[], object]],
+    *,
+    repeats: int,
+    warmup: int,
+    setup: dict[str, Callable[[], object]] | None = None,
+    check: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, ``repeats`` times, interleaved.
 
     The order rotates and flips every repetition, so no function always runs first (cold) or
-    right after the same neighbour.
+    right after the same neighbour. ``setup[name]`` runs right before each call of ``name`` and
+    ``check[name]`` right after it (warm-up included), both outside the timed region: the state a
+    call needs (e.g. a new commit to pick up) and the verification of what it did.
     """
     names = list(fns)
+    setup = setup or {}
+    check = check or {}
+
+    def call(name: str) -> float:
+        before, fn, after = setup.get(name), fns[name], check.get(name)
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        if after is not None:
+            after()
+        return elapsed
+
     for _ in range(warmup):
         for name in names:
-            fns[name]()
+            call(name)
     gc.collect()  # start from a clean heap; collections during the run are part of the cost
     out: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats):
@@ -50,16 +72,21 @@ def measure(
         if (i // len(names)) % 2:
             order.reverse()
         for name in order:
-            fn = fns[name]
-            start = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - start)
+            out[name].append(call(name))
     return out
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``samples``, nearest-rank."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """Baseline vs subject of one benchmark case; the verdict is the ratio of the medians."""
+    """Baseline vs subject of one benchmark case; the verdict is the ratio of the medians
+    (or, with ``target_kind="added"``, their difference)."""
 
     name: str
     baseline: str
@@ -68,6 +95,9 @@ class Outcome:
     subject_s: list[float]
     target: float
     extra: dict[str, str] = field(default_factory=dict)  # diagnostics for the report
+    # "ratio": the verdict is ratio <= target; "added": it is added_s <= target (seconds), for
+    # targets stated as an absolute added latency.
+    target_kind: str = "ratio"
 
     @property
     def baseline_median(self) -> float:
@@ -94,12 +124,21 @@ class Outcome:
 
     @property
     def passed(self) -> bool:
+        if self.target_kind == "added":
+            return self.added_s <= self.target
         return self.ratio <= self.target
+
+    @property
+    def target_text(self) -> str:
+        if self.target_kind == "added":
+            return f"added <= {fmt_s(self.target)}"
+        return f"<= {self.target:g}"
 
     def report(self) -> str:
         lines = [
             f"{self.name}: {'PASS' if self.passed else 'FAIL'}  ratio {self.ratio:.3f} "
-            f"(target <= {self.target:g}, paired {self.paired_ratio:.3f}, n={len(self.subject_s)})",
+            f"(target {self.target_text}, paired {self.paired_ratio:.3f}, "
+            f"n={len(self.subject_s)})",
             f"  baseline  {fmt_s(self.baseline_median):>10}  {self.baseline}",
             f"  subject   {fmt_s(self.subject_median):>10}  {self.subject}",
             f"  added     {fmt_s(self.added_s):>10}",
@@ -125,16 +164,21 @@ def median_s(samples: Sequence[float]) -> str:
 
 
 @contextmanager
-def temp_lake(kind: str = "ducklake") -> Iterator[lakewarden.Warden]:
+def temp_lake(
+    kind: str = "ducklake", settings: lakewarden.Settings | None = None
+) -> Iterator[lakewarden.Warden]:
     """A fresh lake in a temporary folder, removed afterwards.
 
-    Telemetry and settings are the production defaults, but built explicitly so stray
-    ``OTEL_*`` / ``LAKEWARDEN_*`` variables in the caller's shell cannot change what is measured.
+    Telemetry and settings are the production defaults (or ``settings``), but built explicitly so
+    stray ``OTEL_*`` / ``LAKEWARDEN_*`` variables in the caller's shell cannot change what is
+    measured.
     """
     with tempfile.TemporaryDirectory(prefix="lakewarden-bench-") as tmp:
         target = Path(tmp) / ("lake" if kind == "ducklake" else "bench.duckdb")
         warden = lakewarden.open(
-            target, telemetry=lakewarden.Telemetry(env={}), settings=lakewarden.Settings()
+            target,
+            telemetry=lakewarden.Telemetry(env={}),
+            settings=settings or lakewarden.Settings(),
         )
         try:
             yield warden

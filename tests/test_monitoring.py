@@ -235,6 +235,23 @@ def test_external_writer_is_picked_up_within_one_poll(
         s.sql("INSERT INTO events VALUES (0, 'seed', TIMESTAMP '2026-11-27 09:00:00')")
     monkeypatch.setenv("LAKEWARDEN_POLL_INTERVAL_S", "0.5")
     with serve(lake_dir, policy=policy) as served:
+        # A governed write and a truncated read first: neither may leave a lock on the shared
+        # catalog that would make the other process's commit fail.
+        agent = {"X-Lakewarden-Agent": "etl"}
+        wrote = httpx.post(
+            f"{served.url}/v1/sql",
+            headers=agent,
+            timeout=30,
+            json={"sql": "INSERT INTO events VALUES (1, 'x', TIMESTAMP '2026-11-27 09:30:00')"},
+        )
+        assert wrote.status_code == 200, wrote.text
+        read = httpx.post(
+            f"{served.url}/v1/sql",
+            headers=agent,
+            timeout=30,
+            json={"sql": "SELECT * FROM events", "max_rows": 1},
+        )
+        assert read.json()["truncated"] is True
         subprocess.run(
             [sys.executable, "-c", EXTERNAL_WRITER, str(lake_dir)],
             check=True,
@@ -247,10 +264,10 @@ def test_external_writer_is_picked_up_within_one_poll(
             if "source" in [c["name"] for c in table["columns"]] or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-    assert table["rows"] == 41
+    assert table["rows"] == 42
     assert table["last_writer"] == "dbt-run"
     nulls = {c["name"]: c["null_count"] for c in table["columns"]}
-    assert nulls == {"id": 0, "kind": 20, "happened_at": 0, "source": 41}
+    assert nulls == {"id": 0, "kind": 20, "happened_at": 0, "source": 42}
     assert table["schema_changes"] == {"column_added": 1}
     assert table["last_event_time"] == pytest.approx(
         __import__("datetime")

@@ -422,6 +422,10 @@ def _fetch(cur: duckdb.DuckDBPyConnection, limit: int | None) -> tuple[pa.Table,
             break
     table = pa.Table.from_batches(batches, schema=reader.schema)
     if table.num_rows > limit:
+        # Finish the half-read result: left open it keeps the cursor's transaction (and, with a
+        # SQLite catalog, a lock that blocks every other writer) alive.
+        reader.close()
+        cur.execute("SELECT 1").fetchall()
         return table.slice(0, limit), True
     return table, False
 

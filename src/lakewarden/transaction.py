@@ -77,14 +77,14 @@ class Transaction:
         with WATCHDOG.guard(self.cur, timeout) as deadline:
             try:
                 self.cur.execute(stmt.text, params)
-                row = self.cur.fetchone() if self.cur.description else None
+                rows = self.cur.fetchall() if self.cur.description else None
             except duckdb.Error as exc:
                 raise on_error(exc, deadline.expired, timeout) from exc
         self.statements.append(stmt)
         if stmt.kind == "ddl":
             self.shape_changed = True
             return None
-        affected = int(row[0]) if row else 0
+        affected = int(rows[0][0]) if rows else 0
         if stmt.target:
             counts = self._counts.setdefault(stmt.target, _Counts())
             if stmt.statement_type == "INSERT":

@@ -60,7 +60,7 @@ def profile(
     exprs = ["count(*)"] + [f"count(*) - count({ident(c)})" for c in columns]
     if event_time and event_time in columns:
         exprs.append(f"max({ident(event_time)})")
-    row = cur.execute(f"SELECT {', '.join(exprs)} FROM {table_ref(table)}").fetchone()
+    row = _first(cur.execute(f"SELECT {', '.join(exprs)} FROM {table_ref(table)}"))
     assert row is not None
     nulls = {c: int(row[i + 1]) for i, c in enumerate(columns)}
     max_event = row[len(columns) + 1] if len(row) > len(columns) + 1 else None
@@ -68,7 +68,7 @@ def profile(
 
 
 def current_snapshot(cur: duckdb.DuckDBPyConnection) -> int:
-    row = cur.execute(f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()").fetchone()
+    row = _first(cur.execute(f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()"))
     return int(row[0]) if row else 0
 
 
@@ -90,11 +90,13 @@ def insertions(cur: duckdb.DuckDBPyConnection, table: str, first: int, last: int
 
 def last_commit(cur: duckdb.DuckDBPyConnection) -> tuple[int, datetime] | None:
     """Id and time of the snapshot this cursor's last commit made, in one metadata query."""
-    row = cur.execute(
-        "SELECT snapshot_id, snapshot_time "
-        f"FROM __ducklake_metadata_{LAKE_ALIAS}.ducklake_snapshot "
-        f"WHERE snapshot_id = (FROM ducklake_last_committed_snapshot('{LAKE_ALIAS}'))"
-    ).fetchone()
+    row = _first(
+        cur.execute(
+            "SELECT snapshot_id, snapshot_time "
+            f"FROM __ducklake_metadata_{LAKE_ALIAS}.ducklake_snapshot "
+            f"WHERE snapshot_id = (FROM ducklake_last_committed_snapshot('{LAKE_ALIAS}'))"
+        )
+    )
     if row is None:
         return None
     return int(row[0]), _utc(row[1])
@@ -187,14 +189,27 @@ def _extra(raw: str | None) -> dict[str, Any]:
 
 
 def snapshot_time(cur: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime | None:
-    row = cur.execute(
-        f"SELECT snapshot_time FROM __ducklake_metadata_{LAKE_ALIAS}.ducklake_snapshot "
-        "WHERE snapshot_id = ?",
-        [snapshot_id],
-    ).fetchone()
+    row = _first(
+        cur.execute(
+            f"SELECT snapshot_time FROM __ducklake_metadata_{LAKE_ALIAS}.ducklake_snapshot "
+            "WHERE snapshot_id = ?",
+            [snapshot_id],
+        )
+    )
     if not row or row[0] is None:
         return None
     return _utc(row[0])
+
+
+def _first(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first row of a result, read to the end.
+
+    Measured with duckdb 1.5.5: a result left half-read (``fetchone``) keeps the cursor's DuckLake
+    transaction open, and with a SQLite catalog that holds a lock that makes every other
+    writer's commit fail with "database is locked".
+    """
+    rows = result.fetchall()
+    return rows[0] if rows else None
 
 
 def _utc(value: datetime | str) -> datetime:

@@ -35,8 +35,8 @@ class StateStore:
             name: TableState.from_json(text)
             for name, text in self._cur.execute(f"SELECT name, state FROM {_TABLES}").fetchall()
         }
-        row = self._cur.execute(f"SELECT value FROM {_META} WHERE key = 'snapshot_id'").fetchone()
-        return tables, (int(row[0]) if row else None)
+        rows = self._cur.execute(f"SELECT value FROM {_META} WHERE key = 'snapshot_id'").fetchall()
+        return tables, (int(rows[0][0]) if rows else None)
 
     def history(self) -> dict[str, list[WriteRecord]]:
         """The recent writes of every table, oldest first."""

@@ -1,0 +1,311 @@
+"""rest: the sidecar over HTTP, as agents reach it (the real uvicorn server, in-process).
+
+Two cases on a DuckLake lake with one 10,000-row table:
+
+- ``rest_latency``: one point read, ``SELECT * FROM t WHERE id = ?`` with a bound parameter,
+  through ``POST /v1/sql`` on one persistent ``httpx.Client`` (keep-alive) vs ``session.sql`` of
+  the same statement on a persistent in-process session of the same warden, interleaved. The
+  target is an ADDED latency: p50(REST) - p50(SDK) <= 1 ms. Diagnostics split that added time:
+  the bare HTTP round trip (``GET /healthz``: httpx, uvicorn, FastAPI, no lakewarden; and with
+  the stdlib's ``http.client``, to tell the client's share from the server's), the SDK
+  with a fresh session per statement (what a REST request opens when sessions are not
+  pooled), and the JSON rendering of the result.
+- ``rest_throughput``: 8 concurrent clients (threads, each its own ``httpx.Client``) send a mix
+  of 80% point reads and 20% one-row INSERTs as fast as they can. Rounds of 8 clients alternate
+  with rounds of 1 client (the baseline); each sample is a round's wall time per completed
+  statement. The target (<= 1.0) says concurrency must not cost throughput: 8 clients together
+  complete at least as many statements per second as one. Every response must be 200 and every
+  acknowledged INSERT must be in the table (checked on the table and on the tracker's count).
+
+The clients run in the server's process, so they share its GIL: on a 2-core machine this
+understates what the sidecar serves to clients in other processes.
+"""
+
+from __future__ import annotations
+
+import http.client as http_client
+import random
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+import lakewarden
+from benchmarks import common
+from lakewarden.intake.jsonvalues import result_json
+from lakewarden.intake.rest import AgentHeader
+from lakewarden.intake.server import ServerThread
+
+ADDED_TARGET_S = 1e-3
+THROUGHPUT_TARGET = 1.0
+TABLE = "t"
+ROWS = 10_000
+COLUMNS = 10
+READ = f"SELECT * FROM {TABLE} WHERE id = ?"
+INSERT = f"INSERT INTO {TABLE} (id, ts, grp0, name0) VALUES (?, now(), ?, ?)"
+POINT_ID = 4242
+READ_SHARE = 0.8
+CLIENTS = 8
+# (repeats, warm-up) of the latency case; (rounds, seconds per round) of the throughput case:
+# 5 rounds of 2 s give the 8 clients 10 s in all, and the single client as much.
+LATENCY, QUICK_LATENCY = (300, 30), (30, 5)
+ROUNDS, QUICK_ROUNDS = (5, 2.0), (2, 0.5)
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={AgentHeader: common.BENCH_AGENT}, timeout=60.0)
+
+
+def _post(http: httpx.Client, sql: str, params: list[Any]) -> dict[str, Any]:
+    response = http.post("/v1/sql", json={"sql": sql, "params": params})
+    if response.status_code != 200:
+        raise RuntimeError(f"{sql!r}: HTTP {response.status_code} {response.text[:300]}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _percentiles(samples: Sequence[float]) -> str:
+    return f"p50 {common.median_s(samples)}, p95 {common.fmt_s(common.percentile(samples, 95))}"
+
+
+# -- latency -------------------------------------------------------------------------------------
+
+
+def latency(warden: lakewarden.Warden, url: str, quick: bool) -> common.Outcome:
+    repeats, warmup = QUICK_LATENCY if quick else LATENCY
+    session = warden.session(common.BENCH_AGENT)
+    http = _client(url)
+    address = httpx.URL(url)
+    bare = http_client.HTTPConnection(address.host, address.port)  # the client side's share
+    try:
+        sdk_result = session.sql(READ, [POINT_ID])
+        rest_body = _post(http, READ, [POINT_ID])
+        if rest_body["rows"] != result_json(sdk_result)["rows"] or rest_body["row_count"] != 1:
+            raise RuntimeError(f"REST and SDK disagree: {rest_body} vs {sdk_result}")
+
+        def sdk() -> lakewarden.Result:
+            return session.sql(READ, [POINT_ID])
+
+        def rest() -> httpx.Response:
+            return http.post("/v1/sql", json={"sql": READ, "params": [POINT_ID]})
+
+        def healthz() -> httpx.Response:
+            return http.get("/healthz")
+
+        def healthz_stdlib() -> bytes:
+            bare.request("GET", "/healthz")
+            return bare.getresponse().read()
+
+        def sdk_fresh_session() -> lakewarden.Result:
+            with warden.session(common.BENCH_AGENT) as fresh:
+                return fresh.sql(READ, [POINT_ID])
+
+        def render_json() -> dict[str, Any]:
+            return result_json(sdk_result)
+
+        times = common.measure(
+            {
+                "sdk": sdk,
+                "rest": rest,
+                "healthz": healthz,
+                "healthz stdlib": healthz_stdlib,
+                "sdk fresh session": sdk_fresh_session,
+                "json": render_json,
+            },
+            repeats=repeats,
+            warmup=warmup,
+        )
+        if rest().status_code != 200:
+            raise RuntimeError("a REST read failed after the run")
+    finally:
+        bare.close()
+        http.close()
+        session.close()
+    return common.Outcome(
+        name="rest_latency",
+        baseline=f"session.sql({READ!r}, [id]) in-process, persistent session, {ROWS:,} rows",
+        subject="POST /v1/sql of the same read, one keep-alive httpx.Client, JSON response",
+        baseline_s=times["sdk"],
+        subject_s=times["rest"],
+        target=ADDED_TARGET_S,
+        target_kind="added",
+        extra={
+            "SDK": _percentiles(times["sdk"]),
+            "REST": _percentiles(times["rest"]),
+            "added at p95": common.fmt_s(
+                common.percentile(times["rest"], 95) - common.percentile(times["sdk"], 95)
+            ),
+            "bare HTTP round trip, GET /healthz": _percentiles(times["healthz"]),
+            "the same with http.client (stdlib) instead of httpx": _percentiles(
+                times["healthz stdlib"]
+            ),
+            "SDK with a fresh session per read (an unpooled request opens one)": _percentiles(
+                times["sdk fresh session"]
+            ),
+            "result_json() of the 1-row result": common.median_s(times["json"]),
+        },
+    )
+
+
+# -- throughput ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    reads: int = 0
+    inserts: int = 0
+    errors: list[str] = field(default_factory=list)
+    read_s: list[float] = field(default_factory=list)
+    insert_s: list[float] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        self.reads += other.reads
+        self.inserts += other.inserts
+        self.errors += other.errors
+        self.read_s += other.read_s
+        self.insert_s += other.insert_s
+
+
+class Load:
+    """``CLIENTS`` persistent clients; a round runs the first ``n`` of them for ``seconds``."""
+
+    def __init__(self, url: str) -> None:
+        self.clients = [_client(url) for _ in range(CLIENTS)]
+        self.rngs = [random.Random(k) for k in range(CLIENTS)]
+        self.next_id = [(k + 1) * 1_000_000_000 for k in range(CLIENTS)]  # unique insert ids
+        self.total = Tally()
+
+    def round(self, n: int, seconds: float) -> tuple[float, Tally]:
+        """Wall seconds of the round (until the last in-flight statement returns) and tally."""
+        stop = threading.Event()
+        tallies = [Tally() for _ in range(n)]
+        threads = [
+            threading.Thread(target=self._work, args=(k, tallies[k], stop), daemon=True)
+            for k in range(n)
+        ]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - start
+        tally = Tally()
+        for one in tallies:
+            tally.add(one)
+        self.total.add(tally)
+        return wall, tally
+
+    def _work(self, k: int, tally: Tally, stop: threading.Event) -> None:
+        http, rng = self.clients[k], self.rngs[k]
+        while not stop.is_set():
+            read = rng.random() < READ_SHARE
+            if read:
+                payload: dict[str, Any] = {"sql": READ, "params": [rng.randrange(ROWS)]}
+            else:
+                self.next_id[k] += 1
+                payload = {"sql": INSERT, "params": [self.next_id[k], k, f"client-{k}"]}
+            start = time.perf_counter()
+            try:
+                response = http.post("/v1/sql", json=payload)
+                ok = response.status_code == 200
+                detail = f"HTTP {response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                ok, detail = False, repr(exc)
+            elapsed = time.perf_counter() - start
+            if not ok:
+                tally.errors.append(detail)
+            elif read:
+                tally.reads += 1
+                tally.read_s.append(elapsed)
+            else:
+                tally.inserts += 1
+                tally.insert_s.append(elapsed)
+
+    def close(self) -> None:
+        for http in self.clients:
+            http.close()
+
+
+def throughput(warden: lakewarden.Warden, url: str, quick: bool) -> common.Outcome:
+    rounds, seconds = QUICK_ROUNDS if quick else ROUNDS
+    load = Load(url)
+    per_statement: dict[int, list[float]] = {1: [], CLIENTS: []}
+    eight = Tally()
+    eight_wall = 0.0
+    try:
+        load.round(CLIENTS, min(seconds, 1.0))  # warm-up: connections, caches, threadpool
+        for i in range(2 * rounds):
+            n = (1, CLIENTS, CLIENTS, 1)[i % 4]  # 1, 8, 8, 1, 1, 8, ...: neither always first
+            wall, tally = load.round(n, seconds)
+            done = tally.reads + tally.inserts
+            per_statement[n].append(wall / max(done, 1))
+            if n == CLIENTS:
+                eight.add(tally)
+                eight_wall += wall
+    finally:
+        load.close()
+    total = load.total
+    if total.errors:
+        raise RuntimeError(f"{len(total.errors)} failed statements, first: {total.errors[0]}")
+    cur = warden.engine.cursor()
+    try:
+        row = cur.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+    finally:
+        cur.close()
+    in_table = int(row[0]) if row else -1
+    tracked = warden.table(TABLE).rows
+    if in_table != ROWS + total.inserts or tracked != in_table:
+        raise RuntimeError(
+            f"{total.inserts} INSERTs acknowledged but the table holds {in_table - ROWS} new "
+            f"rows (tracker: {tracked - ROWS})"
+        )
+    done = eight.reads + eight.inserts
+    return common.Outcome(
+        name="rest_throughput",
+        baseline=(
+            f"1 client, POST /v1/sql, {READ_SHARE:.0%} point reads / {1 - READ_SHARE:.0%} "
+            f"one-row INSERTs, {rounds} rounds of {seconds:g} s; s per completed statement"
+        ),
+        subject=f"{CLIENTS} concurrent clients, the same mix, interleaved rounds",
+        baseline_s=per_statement[1],
+        subject_s=per_statement[CLIENTS],
+        target=THROUGHPUT_TARGET,
+        extra={
+            f"{CLIENTS} clients, {eight_wall:.1f} s in all": (
+                f"{done / eight_wall:.1f} statements/s ({eight.reads / eight_wall:.1f} reads/s, "
+                f"{eight.inserts / eight_wall:.1f} inserts/s)"
+            ),
+            "1 client": f"{1 / statistics.median(per_statement[1]):.1f} statements/s (median)",
+            f"latency under {CLIENTS} clients": (
+                f"read {_percentiles(eight.read_s)}; insert {_percentiles(eight.insert_s)}"
+            ),
+            "errors, whole run": str(len(total.errors)),
+            "INSERTs acknowledged / rows added (table, tracker)": (
+                f"{total.inserts} / {in_table - ROWS}, {tracked - ROWS}"
+            ),
+        },
+    )
+
+
+def run(quick: bool = False) -> list[common.Outcome]:
+    with common.temp_lake() as warden:
+        common.build_table(warden, TABLE, ROWS, COLUMNS)
+        server = ServerThread(warden, port=0).start()
+        try:
+            return [latency(warden, server.url, quick), throughput(warden, server.url, quick)]
+        finally:
+            server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.main(run, argv, __doc__ or "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
