@@ -65,3 +65,14 @@ def test_policy_validate(tmp_path: Path) -> None:
     result = runner.invoke(app, ["policy", "validate", str(bad)])
     assert result.exit_code == 2
     assert "bad.yaml:2" in result.output
+
+
+def test_watch_once_reports_failing_checks(lake: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\ntables:\n  orders:\n    freshness_sla: 1h\n"
+        "    columns: {email: {max_null_ratio: 0.1}}\n"
+    )
+    result = runner.invoke(app, ["watch", "--lake", str(lake), "--policy", str(policy), "--once"])
+    assert result.exit_code == 0, result.output
+    assert "1 tables, 1 failing checks" in result.output  # email nulls 50% > 10%

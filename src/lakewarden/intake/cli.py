@@ -133,6 +133,16 @@ def _ask(
         _fail(exc)
 
 
+def _open_warden(lake: Path, policy: Path | None) -> Any:
+    """The lake opened in this process, or a clear error and exit code 2."""
+    import lakewarden
+
+    try:
+        return lakewarden.open(lake, policy=policy)
+    except LakewardenError as exc:
+        _fail(exc)
+
+
 def _server_up(url: str) -> bool:
     import httpx
 
@@ -399,14 +409,9 @@ def mcp_stdio(
     policy: PolicyOption = None,
 ) -> None:
     """Serve MCP over stdio for one agent (for MCP clients that spawn their tools)."""
-    import lakewarden
     from lakewarden.intake.mcp import build_mcp
 
-    try:
-        warden = lakewarden.open(lake, policy=policy)
-    except LakewardenError as exc:
-        _fail(exc)
-        return
+    warden = _open_warden(lake, policy)
     try:
         build_mcp(warden, stdio_agent=agent).run()
     finally:
@@ -446,14 +451,9 @@ def watch(
     once: Annotated[bool, typer.Option(help="Evaluate once and exit.")] = False,
 ) -> None:
     """Watch a lake: pick up commits made by any writer and re-judge every check on a clock."""
-    import lakewarden
     from lakewarden.monitor import Monitor
 
-    try:
-        warden = lakewarden.open(lake, policy=policy)
-    except LakewardenError as exc:
-        _fail(exc)
-        return
+    warden = _open_warden(lake, policy)
     if interval <= 0:
         err_console.print("[bold red]error[/]: --interval must be > 0")
         raise typer.Exit(code=2)
