@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 DEFAULT_SCHEMA = "main"
+# lakewarden's own schema in the lake (the audit trail): never a table of agents or signals.
+INTERNAL_SCHEMA = "lakewarden"
 
 
 def display_name(schema: str | None, table: str) -> str:

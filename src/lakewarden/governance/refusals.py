@@ -7,9 +7,9 @@ would otherwise still work.
 
 from __future__ import annotations
 
+from lakewarden.analysis.names import INTERNAL_SCHEMA
 from lakewarden.analysis.statement import Statement
 from lakewarden.errors import Violation
-from lakewarden.store.audit import SCHEMA as AUDIT_SCHEMA
 
 REFUSED_TYPES = {
     "ATTACH": "attaching databases",
@@ -86,4 +86,4 @@ _INTERNAL = ("lw_state", "__ducklake_metadata_", "system", "temp", "memory")
 def _foreign(qualifier: str, lake_database: str) -> bool:
     if qualifier == lake_database.lower():
         return False
-    return qualifier == AUDIT_SCHEMA or qualifier.startswith(_INTERNAL)
+    return qualifier == INTERNAL_SCHEMA or qualifier.startswith(_INTERNAL)

@@ -19,10 +19,11 @@ from typing import Any
 
 import duckdb
 
+from lakewarden.analysis.names import INTERNAL_SCHEMA
 from lakewarden.errors import Violation
 from lakewarden.store.engine import LAKE_ALIAS, STATE_ALIAS
 
-SCHEMA = "lakewarden"
+SCHEMA = INTERNAL_SCHEMA
 TABLE = f"{SCHEMA}.audit"
 REFUSALS = f"{STATE_ALIAS}.main.refusals"
 AUTHOR = "lakewarden"

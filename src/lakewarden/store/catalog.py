@@ -10,11 +10,10 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from lakewarden.analysis.names import display_name, split_name
+from lakewarden.analysis.names import INTERNAL_SCHEMA, display_name, split_name
 from lakewarden.store.engine import LAKE_ALIAS
 
-# lakewarden's own schema (the audit trail) is not a table agents or signals see.
-_INTERNAL_SCHEMAS = ("information_schema", "pg_catalog", "lakewarden")
+_INTERNAL_SCHEMAS = ("information_schema", "pg_catalog", INTERNAL_SCHEMA)
 
 
 def ident(name: str) -> str:
