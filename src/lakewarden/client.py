@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import httpx
 import polars as pl
 
 from lakewarden.errors import (
@@ -30,8 +29,9 @@ from lakewarden.errors import (
     Unauthenticated,
     Violation,
 )
+from lakewarden.transport import ServerUnavailable, Transport
 
-__all__ = ["Client", "ClientSession", "RemoteResult", "Unauthenticated"]
+__all__ = ["Client", "ClientSession", "RemoteResult", "ServerUnavailable", "Unauthenticated"]
 
 
 _ERRORS: dict[str, type[LakewardenError]] = {
@@ -143,12 +143,16 @@ class ClientSession:
         if traceparent:
             headers["traceparent"] = traceparent
         return RemoteResult.from_json(
-            self.client.request("POST", "/v1/sql", json=body, headers=headers)
+            self.client.request("POST", "/v1/sql", json_body=body, headers=headers)
         )
 
 
 class Client:
-    """REST client: ``token`` authenticates under a policy, ``agent`` names an open-mode caller."""
+    """REST client: ``token`` authenticates under a policy, ``agent`` names an open-mode caller.
+
+    Safe to share between threads: each thread keeps its own connection. A server that cannot be
+    reached raises :class:`ServerUnavailable`.
+    """
 
     def __init__(
         self,
@@ -160,7 +164,7 @@ class Client:
     ) -> None:
         self.token = token
         self.agent = agent
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        self._http = Transport(base_url, timeout)
 
     def headers(self, agent: str | None = None) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -171,15 +175,25 @@ class Client:
             out["X-Lakewarden-Agent"] = name
         return out
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("headers", self.headers())
-        response = self._http.request(method, path, **kwargs)
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        if response.status_code >= 400:
-            raise error_from_body(response.status_code, body)
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        response = self._http.request(
+            method,
+            path,
+            json_body=json_body,
+            params=params,
+            headers=self.headers() if headers is None else headers,
+        )
+        body = response.body()
+        if response.status >= 400:
+            raise error_from_body(response.status, body)
         return body
 
     def session(self, agent: str | None = None) -> ClientSession:
@@ -199,7 +213,9 @@ class Client:
 
     def restore(self, table: str, snapshot_id: int) -> dict[str, Any]:
         return dict(
-            self.request("POST", f"/v1/tables/{table}/restore", json={"snapshot_id": snapshot_id})
+            self.request(
+                "POST", f"/v1/tables/{table}/restore", json_body={"snapshot_id": snapshot_id}
+            )
         )
 
     def audit(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
