@@ -122,6 +122,28 @@ def test_errors_have_one_shape(
 
 
 @pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"", "Input should be an object"),
+        (b"{not json", "Invalid JSON"),
+        (b'["SELECT 1"]', "Input should be an object"),
+        (b'{"sql": 1}', "sql: Input should be a valid string"),
+    ],
+    ids=["empty", "malformed", "array", "sql-not-string"],
+)
+def test_a_malformed_body_is_a_structured_400(http: httpx.Client, raw: bytes, detail: str) -> None:
+    response = http.post("/v1/sql", content=raw, headers={"Content-Type": "application/json"})
+    violations = assert_error(response, 400, "invalid_request")["error"]["violations"]
+    assert any(detail in v["detail"] for v in violations), violations
+
+
+def test_openapi_documents_the_sql_body(http: httpx.Client) -> None:
+    operation = http.get("/openapi.json").json()["paths"]["/v1/sql"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert {"sql", "statements", "params", "max_rows", "dry_run"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize(
     ("path", "status", "code"),
     [("/v1/tables/nope", 404, "not_found"), ("/v1/snapshots?table=nope", 404, "not_found")],
     ids=["table", "snapshots"],

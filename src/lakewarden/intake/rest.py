@@ -15,7 +15,7 @@ import pyarrow as pa
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -85,6 +85,35 @@ class RestoreRequest(BaseModel):
     snapshot_id: Annotated[int, Field(ge=0)]
 
 
+def _request_violations(errors: Any) -> list[Violation]:
+    return [
+        Violation("invalid_request", f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in errors
+    ]
+
+
+def parse_sql_request(raw: bytes) -> SqlRequest:
+    """The body of ``POST /v1/sql``, validated straight from its bytes.
+
+    Done here rather than by a FastAPI body parameter: pydantic-core parses and validates JSON
+    bytes in one pass, while FastAPI's body handling costs about 0.2 ms more per request, which
+    every agent statement would pay.
+    """
+    try:
+        return SqlRequest.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "the request body is not valid", _request_violations(exc.errors())
+        ) from exc
+
+
+_SQL_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": SqlRequest.model_json_schema()}},
+    }
+}
+
+
 def error_body(error: LakewardenError, trace_id: str | None) -> dict[str, Any]:
     return {"error": json_value(error.to_dict()), "trace_id": trace_id}
 
@@ -151,14 +180,15 @@ def build_router(warden: Warden) -> APIRouter:
                 dry_run=body.dry_run,
             )
 
-    @router.post("/sql")
-    async def sql(body: SqlRequest, request: Request) -> Response:
+    @router.post("/sql", openapi_extra=_SQL_REQUEST_BODY)
+    async def sql(request: Request) -> Response:
         """Run one governed statement; reads answer Arrow IPC when the Accept header asks."""
         traceparent = traceparent_of(request)
         try:
             agent = identify(
                 warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
             )
+            body = parse_sql_request(await request.body())
             result = await run_in_threadpool(run_statement, agent, body, traceparent)
         except LakewardenError as exc:
             return error_response(exc, getattr(exc, "trace_id", None) or trace_id_of(traceparent))
@@ -251,11 +281,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def invalid_body(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        violations = [
-            Violation("invalid_request", f"{'.'.join(map(str, e['loc']))}: {e['msg']}")
-            for e in exc.errors()
-        ]
-        error = InvalidRequest("the request body is not valid", violations)
+        error = InvalidRequest("the request body is not valid", _request_violations(exc.errors()))
         return error_response(error, trace_id_of(traceparent_of(request)))
 
     async def http_error(request: Request, exc: Exception) -> Response:
