@@ -20,11 +20,12 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp
 
 from lakewarden import __version__
 from lakewarden.errors import ConfigurationError
 from lakewarden.intake.mcp import build_mcp
-from lakewarden.intake.rest import build_router, install_error_handlers
+from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
 from lakewarden.monitor import Monitor, interval_from_env
 from lakewarden.warden import Warden
 
@@ -36,7 +37,7 @@ DEFAULT_PORT = 7117
 GRACEFUL_SHUTDOWN_S = 10
 
 
-def create_app(warden: Warden) -> FastAPI:
+def create_app(warden: Warden) -> ASGIApp:
     poll_interval = interval_from_env()  # a bad value stops start-up, not the first tick
     mcp_server = build_mcp(warden)
     mcp_app = mcp_server.streamable_http_app(streamable_http_path="/")
@@ -55,7 +56,8 @@ def create_app(warden: Warden) -> FastAPI:
     app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
     app.state.ready = False
     install_error_handlers(app)
-    app.include_router(build_router(warden))
+    sql = sql_endpoint(warden)
+    app.include_router(build_router(warden, sql))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -71,7 +73,7 @@ def create_app(warden: Warden) -> FastAPI:
         return Response(warden.telemetry.prometheus_text(), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/mcp", mcp_app)
-    return app
+    return fast_path(app, sql)
 
 
 def is_loopback(host: str) -> bool:
