@@ -24,22 +24,25 @@ Two cases on a DuckLake lake with one 10,000-row table:
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.types import Receive, Scope, Send
 
 import lakewarden
 from benchmarks import common
-from lakewarden.client import Client
 from lakewarden.intake.jsonvalues import result_json
 from lakewarden.intake.rest import AgentHeader
 from lakewarden.intake.server import ServerThread
@@ -82,13 +85,14 @@ def _percentiles(samples: Sequence[float]) -> str:
 class RemoteAgent:
     """``benchmarks.rest_agent`` in a child process: one request per call, timed over there."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, floor_url: str) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "benchmarks.rest_agent",
                 url,
+                floor_url,
                 common.BENCH_AGENT,
                 READ,
                 str(POINT_ID),
@@ -114,31 +118,61 @@ class RemoteAgent:
         self.proc.wait(timeout=30)
 
 
+@contextmanager
+def floor_server(answer: bytes) -> Iterator[str]:
+    """A uvicorn server, configured as lakewarden's, that answers ``answer`` to every request
+    with no application code: the cost of any HTTP request on this machine."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the floor server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def latency(warden: lakewarden.Warden, url: str, quick: bool) -> common.Outcome:
     repeats, warmup = QUICK_LATENCY if quick else LATENCY
     session = warden.session(common.BENCH_AGENT)
-    agent = RemoteAgent(url)
-    try:
-        sdk_result = session.sql(READ, [POINT_ID])
-        with Client(url, agent=common.BENCH_AGENT) as client:
-            remote = client.session().sql(READ, [POINT_ID])
-        if remote.rows != result_json(sdk_result)["rows"] or remote.row_count != 1:
-            raise RuntimeError(f"REST and SDK disagree: {remote} vs {sdk_result}")
-        times = common.measure(
-            {
-                "sdk": lambda: session.sql(READ, [POINT_ID]),
-                "rest": lambda: agent.call("client"),
-                "httpx": lambda: agent.call("httpx"),
-                "bare": lambda: agent.call("bare"),
-                "json": lambda: result_json(sdk_result),
-            },
-            repeats=repeats,
-            warmup=warmup,
-            self_timed=frozenset({"rest", "httpx", "bare"}),
-        )
-    finally:
-        agent.close()
-        session.close()
+    sdk_result = session.sql(READ, [POINT_ID])
+    with httpx.Client(base_url=url, headers={AgentHeader: common.BENCH_AGENT}) as http:
+        answer = http.post("/v1/sql", json={"sql": READ, "params": [POINT_ID]}).content
+    if json.loads(answer)["rows"] != result_json(sdk_result)["rows"]:
+        raise RuntimeError(f"REST and SDK disagree: {answer!r} vs {sdk_result}")
+    with floor_server(answer) as floor_url:
+        agent = RemoteAgent(url, floor_url)
+        try:
+            times = common.measure(
+                {
+                    "sdk": lambda: session.sql(READ, [POINT_ID]),
+                    "rest": lambda: agent.call("client"),
+                    "floor": lambda: agent.call("floor"),
+                    "httpx": lambda: agent.call("httpx"),
+                    "bare": lambda: agent.call("bare"),
+                    "json": lambda: result_json(sdk_result),
+                },
+                repeats=repeats,
+                warmup=warmup,
+                self_timed=frozenset({"rest", "floor", "httpx", "bare"}),
+            )
+        finally:
+            agent.close()
+            session.close()
     return common.Outcome(
         name="rest_latency",
         baseline=f"session.sql({READ!r}, [id]) in-process, persistent session, {ROWS:,} rows",
@@ -157,7 +191,15 @@ def latency(warden: lakewarden.Warden, url: str, quick: bool) -> common.Outcome:
                 common.percentile(times["rest"], 95) - common.percentile(times["sdk"], 95)
             ),
             "REST, httpx.Client instead (same process, same request)": _percentiles(times["httpx"]),
-            "bare HTTP round trip, GET /healthz with http.client (no lakewarden work)": (
+            "floor: the same client and answer from a server with no application code": (
+                _percentiles(times["floor"])
+            ),
+            "lakewarden's own share (REST - SDK - floor, at p50)": common.fmt_s(
+                statistics.median(times["rest"])
+                - statistics.median(times["sdk"])
+                - statistics.median(times["floor"])
+            ),
+            "GET /healthz with http.client (through FastAPI, no lakewarden work)": (
                 _percentiles(times["bare"])
             ),
             "result_json() of the 1-row result, in-process": common.median_s(times["json"]),

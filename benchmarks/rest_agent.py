@@ -1,13 +1,15 @@
 """An agent in its own process, for the REST latency benchmark.
 
-    python -m benchmarks.rest_agent URL AGENT SQL PARAM
+    python -m benchmarks.rest_agent URL FLOOR_URL AGENT SQL PARAM
 
 Reads one command per line on stdin, makes that one request, and answers its seconds on stdout
 (timed here, so the pipe between the two processes is not part of it):
 
 - ``client``: ``session.sql(SQL, [PARAM])`` with lakewarden's REST client;
 - ``httpx``: the same ``POST /v1/sql`` with a keep-alive ``httpx.Client``;
-- ``bare``: ``GET /healthz`` with ``http.client``: the round trip through the HTTP stack alone.
+- ``floor``: the same ``session.sql`` against FLOOR_URL, a server that answers the same bytes
+  with no application code: what any HTTP request costs here;
+- ``bare``: ``GET /healthz`` with ``http.client``: the round trip through FastAPI, no lakewarden.
 
 Every answer is checked (status 200, one row): a failed request stops the process with its error.
 """
@@ -25,9 +27,11 @@ from lakewarden.client import Client
 
 
 def main(argv: list[str]) -> int:
-    url, agent, sql, param = argv[0], argv[1], argv[2], int(argv[3])
+    url, floor_url, agent, sql, param = argv[0], argv[1], argv[2], argv[3], int(argv[4])
     client = Client(url, agent=agent)
     session = client.session()
+    floor_client = Client(floor_url, agent=agent)
+    floor_session = floor_client.session()
     other = httpx.Client(base_url=url, headers={"X-Lakewarden-Agent": agent}, timeout=60)
     address = httpx.URL(url)
     bare = http.client.HTTPConnection(address.host, address.port)
@@ -35,6 +39,10 @@ def main(argv: list[str]) -> int:
     def by_client() -> None:
         if session.sql(sql, [param]).row_count != 1:
             raise RuntimeError("the lakewarden client did not get one row")
+
+    def by_floor() -> None:
+        if floor_session.sql(sql, [param]).row_count != 1:
+            raise RuntimeError("the floor server did not answer one row")
 
     def by_httpx() -> None:
         response = other.post("/v1/sql", json={"sql": sql, "params": [param]})
@@ -48,7 +56,12 @@ def main(argv: list[str]) -> int:
         if response.status != 200:
             raise RuntimeError(f"GET /healthz: HTTP {response.status}")
 
-    calls: dict[str, Callable[[], None]] = {"client": by_client, "httpx": by_httpx, "bare": by_bare}
+    calls: dict[str, Callable[[], None]] = {
+        "client": by_client,
+        "floor": by_floor,
+        "httpx": by_httpx,
+        "bare": by_bare,
+    }
     try:
         for line in sys.stdin:
             call = calls[line.strip()]
@@ -57,6 +70,7 @@ def main(argv: list[str]) -> int:
             print(repr(time.perf_counter() - start), flush=True)
     finally:
         client.close()
+        floor_client.close()
         other.close()
         bare.close()
     return 0

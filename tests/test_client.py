@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -66,18 +65,19 @@ def test_threads_share_a_client_each_on_its_own_connection(served: Served) -> No
     assert _connections(served) == 0  # close() closed every thread's connection
 
 
-class OneRequestPerConnection:
-    """A server that answers one request per connection, then closes it without saying so,
-    as a keep-alive server does when a connection has been idle too long."""
+class ScriptedServer:
+    """A raw HTTP server that answers every request with the same bytes; with ``close`` it
+    closes each connection after one answer, without saying so in the headers."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes, close: bool = False) -> None:
+        self.answer = answer
+        self.close_each = close
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.accepted = 0
         self.requests = 0
         self.closed = threading.Semaphore(0)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
         while True:
@@ -86,11 +86,19 @@ class OneRequestPerConnection:
             except OSError:
                 return
             self.accepted += 1
-            with conn:
-                data = b""
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while True:
                 while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, rest = data.partition(b"\r\n\r\n")
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        self.closed.release()
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
                 length = next(
                     (
                         int(line.split(b":")[1])
@@ -99,31 +107,80 @@ class OneRequestPerConnection:
                     ),
                     0,
                 )
-                while len(rest) < length:
-                    rest += conn.recv(65536)
+                while len(data) < length:
+                    data += conn.recv(65536)
+                data = data[length:]
                 self.requests += 1
-                body = json.dumps({"tables": [{"name": f"call-{self.requests}"}]}).encode()
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-            self.closed.release()
+                conn.sendall(self.answer)
+                if self.close_each:
+                    break
+        self.closed.release()
 
     def close(self) -> None:
         self.sock.close()
 
 
-def test_a_connection_closed_while_idle_is_replaced_not_reused() -> None:
-    server = OneRequestPerConnection()
+BODY = b'{"tables": [{"name": "t"}]}'
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+SIZED = OK + b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+CHUNKED = OK + (
+    b"Transfer-Encoding: chunked\r\n\r\n"
+    b"5\r\n" + BODY[:5] + b"\r\n" + b"%x;ext=1\r\n" % (len(BODY) - 5) + BODY[5:] + b"\r\n"
+    b"0\r\nX-Trailer: yes\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "close", "connections"),
+    [
+        (SIZED, False, 1),
+        (CHUNKED, False, 1),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" + SIZED, False, 1),
+        (SIZED.replace(b"OK\r\n", b"OK\r\nConnection: close\r\n", 1), True, 3),
+        (SIZED.replace(b"HTTP/1.1", b"HTTP/1.0", 1), True, 3),
+        (OK + b"\r\n" + BODY, True, 3),  # no length: the body ends with the connection
+        (SIZED, True, 3),  # closed while idle, unannounced: noticed before reuse
+    ],
+    ids=[
+        "content-length",
+        "chunked",
+        "100-continue",
+        "connection-close",
+        "http-1.0",
+        "until-eof",
+        "closed-while-idle",
+    ],
+)
+def test_answers_are_framed_and_connections_reused_only_when_alive(
+    answer: bytes, close: bool, connections: int
+) -> None:
+    server = ScriptedServer(answer, close)
     try:
-        names = []
-        with Client(f"http://127.0.0.1:{server.port}") as client:
+        with Client(server.url) as client:
             for _ in range(3):
-                names.append(client.tables()[0]["name"])
-                assert server.closed.acquire(timeout=10)  # the connection is closed, and idle
-        assert names == ["call-1", "call-2", "call-3"]
-        assert (server.accepted, server.requests) == (3, 3)  # each request sent exactly once
+                assert client.tables() == [{"name": "t"}]
+                if close:
+                    assert server.closed.acquire(timeout=10)  # closed before the next request
+        assert (server.accepted, server.requests) == (connections, 3)  # no request sent twice
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        OK + b"Content-Length: 100\r\n\r\n{}",
+        OK + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+        OK + b"Content-Length: ten\r\n\r\n{}",
+    ],
+    ids=["not-http", "truncated-body", "bad-chunk-size", "bad-length"],
+)
+def test_a_broken_answer_is_server_unavailable(answer: bytes) -> None:
+    server = ScriptedServer(answer, close=True)
+    try:
+        with Client(server.url) as client, pytest.raises(ServerUnavailable):
+            client.tables()
     finally:
         server.close()
 
