@@ -59,7 +59,7 @@ READ_SHARE = 0.8
 CLIENTS = 8
 # (repeats, warm-up) of the latency case; (rounds, seconds per round) of the throughput case:
 # 5 rounds of 2 s give the 8 clients 10 s in all, and the single client as much.
-LATENCY, QUICK_LATENCY = (300, 30), (30, 5)
+LATENCY, QUICK_LATENCY = (600, 30), (30, 5)
 ROUNDS, QUICK_ROUNDS = (5, 2.0), (2, 0.5)
 
 

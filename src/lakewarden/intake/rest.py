@@ -140,21 +140,20 @@ def identify(warden: Warden, authorization: str | None, agent_header: str | None
     return agent
 
 
-def traceparent_of(request: Request) -> str:
-    """The caller's W3C traceparent, or a fresh one.
-
-    A fresh one gives every response, errors included, a trace id the caller can search for:
-    the core only reports the trace id of statements it accepted for analysis.
-    """
+def traceparent_of(request: Request) -> str | None:
+    """The caller's W3C traceparent when it sent a well-formed one; else the core starts a
+    trace of its own for the statement."""
     given = request.headers.get("traceparent", "").strip()
     parts = given.split("-")
     if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
         return given
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    return None
 
 
-def trace_id_of(traceparent: str) -> str:
-    return traceparent.split("-")[1]
+def trace_id_of(traceparent: str | None) -> str:
+    """The trace id of a response the core gave none (a request refused before analysis):
+    the caller's trace, or a fresh id, so every response carries one the caller can quote."""
+    return traceparent.split("-")[1] if traceparent else secrets.token_hex(16)
 
 
 def _arrow_stream(result: Result) -> bytes:
@@ -171,7 +170,7 @@ SqlEndpoint = Callable[[Request], Awaitable[Response]]
 def sql_endpoint(warden: Warden) -> SqlEndpoint:
     """``POST /v1/sql``: every agent statement comes through here (see :func:`fast_path`)."""
 
-    def run_statement(agent: str, body: SqlRequest, traceparent: str) -> Result:
+    def run_statement(agent: str, body: SqlRequest, traceparent: str | None) -> Result:
         max_rows = body.max_rows
         if max_rows is None and warden.row_limit(agent, None) is None:
             max_rows = default_max_rows()
@@ -187,7 +186,7 @@ def sql_endpoint(warden: Warden) -> SqlEndpoint:
                 dry_run=body.dry_run,
             )
 
-    def answer(agent: str, body: SqlRequest, traceparent: str, arrow: bool) -> Response:
+    def answer(agent: str, body: SqlRequest, traceparent: str | None, arrow: bool) -> Response:
         # Rendered on the worker thread, right after the statement: the event loop only sends
         # the bytes, so one request costs one hand-off each way.
         result = run_statement(agent, body, traceparent)

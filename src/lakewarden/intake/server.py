@@ -107,6 +107,7 @@ def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
+        server_header=False,  # no software banner for whoever can reach the port
     )
 
 
