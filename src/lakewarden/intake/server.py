@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import uvicorn
@@ -35,12 +36,17 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7117
 # Seconds uvicorn waits for in-flight requests after SIGTERM before it drops them.
 GRACEFUL_SHUTDOWN_S = 10
+# Threads running agent statements at once (more requests wait for one). Statements mostly
+# wait on DuckDB, which has its own thread limit (LAKEWARDEN_THREADS); the bound keeps a flood
+# of requests from growing threads without end, as anyio's default of 40 did before.
+STATEMENT_WORKERS = 32
 
 
 def create_app(warden: Warden) -> ASGIApp:
     poll_interval = interval_from_env()  # a bad value stops start-up, not the first tick
     mcp_server = build_mcp(warden)
     mcp_app = mcp_server.streamable_http_app(streamable_http_path="/")
+    workers = ThreadPoolExecutor(STATEMENT_WORKERS, thread_name_prefix="lakewarden-sql")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,11 +58,12 @@ def create_app(warden: Warden) -> ASGIApp:
                 app.state.ready = False
         finally:
             monitor.stop()
+            workers.shutdown(wait=True)  # uvicorn has drained the requests by now
 
     app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
     app.state.ready = False
     install_error_handlers(app)
-    sql = sql_endpoint(warden)
+    sql = sql_endpoint(warden, workers)
     app.include_router(build_router(warden, sql))
 
     @app.get("/healthz", include_in_schema=False)
