@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import lakewarden
@@ -119,6 +120,16 @@ def test_errors_have_one_shape(
     http: httpx.Client, body: dict[str, Any], status: int, code: str
 ) -> None:
     assert_error(http.post("/v1/sql", json=body), status, code)
+
+
+JSON_CASES = yaml.safe_load((Path(__file__).parent / "cases" / "json_values.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", JSON_CASES, ids=[c["id"] for c in JSON_CASES])
+def test_values_read_as_the_documented_json(http: httpx.Client, case: dict[str, Any]) -> None:
+    response = http.post("/v1/sql", json={"sql": f"SELECT {case['sql']} AS v"})
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == [[case["json"]]]
 
 
 @pytest.mark.parametrize(

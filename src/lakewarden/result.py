@@ -32,7 +32,7 @@ class Result:
 
     @property
     def columns(self) -> list[str]:
-        return list(self.table.column_names) if self.table is not None else []
+        return list(self.table.schema.names) if self.table is not None else []
 
     @property
     def row_count(self) -> int:

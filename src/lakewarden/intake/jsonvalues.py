@@ -6,11 +6,12 @@ same way, so an agent sees one representation whichever door it used:
 | engine value | JSON |
 |---|---|
 | NULL | ``null`` |
-| BOOLEAN, integers (HUGEINT too), finite DOUBLE/FLOAT | boolean / number |
+| BOOLEAN, integers up to 64 bits, finite DOUBLE/FLOAT | boolean / number |
 | NaN, +Inf, -Inf | the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` |
-| DECIMAL | string, e.g. ``"12.50"`` (a float would lose digits) |
+| DECIMAL, HUGEINT, UHUGEINT | string, e.g. ``"12.50"`` (a JSON number would lose digits) |
 | TIMESTAMP, TIMESTAMPTZ, DATE, TIME | ISO 8601 string (``2026-01-01T10:00:00+00:00``) |
-| INTERVAL | ISO 8601 duration string, e.g. ``"P1DT3600S"`` (``"-P..."`` when negative) |
+| INTERVAL | ISO 8601 duration, e.g. ``"P1DT3600S"``, ``"P1M"``, ``"-PT90S"``; parts of |
+| | different signs are signed one by one, e.g. ``"P1M-2D"`` (as PostgreSQL writes them) |
 | UUID | string in canonical 8-4-4-4-12 form |
 | BLOB | base64 string (RFC 4648, with padding) |
 | LIST, ARRAY | JSON array, items mapped recursively |
@@ -50,6 +51,8 @@ def json_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return _duration(value)
+    if isinstance(value, pa.MonthDayNano):  # a tuple: before the list/tuple case
+        return _interval(value.months, value.days, value.nanoseconds)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -67,10 +70,10 @@ def json_value(value: Any) -> Any:
 
 def json_rows(table: pa.Table | None) -> list[list[Any]]:
     """Every row of a result table as a JSON array of JSON-safe values."""
-    if table is None:
+    if table is None or table.num_columns == 0:
         return []
-    columns = [_column(col.to_pylist(), col.type) for col in table.columns]
-    return [list(row) for row in zip(*columns, strict=True)] if columns else []
+    columns = [_column(col) for col in table.columns]
+    return [list(row) for row in zip(*columns, strict=True)]
 
 
 def result_json(result: Result) -> dict[str, Any]:
@@ -93,8 +96,14 @@ def result_json(result: Result) -> dict[str, Any]:
     }
 
 
-def _column(values: list[Any], kind: pa.DataType) -> list[Any]:
-    # Only MAP needs the arrow type: its python form (list of pairs) looks like a list of lists.
+def _column(column: pa.ChunkedArray) -> list[Any]:
+    # Every agent read is rendered here, so the common cases skip work: one chunk converts
+    # faster on its own, and integer, boolean and text values are JSON as they are.
+    values = column.chunk(0).to_pylist() if column.num_chunks == 1 else column.to_pylist()
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_string(kind):
+        return values
+    # MAP needs the arrow type: its python form (a list of pairs) looks like a list of lists.
     if pa.types.is_map(kind):
         return [None if v is None else _mapping(v) for v in values]
     return [json_value(v) for v in values]
@@ -113,3 +122,17 @@ def _duration(value: dt.timedelta) -> str:
     seconds = value.seconds + value.microseconds / 1_000_000
     text = f"{seconds:.6f}".rstrip("0").rstrip(".")
     return f"{sign}P{value.days}DT{text}S"
+
+
+def _interval(months: int, days: int, nanoseconds: int) -> str:
+    """DuckDB's INTERVAL (months, days and a time part are kept apart) as ISO 8601."""
+    sign = ""
+    if months <= 0 and days <= 0 and nanoseconds <= 0 and (months or days or nanoseconds):
+        sign, months, days, nanoseconds = "-", -months, -days, -nanoseconds
+    whole, fraction = divmod(abs(nanoseconds), 1_000_000_000)
+    seconds = f"{'-' if nanoseconds < 0 else ''}{whole}"
+    if fraction:
+        seconds += f".{fraction:09d}".rstrip("0")
+    date = (f"{months}M" if months else "") + (f"{days}D" if days else "")
+    time_part = f"T{seconds}S" if nanoseconds or not date else ""
+    return f"{sign}P{date}{time_part}"

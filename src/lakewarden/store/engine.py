@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow.lib
 
 from lakewarden.errors import ConfigurationError
 from lakewarden.settings import Settings
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 # Measured with duckdb 1.5.5: when pandas is not installed, every execute() with bound
 # parameters tries `import pandas` again and pays a full search of sys.path for it (about 0.5 ms
 # per statement). Recording the absence once makes the failed import instant; with pandas
-# installed nothing changes.
+# installed nothing changes. pyarrow must look for pandas first: its check, done once and
+# cached, takes a None entry for a module and then fails on every TIMESTAMPTZ value.
 if importlib.util.find_spec("pandas") is None:
+    _ = pyarrow.lib._pandas_api.have_pandas
     sys.modules.setdefault("pandas", None)  # type: ignore[arg-type]
 
 LAKE_ALIAS = "lake"
