@@ -194,6 +194,10 @@ def latency(warden: lakewarden.Warden, url: str, quick: bool) -> common.Outcome:
             "floor: the same client and answer from a server with no application code": (
                 _percentiles(times["floor"])
             ),
+            "added at p50 in each third of the run (drift of the machine)": ", ".join(
+                common.fmt_s(statistics.median(rest) - statistics.median(sdk))
+                for rest, sdk in zip(_thirds(times["rest"]), _thirds(times["sdk"]), strict=True)
+            ),
             "lakewarden's own share (REST - SDK - floor, at p50)": common.fmt_s(
                 statistics.median(times["rest"])
                 - statistics.median(times["sdk"])
@@ -205,6 +209,11 @@ def latency(warden: lakewarden.Warden, url: str, quick: bool) -> common.Outcome:
             "result_json() of the 1-row result, in-process": common.median_s(times["json"]),
         },
     )
+
+
+def _thirds(samples: list[float]) -> list[list[float]]:
+    size = len(samples) // 3
+    return [samples[:size], samples[size : 2 * size], samples[2 * size :]]
 
 
 # -- throughput ----------------------------------------------------------------------------------
