@@ -74,3 +74,21 @@ def test_commits_made_while_closed_are_replayed(lake: Path) -> None:
         assert state.column("kind").null_count == 7  # type: ignore[union-attr]
         assert state.last_writer == "nightly-batch"
         assert state.snapshot_id == catalog.current_snapshot(w.engine.cursor())
+
+
+def test_an_idle_refresh_does_not_list_the_lake_history(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed: list[int | None] = []
+    real = catalog.snapshots
+
+    def spy(cur, *, since=None, limit=None):  # type: ignore[no-untyped-def]
+        listed.append(since)
+        return real(cur, since=since, limit=limit)
+
+    monkeypatch.setattr(catalog, "snapshots", spy)
+    with _open(lake) as w:
+        listed.clear()
+        for _ in range(3):
+            w.refresh()
+        assert listed == []  # nothing committed: the whole-history listing is skipped

@@ -99,8 +99,11 @@ class Tracker:
             if self.snapshot_id is None or current - self.snapshot_id > MAX_REPLAY:
                 return self._rebase_all(current)
             updates: dict[str, TableUpdate] = {}
-            for snap in catalog.snapshots(self._cur, since=self.snapshot_id):
-                updates.update(self._apply_snapshot(snap))
+            # DuckLake's snapshots() lists the lake's whole history before any filter applies
+            # (~25 us per snapshot): skip it when nothing was committed, as on most polls.
+            if current != self.snapshot_id:
+                for snap in catalog.snapshots(self._cur, since=self.snapshot_id):
+                    updates.update(self._apply_snapshot(snap))
             updates.update(self._rebase_stale())
             return updates
 
