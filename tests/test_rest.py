@@ -122,6 +122,35 @@ def test_errors_have_one_shape(
     assert_error(http.post("/v1/sql", json=body), status, code)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "broken"),
+    [("POST", "/v1/sql", "pooled_session"), ("GET", "/v1/tables", "tables")],
+    ids=["sql-fast-path", "framework-route"],
+)
+def test_a_server_failure_is_a_structured_500(
+    served: Served,
+    http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    broken: str,
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug, not the agent's fault")
+
+    monkeypatch.setattr(served.warden, broken, fail)
+    with caplog.at_level("ERROR", logger="lakewarden.intake.rest"):
+        response = http.request(
+            method, path, json={"sql": "SELECT 1"} if method == "POST" else None
+        )
+    body = assert_error(response, 500, "internal_error")
+    assert "a bug" not in response.text  # internals stay in the server's log
+    assert body["trace_id"] in caplog.text  # ... under the id the caller was given
+    monkeypatch.undo()
+    assert http.post("/v1/sql", json={"sql": "SELECT 1"}).status_code == 200  # still serving
+
+
 JSON_CASES = yaml.safe_load((Path(__file__).parent / "cases" / "json_values.yaml").read_text())
 
 

@@ -9,6 +9,7 @@ the warden's per-agent pool (a session is one DuckDB cursor), so many agents are
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,8 @@ __all__ = [
     "install_error_handlers",
     "sql_endpoint",
 ]
+
+log = logging.getLogger(__name__)
 
 # Rows a read returns when neither the request nor the agent's policy sets a cap: an unbounded
 # SELECT must not exhaust the sidecar's memory. Override with LAKEWARDEN_MAX_ROWS.
@@ -123,6 +126,20 @@ _SQL_REQUEST_BODY = {
 
 def error_body(error: LakewardenError, trace_id: str | None) -> dict[str, Any]:
     return {"error": json_value(error.to_dict()), "trace_id": trace_id}
+
+
+def internal_error_response(scope: Scope) -> JSONResponse:
+    """A 500 in the one error shape, with an id that finds the failure in the server's log
+    (uvicorn logs the traceback itself once the exception is re-raised, and then closes the
+    connection, so the answer says so and no client reuses it)."""
+    trace_id = secrets.token_hex(16)
+    log.error("internal error %s on %s %s", trace_id, scope.get("method"), scope.get("path"))
+    message = f"the server failed on this request; its log names the failure {trace_id}"
+    body = {
+        "error": {"code": "internal_error", "message": message, "violations": []},
+        "trace_id": trace_id,
+    }
+    return JSONResponse(body, status_code=500, headers={"Connection": "close"})
 
 
 def error_response(error: LakewardenError, trace_id: str | None) -> JSONResponse:
@@ -239,7 +256,11 @@ def fast_path(app: ASGIApp, endpoint: SqlEndpoint) -> ASGIApp:
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/sql" and scope["method"] == "POST":
-            response = await endpoint(Request(scope, receive))
+            try:
+                response = await endpoint(Request(scope, receive))
+            except Exception:
+                await internal_error_response(scope)(scope, receive, send)
+                raise
             await response(scope, receive, send)
             return
         await app(scope, receive, send)
@@ -348,5 +369,9 @@ def install_error_handlers(app: FastAPI) -> None:
         }
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return internal_error_response(request.scope)  # Starlette re-raises exc after this
+
     app.add_exception_handler(RequestValidationError, invalid_body)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
