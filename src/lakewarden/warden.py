@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from lakewarden import wording
 from lakewarden.analysis import Statement
 from lakewarden.analysis.names import normalize
 from lakewarden.errors import LakewardenError, NotFound, PolicyDenied, Violation
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 _ENFORCE = "enforce"
 _DEFAULT_ANOMALY = AnomalySettings()
+# Volume scores rows added by a write; freshness scores seconds since the last write.
+_ANOMALY_UNITS = {monitoring.VOLUME: "rows", monitoring.FRESHNESS: "s"}
 
 
 def _rule(rule: PolicyAnomalyRule) -> AnomalyRule:
@@ -229,6 +232,9 @@ class Warden:
                             m.result.reason,
                             round(m.value, 3) if m.value is not None else None,
                             [m.result.lower, m.result.upper],
+                            wording.expected_range(
+                                m.result.lower, m.result.upper, _ANOMALY_UNITS[signal]
+                            ),
                         )
                     )
             if found:
@@ -361,6 +367,7 @@ class Warden:
                 "detail": f.detail,
                 "measured": f.measured,
                 "limit": f.limit,
+                "expected": f.expected,
             }
             for f in self.checks(state.name).get(state.name, [])
         ]

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from lakewarden import __version__
 from lakewarden.errors import LakewardenError
+from lakewarden.intake import lakefiles
 
 app = typer.Typer(
     name="lakewarden",
@@ -28,7 +29,8 @@ app.add_typer(policy_app, name="policy")
 
 T = TypeVar("T")
 console = Console()
-err_console = Console(stderr=True)
+# Messages are sentences: never hard-wrapped at 80 columns when stderr is a file or a pipe.
+err_console = Console(stderr=True, soft_wrap=True)
 
 LakeOption = Annotated[
     Path, typer.Option("--lake", help="DuckLake folder or .duckdb file.", envvar="LAKEWARDEN_LAKE")
@@ -124,7 +126,7 @@ def _ask(
 ) -> T:
     """Run ``work`` against the lake, or the server holding it; a clear error on failure."""
     try:
-        backend = _backend(lake, policy, server, token, agent)
+        backend = _backend(lake, lakefiles.policy_for(lake, policy), server, token, agent)
         try:
             return work(backend)
         finally:
@@ -138,7 +140,7 @@ def _open_warden(lake: Path, policy: Path | None) -> Any:
     import lakewarden
 
     try:
-        return lakewarden.open(lake, policy=policy)
+        return lakewarden.open(lake, policy=lakefiles.policy_for(lake, policy))
     except LakewardenError as exc:
         _fail(exc)
 
@@ -163,6 +165,7 @@ def _backend(
     server's API: the same answers either way."""
     import lakewarden
 
+    token = lakefiles.cli_token(lake, token)
     if server:
         return _Remote(server, token, agent)
     if not lake.exists():
@@ -391,8 +394,14 @@ def serve(
     target = lake if lake is not None else duckdb_file
     assert target is not None
     try:
+        policy = lakefiles.policy_for(target, policy)
+        lakefiles.export_lake_tokens(target)
         warden = lakewarden.open(target, policy=policy)
         check_bind(warden, host)
+        if policy is None:
+            err_console.print(OPEN_MODE_WARNING)
+        else:
+            err_console.print(f"policy {policy} (mode {warden.policy.mode})")
         err_console.print(
             f"lakewarden {__version__} serving {target} on http://{host}:{port} "
             f"(MCP http://{host}:{port}/mcp/, metrics http://{host}:{port}/metrics)"
@@ -400,6 +409,38 @@ def serve(
         run(warden, host, port)
     except LakewardenError as exc:
         _fail(exc)
+
+
+OPEN_MODE_WARNING = (
+    "[bold yellow]warning[/]: no policy, so the server runs in open mode: any process on this "
+    "machine can act as any agent (header X-Lakewarden-Agent), with DDL rights, and nothing is "
+    "refused but the security defaults. Fine for trying lakewarden on your own machine; before "
+    "agents you do not fully trust connect, give --policy FILE (`lakewarden init DIR` writes one "
+    "with tokens)."
+)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="New folder for the lake.")],
+) -> None:
+    """Create a lake with an example policy and generated tokens, and say what to run next."""
+    try:
+        made = lakefiles.init(directory)
+    except LakewardenError as exc:
+        _fail(exc)
+    console.print(f"[green]created[/] the lake {made.lake}/", soft_wrap=True)
+    console.print(f"  policy  {made.policy}   (an admin, an ETL agent, an analyst; edit it)")
+    console.print(f"  tokens  {made.tokens}   (mode 0600: each agent's bearer token)")
+    console.print("\nNext:", soft_wrap=True)
+    for line in (
+        f"lakewarden serve --lake {made.lake}",
+        f". {made.tokens}    # in another shell: the tokens as shell variables",
+        'curl -s localhost:7117/v1/sql -H "Authorization: Bearer $LW_TOKEN_ADMIN" '
+        '-d \'{"sql": "CREATE TABLE orders (order_id BIGINT, email VARCHAR, '
+        "updated_at TIMESTAMP)\"}'",
+    ):
+        console.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command("mcp")

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lakewarden import wording
 from lakewarden.signals.schema import COLUMN_ADDED, diff
 from lakewarden.signals.table_state import TableState
+from lakewarden.wording import plural
 
 FRESHNESS = "freshness"
 SCHEMA = "schema"
@@ -57,6 +59,7 @@ class Finding:
     detail: str
     measured: Any = None
     limit: Any = None
+    expected: str = ""  # the limit as people read it: "≤ 1 h", "≤ 5%", "BIGINT"
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,10 @@ def evaluate(state: TableState, contract: Contract, now: float) -> list[Finding]
                 Finding(
                     f"not_null:{name}",
                     col.null_count == 0,
-                    f"{col.null_count} NULL values in {name}",
+                    f"{plural(col.null_count, 'NULL value')} in {name}",
                     col.null_count,
                     0,
+                    "no NULL values",
                 )
             )
         if rules.max_null_ratio is not None:
@@ -94,9 +98,10 @@ def evaluate(state: TableState, contract: Contract, now: float) -> list[Finding]
                 Finding(
                     f"null_ratio:{name}",
                     ratio <= rules.max_null_ratio,
-                    f"null ratio of {name} is {ratio:.4f}",
+                    f"null ratio of {name} is {wording.ratio(ratio)}",
                     round(ratio, 6),
                     rules.max_null_ratio,
+                    f"≤ {wording.ratio(rules.max_null_ratio)}",
                 )
             )
     return out
@@ -122,10 +127,11 @@ def gate(
                 Finding(
                     f"not_null:{name}",
                     False,
-                    f"the write adds {added_nulls} NULL values to {name}, which is "
-                    "declared NOT NULL",
+                    f"the write adds {plural(added_nulls, 'NULL value')} to {name}, which "
+                    "is declared NOT NULL",
                     added_nulls,
                     0,
+                    "no NULL values",
                 )
             )
         if rules.max_null_ratio is not None:
@@ -136,9 +142,10 @@ def gate(
                     Finding(
                         f"null_ratio:{name}",
                         False,
-                        f"the write raises the null ratio of {name} to {ratio:.4f}",
+                        f"the write raises the null ratio of {name} to {wording.ratio(ratio)}",
                         round(ratio, 6),
                         rules.max_null_ratio,
+                        f"≤ {wording.ratio(rules.max_null_ratio)}",
                     )
                 )
     out += _volume(before, counts, contract.volume)
@@ -146,17 +153,26 @@ def gate(
 
 
 def _freshness(state: TableState, sla: float, now: float) -> Finding:
+    expected = f"≤ {wording.duration(sla)} since the last write"
     if state.last_modified is None:
-        return Finding(FRESHNESS, False, "no write has been seen yet", None, sla)
+        return Finding(FRESHNESS, False, "no write has been seen yet", None, sla, expected)
     age = max(0.0, now - state.last_modified)
-    return Finding(FRESHNESS, age <= sla, f"last write {age:.0f} s ago", round(age, 3), sla)
+    return Finding(
+        FRESHNESS,
+        age <= sla,
+        f"last write {wording.duration(age)} ago",
+        round(age, 3),
+        sla,
+        expected,
+    )
 
 
 def _type(name: str, actual: str | None, declared: str | None) -> Finding:
+    expected = declared or "present"
     if actual is None:
-        return Finding(f"type:{name}", False, f"column {name} is missing", None, declared)
+        return Finding(f"type:{name}", False, f"column {name} is missing", None, declared, expected)
     ok = declared is None or actual == declared
-    return Finding(f"type:{name}", ok, f"column {name} is {actual}", actual, declared)
+    return Finding(f"type:{name}", ok, f"column {name} is {actual}", actual, declared, expected)
 
 
 def _schema_mode(before: TableState, after: TableState, mode: str) -> list[Finding]:
@@ -172,6 +188,7 @@ def _schema_mode(before: TableState, after: TableState, mode: str) -> list[Findi
             f"breaks schema mode {mode}",
             c.change,
             mode,
+            f"schema {mode}",
         )
         for c in refused
     ]
@@ -184,9 +201,10 @@ def _volume(before: TableState | None, counts: WriteCounts, rules: VolumeRules) 
             Finding(
                 "max_rows_per_write",
                 False,
-                f"the write inserts {counts.inserted} rows",
+                f"the write inserts {plural(counts.inserted, 'row')}",
                 counts.inserted,
                 rules.max_rows_per_write,
+                f"≤ {plural(rules.max_rows_per_write, 'row')} per write",
             )
         )
     base = before.rows if before else 0
@@ -202,9 +220,11 @@ def _volume(before: TableState | None, counts: WriteCounts, rules: VolumeRules) 
                 Finding(
                     f"max_{kind}_ratio",
                     False,
-                    f"the write would {kind} {n} of {base} rows ({ratio:.2%})",
+                    f"the write would {kind} {n:,} of {plural(base, 'row')} "
+                    f"({wording.ratio(ratio)})",
                     round(ratio, 6),
                     limit,
+                    f"≤ {wording.ratio(limit)} of the rows",
                 )
             )
     return out

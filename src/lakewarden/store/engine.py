@@ -102,7 +102,9 @@ class Engine:
                 f"(DATA_PATH {_quote(str(loc.path / 'data') + '/')})"
             )
             con.execute(f"USE {LAKE_ALIAS}")
-            allowed = [str(loc.path) + "/"]
+            # Only the data files: the catalog, the state database and the policy and token
+            # files beside them stay out of reach of every statement the engine runs.
+            allowed = [str(loc.path / "data") + "/"]
         else:
             loc.path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(loc.path), config=config)
