@@ -383,16 +383,22 @@ class Warden:
         with self._lock:
             cur = self.engine.cursor()
             try:
+                names = catalog.table_ids(cur)
                 if table is None:
                     # lakewarden's own bookkeeping commits (audit of refusals) are not news
-                    return [
+                    found = [
                         s
                         for s in catalog.snapshots(cur, limit=limit * 2 + 10)
                         if s.agent != audit.AUTHOR
                     ][:limit]
+                    rows = self._rows_by_snapshot(None)
+                    return [
+                        s.described(names).with_rows(*rows.get(s.snapshot_id, (None, None)))
+                        for s in found
+                    ]
                 name = normalize(table)
-                rows = {w.snapshot_id: w for w in self.tracker.writes(name)}
-                ids = {k for k, v in catalog.table_ids(cur).items() if v == name}
+                rows = self._rows_by_snapshot(name)
+                ids = {k for k, v in names.items() if v == name}
                 out = []
                 for snap in catalog.snapshots(cur):
                     if any(
@@ -400,17 +406,26 @@ class Warden:
                         or ids.intersection(values)
                         for key, values in snap.changes.items()
                     ):
-                        write = rows.get(snap.snapshot_id)
                         out.append(
-                            snap.with_rows(write.rows_added, write.rows_removed)
-                            if write
-                            else snap.with_rows(0, 0)
+                            snap.described(names).with_rows(*rows.get(snap.snapshot_id, (0, 0)))
                         )
                         if len(out) >= limit:
                             break
                 return out
             finally:
                 cur.close()
+
+    def _rows_by_snapshot(self, table: str | None) -> dict[int, tuple[int, int]]:
+        """Rows added and removed per snapshot, over one table or all, from the write history."""
+        out: dict[int, tuple[int, int]] = {}
+        states = self.tracker.tables() if table is None else [self.tracker.get(table)]
+        for state in states:
+            if state is None:
+                continue
+            for w in self.tracker.writes(state.name):
+                added, removed = out.get(w.snapshot_id, (0, 0))
+                out[w.snapshot_id] = (added + w.rows_added, removed + w.rows_removed)
+        return out
 
     def refresh(self) -> None:
         """Pick up commits made outside this warden (other processes, other tools)."""

@@ -17,6 +17,7 @@ from rich.table import Table
 from lakewarden import __version__
 from lakewarden.errors import LakewardenError
 from lakewarden.intake import lakefiles
+from lakewarden.wording import plural
 
 app = typer.Typer(
     name="lakewarden",
@@ -42,9 +43,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _fail(error: LakewardenError) -> NoReturn:
-    err_console.print(f"[bold red]error[/] ({error.code}): {error.message}")
+    from rich.text import Text
+
+    # Messages are plain text: a "[...]" in them is data, not rich markup.
+    err_console.print(Text.assemble(("error", "bold red"), f" ({error.code}): {error.message}"))
     for violation in error.violations:
-        err_console.print(f"  - {violation.rule}: {violation.detail}")
+        if violation.detail not in error.message:  # a policy error already lists its problems
+            err_console.print(Text(f"  - {violation.rule}: {violation.detail}"))
     raise typer.Exit(code=2)
 
 
@@ -254,11 +259,11 @@ def _print_table(info: dict[str, Any]) -> None:
     console.print(cols)
     if info.get("checks"):
         checks = Table(title="contract checks", title_justify="left")
-        for name in ("check", "state", "measured", "limit", "detail"):
-            checks.add_column(name)
+        for name in ("check", "state", "expected", "now"):
+            checks.add_column(name, overflow="fold")
         for c in info["checks"]:
             state = "[green]passing[/]" if c["passing"] else "[red]failing[/]"
-            checks.add_row(c["check"], state, str(c["measured"]), str(c["limit"]), c["detail"])
+            checks.add_row(c["check"], state, c.get("expected") or "-", c["detail"])
         console.print(checks)
 
 
@@ -279,8 +284,8 @@ def snapshots(
         sys.stdout.write(json.dumps(snaps, indent=2) + "\n")
         return
     out = Table(title=f"snapshots{' of ' + table if table else ''}", title_justify="left")
-    for name in ("id", "time", "agent", "summary", "changes", "rows +/-", "trace id"):
-        out.add_column(name)
+    for name in ("id", "time (UTC)", "agent", "statement", "change", "rows +/-", "trace id"):
+        out.add_column(name, overflow="fold")
     for snap in snaps:
         rows = (
             f"+{snap['rows_added']}/-{snap['rows_removed']}"
@@ -292,7 +297,7 @@ def snapshots(
             str(snap["time"])[:19].replace("T", " "),
             snap["agent"] or "-",
             snap["message"] or "-",
-            "; ".join(snap["changes"]),
+            snap.get("summary") or "-",
             rows,
             snap["trace_id"] or "-",
         )
@@ -361,9 +366,10 @@ def policy_validate(file: Annotated[Path, typer.Argument(help="Policy file to ch
         _fail(exc)
         return
     console.print(
-        f"[green]ok[/]: {file} (mode {policy.mode}, {len(policy.agents)} agents, "
-        f"{len(policy.tables)} table contracts)"
+        f"[green]ok[/]: {file} (mode {policy.mode}, {plural(len(policy.agents), 'agent')}, "
+        f"{plural(len(policy.tables), 'table contract')})"
     )
+    lakefiles.export_lake_tokens(file.parent)
     missing = policy.missing_tokens()
     if missing:
         console.print(f"[yellow]note[/]: token variables not set here: {', '.join(missing)}")

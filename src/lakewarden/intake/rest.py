@@ -96,9 +96,13 @@ class RestoreRequest(BaseModel):
 
 
 def _request_violations(errors: Any) -> list[Violation]:
-    return [
-        Violation("invalid_request", f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in errors
-    ]
+    out = []
+    for e in errors:
+        where = ".".join(map(str, e["loc"]))
+        # pydantic prefixes a model validator's own message with "Value error, "
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        out.append(Violation("invalid_request", f"{where}: {msg}" if where else msg))
+    return out
 
 
 def parse_sql_request(raw: bytes) -> SqlRequest:

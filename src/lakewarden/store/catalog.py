@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
 import duckdb
@@ -112,9 +113,14 @@ class Snapshot:
     changes: dict[str, list[str]]
     rows_added: int | None = None  # for one table's snapshots: rows it inserted (or updated)
     rows_removed: int | None = None  # ... and rows it deleted
+    summary: str | None = None  # the change in words: "created orders; inserted into orders"
 
-    def with_rows(self, added: int, removed: int) -> Snapshot:
+    def with_rows(self, added: int | None, removed: int | None) -> Snapshot:
         return replace(self, rows_added=added, rows_removed=removed)
+
+    def described(self, names: Mapping[str, str]) -> Snapshot:
+        """With :attr:`summary` filled in, table ids named by ``names`` (see :func:`table_ids`)."""
+        return replace(self, summary=describe_changes(self.changes, names))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,7 +130,12 @@ class Snapshot:
             "message": self.message,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
-            "changes": self.changes,
+            # DuckLake spells table ids as text; they are numbers.
+            "changes": {
+                k: [int(v) if v.isdigit() else v for v in values]
+                for k, values in self.changes.items()
+            },
+            "summary": self.summary,
             **(
                 {"rows_added": self.rows_added, "rows_removed": self.rows_removed}
                 if self.rows_added is not None
@@ -165,6 +176,40 @@ def snapshots(
             )
         )
     return out
+
+
+# DuckLake's change-map keys, as verbs. Inlined inserts and deletes are the same change for a
+# reader: rows went in or out; where they are stored is DuckLake's business.
+_VERBS = {
+    "schemas_created": "created schema",
+    "schemas_dropped": "dropped schema",
+    "tables_created": "created",
+    "tables_dropped": "dropped",
+    "tables_altered": "altered",
+    "views_created": "created view",
+    "views_dropped": "dropped view",
+    "tables_inserted_into": "inserted into",
+    "inlined_insert": "inserted into",
+    "tables_deleted_from": "deleted from",
+    "inlined_delete": "deleted from",
+    "tables_compacted": "compacted",
+    "merge_adjacent": "compacted",
+}
+
+
+def describe_changes(changes: Mapping[str, list[str]], names: Mapping[str, str]) -> str:
+    """A snapshot's change map in words, lakewarden's own tables left out."""
+    said: dict[str, list[str]] = {}
+    for key, values in changes.items():
+        verb = _VERBS.get(key, key.replace("_", " "))
+        for value in values:
+            name = names.get(value, value)
+            if name.split(".", 1)[0] == INTERNAL_SCHEMA:
+                continue
+            targets = said.setdefault(verb, [])
+            if name not in targets:
+                targets.append(name)
+    return "; ".join(f"{verb} {', '.join(targets)}" for verb, targets in said.items())
 
 
 def table_ids(cur: duckdb.DuckDBPyConnection) -> dict[str, str]:
