@@ -83,6 +83,8 @@ class RemoteResult:
     snapshot_id: int | None = None
     trace_id: str | None = None
     signals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Rules a write broke but was allowed to (warn or observe mode), as the server sent them.
+    violations: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RemoteResult:
@@ -96,6 +98,7 @@ class RemoteResult:
             snapshot_id=body.get("snapshot_id"),
             trace_id=body.get("trace_id"),
             signals=dict(body.get("signals") or {}),
+            violations=list(body.get("violations") or []),
         )
 
     def pl(self) -> pl.DataFrame:
