@@ -423,6 +423,8 @@ class Warden:
             if state is None:
                 continue
             for w in self.tracker.writes(state.name):
+                if w.snapshot_id is None:
+                    continue
                 added, removed = out.get(w.snapshot_id, (0, 0))
                 out[w.snapshot_id] = (added + w.rows_added, removed + w.rows_removed)
         return out
