@@ -392,10 +392,7 @@ class Warden:
                         if s.agent != audit.AUTHOR
                     ][:limit]
                     rows = self._rows_by_snapshot(None)
-                    return [
-                        s.described(names).with_rows(*rows.get(s.snapshot_id, (None, None)))
-                        for s in found
-                    ]
+                    return [_with_rows(s.described(names), rows) for s in found]
                 name = normalize(table)
                 rows = self._rows_by_snapshot(name)
                 ids = {k for k, v in names.items() if v == name}
@@ -450,6 +447,16 @@ class Warden:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _with_rows(snap: catalog.Snapshot, rows: dict[int, tuple[int, int]]) -> catalog.Snapshot:
+    """The snapshot with its rows added and removed: 0/0 when it wrote no rows (DDL); unknown
+    when it did but the bounded write history no longer holds it."""
+    known = rows.get(snap.snapshot_id)
+    if known is not None:
+        return snap.with_rows(*known)
+    wrote = snap.summary and ("inserted into" in snap.summary or "deleted from" in snap.summary)
+    return snap if wrote else snap.with_rows(0, 0)
 
 
 def _message(agent: str, stmt: Statement, violations: Sequence[Violation]) -> str:

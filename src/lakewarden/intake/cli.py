@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -283,21 +284,40 @@ def snapshots(
     if as_json:
         sys.stdout.write(json.dumps(snaps, indent=2) + "\n")
         return
-    out = Table(title=f"snapshots{' of ' + table if table else ''}", title_justify="left")
-    for name in ("id", "time (UTC)", "agent", "statement", "change", "rows +/-", "trace id"):
-        out.add_column(name, overflow="fold")
+    _print_snapshots(snaps, table)
+
+
+def _print_snapshots(snaps: list[dict[str, Any]], table: str | None) -> None:
+    days = {str(snap["time"])[:10] for snap in snaps}
+    same_day = len(days) == 1
+    title = f"snapshots{' of ' + table if table else ''}"
+    if same_day:
+        title += f", {next(iter(days))}"
+    out = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    # On a narrow terminal one column says what happened (the agent's statement, or the change
+    # in words for other writers) and trace ids are shortened; --json always has everything.
+    wide = console.width >= 140
+    for name in ("id", "time (UTC)", "agent"):
+        out.add_column(name, no_wrap=True)
+    texts = ("statement", "change") if wide else ("what",)
+    for name in texts:
+        out.add_column(name, ratio=1)
+    out.add_column("rows", no_wrap=True)
+    out.add_column("trace id", no_wrap=True, overflow="ellipsis", max_width=None if wide else 10)
     for snap in snaps:
+        stamp = str(snap["time"])
         rows = (
             f"+{snap['rows_added']}/-{snap['rows_removed']}"
             if snap.get("rows_added") is not None
             else ""
         )
+        change = snap.get("summary") or "-"
+        what = (snap["message"] or "-", change) if wide else (snap["message"] or change,)
         out.add_row(
             str(snap["snapshot_id"]),
-            str(snap["time"])[:19].replace("T", " "),
+            stamp[11:19] if same_day else stamp[5:19].replace("T", " "),
             snap["agent"] or "-",
-            snap["message"] or "-",
-            snap.get("summary") or "-",
+            *what,
             rows,
             snap["trace_id"] or "-",
         )
@@ -521,8 +541,8 @@ def watch(
                 (t, f) for t, found in warden.checks().items() for f in found if not f.passing
             ]
             console.print(
-                f"[dim]{_when(warden.clock())}: {len(warden.tables())} tables, "
-                f"{len(failing)} failing checks[/]"
+                f"[dim]{_when(warden.clock())}: {plural(len(warden.tables()), 'table')}, "
+                f"{plural(len(failing), 'failing check')}[/]"
             )
             if once:
                 return

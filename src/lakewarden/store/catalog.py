@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from lakewarden.analysis.names import INTERNAL_SCHEMA, display_name, split_name
+from lakewarden.analysis.names import INTERNAL_SCHEMA, display_name, normalize, split_name
 from lakewarden.store.engine import LAKE_ALIAS
 
 _INTERNAL_SCHEMAS = ("information_schema", "pg_catalog", INTERNAL_SCHEMA)
@@ -203,7 +203,8 @@ def describe_changes(changes: Mapping[str, list[str]], names: Mapping[str, str])
     for key, values in changes.items():
         verb = _VERBS.get(key, key.replace("_", " "))
         for value in values:
-            name = names.get(value, value)
+            # ids for most keys; "schema.table" text for tables_created
+            name = names.get(value) or (normalize(value) if key.startswith("tables") else value)
             if name.split(".", 1)[0] == INTERNAL_SCHEMA:
                 continue
             targets = said.setdefault(verb, [])
