@@ -63,9 +63,10 @@ def test_init_never_overwrites(tmp_path: Path, existing: str) -> None:
     else:
         target.mkdir()
         (target / "meta.ducklake").write_text("precious")
-    done = cli("init", "lake", cwd=tmp_path)
+    done = cli("init", "lake", cwd=tmp_path, env={"COLUMNS": "80"})
     assert done.returncode == 2
-    assert "already exists and is not empty" in done.stderr
+    # one line, not hard-wrapped at 80 columns, though stderr is a pipe here
+    assert "already exists and is not empty; give a new folder to lakewarden init" in done.stderr
     kept = target if existing == "file" else target / "meta.ducklake"
     assert kept.read_text() == "precious"
 

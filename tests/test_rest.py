@@ -342,3 +342,17 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
     assert http.get("/readyz").json() == {"ready": True}
     assert _metric_sum(http.get("/metrics").text, "lakewarden_statements_total") >= 1
     assert "/v1/sql" in http.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"query": "SELECT 1"}, {"sql": "SELECT 1", "statements": ["SELECT 2"]}],
+    ids=["neither-sql-nor-statements", "both"],
+)
+def test_request_details_read_as_sentences(http: httpx.Client, body: dict[str, Any]) -> None:
+    violations = assert_error(http.post("/v1/sql", json=body), 400, "invalid_request")["error"][
+        "violations"
+    ]
+    for v in violations:
+        assert not v["detail"].startswith((":", " ")), v
+        assert "Value error," not in v["detail"], v
