@@ -6,6 +6,15 @@ each thread exactly what it would get alone. A sqlglot tokenizer shared between 
 broke this: it keeps its position in the text on itself, so concurrent statements produced
 spurious parse errors and IndexErrors.
 
+Audited module-level objects reached from request threads, and why each is safe:
+- analysis: the statement cache (functools.lru_cache, locked internally), the DuckDB parser
+  connection (one per thread), sqlglot (a new tokenizer and parser per call);
+- governance: the policy (immutable once loaded), the warden's verdict and limit caches (plain
+  dict reads and writes, atomic; a cleared entry is recomputed, never half-read);
+- store: the watchdog (its own lock), cursors (one per session, sessions never shared);
+- telemetry: the recorder's queue (thread-safe), the trace-context propagator (stateless);
+- intake: the JSON renderer (pure functions).
+
 The corpus is a few thousand distinct statements, so the analysis cache cannot hide a race: the
 single-threaded reference run clears it first, and each thread walks the corpus in its own order.
 """
