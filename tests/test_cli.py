@@ -149,42 +149,13 @@ def test_check_says_the_same_through_a_server(lake: Path, tmp_path: Path) -> Non
 def test_serve_without_a_policy_warns_about_open_mode(tmp_path: Path) -> None:
     import os
     import signal
-    import subprocess
-    import sys
-    import time
 
-    import httpx
-
-    from server_helpers import free_port
+    from server_helpers import free_port, serve_process
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LAKEWARDEN_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lakewarden.intake.cli",
-            "serve",
-            "--lake",
-            str(tmp_path / "l"),
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+    proc = serve_process(["--lake", str(tmp_path / "l"), "--port", str(port)], env)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
     assert "open mode" in err and "any process on this machine can act as any agent" in err
     assert "--policy" in err

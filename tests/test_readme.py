@@ -16,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from lakewarden.governance.policy import parse_policy
+
+from server_helpers import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -132,7 +133,7 @@ def test_the_sidecar_walkthrough_runs_verbatim(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _wait_ready("http://127.0.0.1:7117", server)
+        wait_ready("http://127.0.0.1:7117", server)
         outputs = _run_in_one_shell([c for c, _ in shell], tmp_path, env)
         for (command, expected), (code, output) in zip(shell, outputs, strict=True):
             assert code == 0, f"{command!r} exited {code}:\n{output}"
@@ -142,21 +143,6 @@ def test_the_sidecar_walkthrough_runs_verbatim(tmp_path: Path) -> None:
         log, _ = server.communicate(timeout=30)
     assert server.returncode == 0, log
     assert "policy lake/policy.yaml" in log
-
-
-def _wait_ready(url: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    with httpx.Client(base_url=url, timeout=2) as http:
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"the server exited: {server.communicate()[0]}")
-            try:
-                if http.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-    pytest.fail("the server never became ready")
 
 
 def _run_in_one_shell(commands: list[str], cwd: Path, env: dict[str, str]) -> list[tuple[int, str]]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from otlp_receiver import OTLPReceiver
-from server_helpers import free_port
+from server_helpers import free_port, serve_process
 
 SLOW = "SELECT count(*) FROM range(400000000) t(i) WHERE i % 7 = 3"
 
@@ -27,31 +25,9 @@ def test_sigterm_finishes_in_flight_work_and_flushes_telemetry(lake_dir: Path) -
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before shutdown flushes it
         }
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lakewarden.intake.cli",
-                "serve",
-                "--lake",
-                str(lake_dir),
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        proc = serve_process(["--lake", str(lake_dir), "--port", str(port)], env)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
             outcome: dict[str, httpx.Response] = {}
 
             def slow() -> None:
