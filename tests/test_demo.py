@@ -105,12 +105,13 @@ def test_demo_shows_what_lakewarden_is_for(tmp_path: Path) -> None:
                 except httpx.TransportError:
                     time.sleep(0.5)
                     continue  # not listening yet, or already stopped
-                if not during and total(metrics, "lakewarden_statements_total") > 20:
+                if not during and _story_told(metrics):
                     # what the demo tells the user to try, while it runs (as printed by it)
                     server = f"http://127.0.0.1:{port}"
                     for args in (
                         ["check", "orders", "--lake", "lakewarden-demo", "--server", server],
-                        ["snapshots", "--lake", "lakewarden-demo", "--server", server],
+                        ["snapshots", "--lake", "lakewarden-demo", "--server", server]
+                        + ["--limit", "200"],
                     ):
                         during.append(cli(args, tmp_path, env))
                 if set(FAMILIES) <= seen and during and _story_told(metrics):
@@ -128,6 +129,7 @@ def test_demo_shows_what_lakewarden_is_for(tmp_path: Path) -> None:
     assert total(metrics, "lakewarden_schema_changes_total", lakewarden_change="column_added") >= 1
     assert proc.returncode == 0, output
     assert f"--server http://127.0.0.1:{port}" in output, "the demo says how to reach it"
+    assert during, f"the demo ended before its story was told:\n{output}"
     for done in during:
         assert done.returncode == 0, done.stderr
     assert "orders" in during[0].stdout and "RESTORE" in during[1].stdout
