@@ -117,7 +117,7 @@ class Session:
         event = self._event(traceparent)
         warden = self.warden
         try:
-            stmt = analyze(sql)
+            stmt = analyze(sql, warden.settings.max_statement_chars)
         except InvalidSQL as exc:
             self._refused(event, exc, None, sql if isinstance(sql, str) else "")
             raise
@@ -126,7 +126,10 @@ class Session:
         event.attributes = self._attributes(stmt)
         flagged: list[Violation] = []
         try:
-            flagged = warden.govern(self.agent, stmt)
+            # Inside a transaction that changed the catalog, plans differ from the committed
+            # catalog's: such verdicts are neither taken from nor put into the cache.
+            shape_changed = self._tx is not None and self._tx.shape_changed
+            flagged = warden.govern(self.agent, stmt, self._cur, cacheable=not shape_changed)
             timeout = warden.timeout(self.agent)
             if stmt.kind == "read":
                 result = self._read(
@@ -294,6 +297,8 @@ class Session:
             for s in tx.statements
         ]
         snapshot_id, updates = tx.commit(summary, event.trace_hex, event.span_hex, records)
+        if tx.shape_changed:
+            self.warden.catalog_changed()
         signals = {name: u.to_dict() for name, u in updates.items()}
         event.snapshot_id = snapshot_id
         event.rows_written = {
