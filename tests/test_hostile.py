@@ -56,7 +56,7 @@ def _corpus() -> list[dict[str, Any]]:
     for name, args in data["table_functions"].items():
         for template in data["templates"]:
             case = {
-                "id": f"{template['id']}-{name}",
+                "id": f"tf-{template['id']}-{name}",
                 "sql": template["sql"].replace("{call}", f"{name}({args})"),
             }
             if "agent" in template:

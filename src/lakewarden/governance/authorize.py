@@ -58,6 +58,10 @@ def before_binding(stmt: Statement, parse: ParseTree | None) -> list[Violation]:
     if parse is not None:
         table_functions |= set(parse.table_functions)
         calls |= set(parse.functions)
+        # ``SELECT current_role`` calls current_role(); a column of that name would win, but
+        # the plan cannot tell the two apart once the call is folded into a constant. ``user``
+        # is spared: it is a common column name and the call only answers a constant.
+        calls |= {n for n in parse.bare_names if n in REFUSED_FUNCTIONS and n != "user"}
     out += table_function_refusals(table_functions)
     out += function_refusals(calls)
     return out

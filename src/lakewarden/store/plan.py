@@ -66,6 +66,9 @@ class ParseTree:
 
     functions: tuple[str, ...]
     table_functions: tuple[str, ...]
+    # Unqualified one-part column names: the binder calls a function of that name without
+    # arguments when no column has it (``SELECT current_user``).
+    bare_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,13 @@ def parse_tree(cur: duckdb.DuckDBPyConnection, sql: str) -> ParseTree:
     doc = _ask(cur, "SELECT json_serialize_sql(?)", sql)
     functions: list[str] = []
     table_functions: list[str] = []
+    bare: list[str] = []
     for node in _nodes(doc.get("statements", [])):
-        if node.get("type") == "TABLE_FUNCTION":
+        if node.get("class") == "COLUMN_REF":
+            names = node.get("column_names") or []
+            if len(names) == 1:
+                bare.append(str(names[0]).lower())
+        elif node.get("type") == "TABLE_FUNCTION":
             func = node.get("function") or {}
             table_functions.append(str(func.get("function_name", "")).lower())
         elif node.get("class") in _PARSE_CALLS and "function_name" in node:
@@ -96,7 +104,11 @@ def parse_tree(cur: duckdb.DuckDBPyConnection, sql: str) -> ParseTree:
     for name in table_functions:
         if name in functions:
             functions.remove(name)
-    return ParseTree(tuple(dict.fromkeys(functions)), tuple(dict.fromkeys(table_functions)))
+    return ParseTree(
+        tuple(dict.fromkeys(functions)),
+        tuple(dict.fromkeys(table_functions)),
+        tuple(dict.fromkeys(bare)),
+    )
 
 
 def bound_plan(cur: duckdb.DuckDBPyConnection, sql: str) -> BoundPlan:
