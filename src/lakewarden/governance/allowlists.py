@@ -158,6 +158,7 @@ def _load_allowed() -> frozenset[str]:
     return frozenset(n for n in names if n and not n.startswith("#"))
 
 
-# Parse-tree spellings that are not registered function names: grouping sets and lambdas.
-_PARSE_ONLY = frozenset({"grouping", "grouping_id", "try", "columns", "unpack"})
-ALLOWED_FUNCTIONS = (_load_allowed() | _PARSE_ONLY) - REFUSED_FUNCTIONS.keys()
+# Parse-tree spellings that are not registered scalar functions: grouping sets, TRY, COLUMNS,
+# and unnest() in a select list (planned as an UNNEST operator).
+PARSE_ONLY = frozenset({"grouping", "grouping_id", "try", "columns", "unpack", "unnest"})
+ALLOWED_FUNCTIONS = (_load_allowed() | PARSE_ONLY) - REFUSED_FUNCTIONS.keys()
