@@ -12,7 +12,6 @@ import yaml
 
 import lakewarden
 from lakewarden.store import catalog
-
 from test_hostile import _seed
 
 CASES = Path(__file__).parent / "cases"
@@ -53,7 +52,9 @@ def open_lake(tmp_path: Path) -> Iterator[lakewarden.Warden]:
 @pytest.mark.parametrize(
     ("sql", "rule"),
     [
-        pytest.param("SELECT * FROM LATERAL read_blob('meta.ducklake')", "table_function", id="read-blob"),
+        pytest.param(
+            "SELECT * FROM LATERAL read_blob('meta.ducklake')", "table_function", id="read-blob"
+        ),
         pytest.param(
             "SELECT * FROM LATERAL ducklake_expire_snapshots('lake', older_than => now())",
             "table_function",
@@ -62,7 +63,9 @@ def open_lake(tmp_path: Path) -> Iterator[lakewarden.Warden]:
         pytest.param("SELECT * FROM enable_logging()", "table_function", id="enable-logging"),
         pytest.param("SELECT current_setting('allowed_directories')", "function", id="setting"),
         pytest.param("SELECT * FROM duckdb_settings()", "table_function", id="settings-table"),
-        pytest.param("CREATE MACRO range(a) AS TABLE SELECT 1 AS x", "shadows_builtin", id="macro-range"),
+        pytest.param(
+            "CREATE MACRO range(a) AS TABLE SELECT 1 AS x", "shadows_builtin", id="macro-range"
+        ),
         pytest.param("SELECT * FROM lakewarden.audit", "foreign_catalog", id="own-schema"),
     ],
 )
@@ -95,7 +98,9 @@ def test_a_view_cannot_widen_another_agents_reads(tmp_path: Path) -> None:
         "  admin: {read: ['*'], write: ['*'], ddl: true}\n"
         "  analyst: {read: ['public_*']}\n"
     )
-    with lakewarden.open(tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})) as w:
+    with lakewarden.open(
+        tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})
+    ) as w:
         with w.session("admin") as s:
             s.sql("CREATE VIEW public_window AS SELECT * FROM secret_salaries")
             s.sql("CREATE MACRO public_peek() AS TABLE SELECT * FROM secret_salaries")
@@ -116,7 +121,9 @@ def test_verdicts_follow_catalog_changes(tmp_path: Path) -> None:
         "  admin: {read: ['*'], write: ['*'], ddl: true}\n"
         "  analyst: {read: ['public_*']}\n"
     )
-    with lakewarden.open(tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})) as w:
+    with lakewarden.open(
+        tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})
+    ) as w:
         with w.session("admin") as s:
             s.sql("CREATE VIEW public_later AS SELECT * FROM public_orders")
         with w.session("analyst") as s:

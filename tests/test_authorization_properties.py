@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lakewarden
-
 from test_hostile import _seed
 
 POLICY = Path(__file__).parent / "cases" / "hostile_policy.yaml"

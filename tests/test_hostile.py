@@ -35,7 +35,11 @@ from server_helpers import Served, serve
 
 CASES = Path(__file__).parent / "cases"
 POLICY = CASES / "hostile_policy.yaml"
-AGENTS = {"analyst": "LW_HOSTILE_ANALYST", "writer": "LW_HOSTILE_WRITER", "builder": "LW_HOSTILE_BUILDER"}
+AGENTS = {
+    "analyst": "LW_HOSTILE_ANALYST",
+    "writer": "LW_HOSTILE_WRITER",
+    "builder": "LW_HOSTILE_BUILDER",
+}
 CODES = {"denied": "policy_denied", "invalid": "invalid_sql"}
 STATUS = {"policy_denied": 403, "invalid_sql": 400}
 MARKER = "zz-secret-marker"

@@ -13,8 +13,8 @@ from typing import Any
 import duckdb
 
 from lakewarden.analysis import Statement
-from lakewarden.analysis.names import normalize
 from lakewarden.analysis.cache import BoundedCache
+from lakewarden.analysis.names import normalize
 from lakewarden.errors import ExecutionError, LakewardenError, NotFound, PolicyDenied, Violation
 from lakewarden.governance import authorize
 from lakewarden.governance.policy import OPEN_POLICY, AnomalySettings, Policy, load_policy
@@ -49,6 +49,8 @@ _VerdictKey = tuple[str, str, int | None, int]
 
 def _weigh_verdict(key: _VerdictKey, verdict: _Verdict) -> int:
     return len(key[0]) + len(key[1]) + sum(len(v.detail) + 64 for v in verdict[0])
+
+
 _IDLE_SESSIONS = 8  # per agent, kept open by pooled_session()
 
 

@@ -256,7 +256,7 @@ def _table_name(table: exp.Table) -> str:
     return display_name(table.db or None, table.name)
 
 
-def _function_name(node: exp.Expr) -> str:
+def _function_name(node: exp.Func) -> str:
     name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
     return str(name).lower()
 

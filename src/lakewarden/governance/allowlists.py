@@ -72,48 +72,121 @@ _LAKE = "reads or changes the lake's own metadata, history or options"
 _SQL = "runs SQL text given as a value, which the plan check cannot see before it runs"
 REFUSED_TABLE_FUNCTIONS: dict[str, str] = {
     **dict.fromkeys(
-        (
-            "read_blob read_text read_csv read_csv_auto read_json read_json_auto "
-            "read_json_objects read_json_objects_auto read_ndjson read_ndjson_auto "
-            "read_ndjson_objects read_parquet parquet_scan parquet_metadata parquet_schema "
-            "parquet_file_metadata parquet_kv_metadata parquet_full_metadata parquet_bloom_probe "
-            "read_duckdb glob sniff_csv arrow_scan arrow_scan_dumb pandas_scan "
-            "python_map_function"
-        ).split(),
+        [
+            "read_blob",
+            "read_text",
+            "read_csv",
+            "read_csv_auto",
+            "read_json",
+            "read_json_auto",
+            "read_json_objects",
+            "read_json_objects_auto",
+            "read_ndjson",
+            "read_ndjson_auto",
+            "read_ndjson_objects",
+            "read_parquet",
+            "parquet_scan",
+            "parquet_metadata",
+            "parquet_schema",
+            "parquet_file_metadata",
+            "parquet_kv_metadata",
+            "parquet_full_metadata",
+            "parquet_bloom_probe",
+            "read_duckdb",
+            "glob",
+            "sniff_csv",
+            "arrow_scan",
+            "arrow_scan_dumb",
+            "pandas_scan",
+            "python_map_function",
+        ],
         _FILES,
     ),
     **dict.fromkeys(
-        (
-            "checkpoint force_checkpoint enable_logging disable_logging enable_profiling "
-            "disable_profiling truncate_duckdb_logs duckdb_logs duckdb_logs_parsed "
-            "duckdb_log_contexts duckdb_profiling_settings duckdb_settings duckdb_databases "
-            "duckdb_functions duckdb_columns duckdb_constraints duckdb_dependencies "
-            "duckdb_extensions duckdb_external_file_cache duckdb_indexes duckdb_keywords "
-            "duckdb_memory duckdb_optimizers duckdb_prepared_statements duckdb_schemas "
-            "duckdb_secret_types duckdb_secrets duckdb_sequences duckdb_table_sample "
-            "duckdb_tables duckdb_temporary_files duckdb_types duckdb_variables duckdb_views "
-            "duckdb_approx_database_count duckdb_connection_count duckdb_coordinate_systems "
-            "which_secret pragma_collations pragma_database_size pragma_metadata_info "
-            "pragma_platform pragma_show pragma_storage_info pragma_table_info "
-            "pragma_user_agent pragma_version icu_calendar_names pg_timezone_names "
-            "test_all_types test_vector_types summary"
-        ).split(),
+        [
+            "checkpoint",
+            "force_checkpoint",
+            "enable_logging",
+            "disable_logging",
+            "enable_profiling",
+            "disable_profiling",
+            "truncate_duckdb_logs",
+            "duckdb_logs",
+            "duckdb_logs_parsed",
+            "duckdb_log_contexts",
+            "duckdb_profiling_settings",
+            "duckdb_settings",
+            "duckdb_databases",
+            "duckdb_functions",
+            "duckdb_columns",
+            "duckdb_constraints",
+            "duckdb_dependencies",
+            "duckdb_extensions",
+            "duckdb_external_file_cache",
+            "duckdb_indexes",
+            "duckdb_keywords",
+            "duckdb_memory",
+            "duckdb_optimizers",
+            "duckdb_prepared_statements",
+            "duckdb_schemas",
+            "duckdb_secret_types",
+            "duckdb_secrets",
+            "duckdb_sequences",
+            "duckdb_table_sample",
+            "duckdb_tables",
+            "duckdb_temporary_files",
+            "duckdb_types",
+            "duckdb_variables",
+            "duckdb_views",
+            "duckdb_approx_database_count",
+            "duckdb_connection_count",
+            "duckdb_coordinate_systems",
+            "which_secret",
+            "pragma_collations",
+            "pragma_database_size",
+            "pragma_metadata_info",
+            "pragma_platform",
+            "pragma_show",
+            "pragma_storage_info",
+            "pragma_table_info",
+            "pragma_user_agent",
+            "pragma_version",
+            "icu_calendar_names",
+            "pg_timezone_names",
+            "test_all_types",
+            "test_vector_types",
+            "summary",
+        ],
         _ENGINE,
     ),
     **dict.fromkeys(
-        (
-            "ducklake_add_data_files ducklake_cleanup_old_files ducklake_commit "
-            "ducklake_current_snapshot ducklake_delete_orphaned_files ducklake_expire_snapshots "
-            "ducklake_flush_inlined_data ducklake_last_committed_snapshot ducklake_list_files "
-            "ducklake_merge_adjacent_files ducklake_options ducklake_rewrite_data_files "
-            "ducklake_set_commit_message ducklake_set_option ducklake_settings "
-            "ducklake_snapshots ducklake_table_deletions ducklake_table_info "
-            "ducklake_table_insertions ducklake_table_changes"
-        ).split(),
+        [
+            "ducklake_add_data_files",
+            "ducklake_cleanup_old_files",
+            "ducklake_commit",
+            "ducklake_current_snapshot",
+            "ducklake_delete_orphaned_files",
+            "ducklake_expire_snapshots",
+            "ducklake_flush_inlined_data",
+            "ducklake_last_committed_snapshot",
+            "ducklake_list_files",
+            "ducklake_merge_adjacent_files",
+            "ducklake_options",
+            "ducklake_rewrite_data_files",
+            "ducklake_set_commit_message",
+            "ducklake_set_option",
+            "ducklake_settings",
+            "ducklake_snapshots",
+            "ducklake_table_deletions",
+            "ducklake_table_info",
+            "ducklake_table_insertions",
+            "ducklake_table_changes",
+        ],
         _LAKE,
     ),
     **dict.fromkeys(
-        "query query_table json_execute_serialized_sql histogram histogram_values".split(), _SQL
+        ["query", "query_table", "json_execute_serialized_sql", "histogram", "histogram_values"],
+        _SQL,
     ),
 }
 
@@ -122,30 +195,74 @@ _EFFECT = "has an effect beyond computing a value"
 _PLAN = "binds SQL text given as a value"
 REFUSED_FUNCTIONS: dict[str, str] = {
     **dict.fromkeys(
-        (
-            "current_setting getvariable current_query current_query_id current_connection_id "
-            "current_transaction_id txid_current current_database current_catalog "
-            "current_schema current_schemas current_role current_user session_user user "
-            "in_search_path version stats get_block_size parse_duckdb_log_message "
-            "has_any_column_privilege has_column_privilege has_database_privilege "
-            "has_foreign_data_wrapper_privilege has_function_privilege has_language_privilege "
-            "has_schema_privilege has_sequence_privilege has_server_privilege "
-            "has_table_privilege has_tablespace_privilege col_description obj_description "
-            "shobj_description inet_client_addr inet_client_port inet_server_addr "
-            "inet_server_port pg_postmaster_start_time pg_conf_load_time pg_get_viewdef "
-            "pg_get_constraintdef pg_get_expr pg_has_role pg_is_other_temp_schema "
-            "pg_my_temp_schema pg_collation_is_visible pg_conversion_is_visible "
-            "pg_function_is_visible pg_opclass_is_visible pg_operator_is_visible "
-            "pg_opfamily_is_visible pg_table_is_visible pg_ts_config_is_visible "
-            "pg_ts_dict_is_visible pg_ts_parser_is_visible pg_ts_template_is_visible "
-            "pg_type_is_visible map_to_pg_oid vector_type"
-        ).split(),
+        [
+            "current_setting",
+            "getvariable",
+            "current_query",
+            "current_query_id",
+            "current_connection_id",
+            "current_transaction_id",
+            "txid_current",
+            "current_database",
+            "current_catalog",
+            "current_schema",
+            "current_schemas",
+            "current_role",
+            "current_user",
+            "session_user",
+            "user",
+            "in_search_path",
+            "version",
+            "stats",
+            "get_block_size",
+            "parse_duckdb_log_message",
+            "has_any_column_privilege",
+            "has_column_privilege",
+            "has_database_privilege",
+            "has_foreign_data_wrapper_privilege",
+            "has_function_privilege",
+            "has_language_privilege",
+            "has_schema_privilege",
+            "has_sequence_privilege",
+            "has_server_privilege",
+            "has_table_privilege",
+            "has_tablespace_privilege",
+            "col_description",
+            "obj_description",
+            "shobj_description",
+            "inet_client_addr",
+            "inet_client_port",
+            "inet_server_addr",
+            "inet_server_port",
+            "pg_postmaster_start_time",
+            "pg_conf_load_time",
+            "pg_get_viewdef",
+            "pg_get_constraintdef",
+            "pg_get_expr",
+            "pg_has_role",
+            "pg_is_other_temp_schema",
+            "pg_my_temp_schema",
+            "pg_collation_is_visible",
+            "pg_conversion_is_visible",
+            "pg_function_is_visible",
+            "pg_opclass_is_visible",
+            "pg_operator_is_visible",
+            "pg_opfamily_is_visible",
+            "pg_table_is_visible",
+            "pg_ts_config_is_visible",
+            "pg_ts_dict_is_visible",
+            "pg_ts_parser_is_visible",
+            "pg_ts_template_is_visible",
+            "pg_type_is_visible",
+            "map_to_pg_oid",
+            "vector_type",
+        ],
         _SETTINGS,
     ),
-    **dict.fromkeys("write_log sleep_ms pg_sleep nextval currval setseed".split(), _EFFECT),
     **dict.fromkeys(
-        "json_serialize_plan json_serialize_sql json_deserialize_sql".split(), _PLAN
+        ["write_log", "sleep_ms", "pg_sleep", "nextval", "currval", "setseed"], _EFFECT
     ),
+    **dict.fromkeys(["json_serialize_plan", "json_serialize_sql", "json_deserialize_sql"], _PLAN),
 }
 # DuckDB's storage-internal functions (compression of integers and strings): never written by
 # hand, refused as a family.
