@@ -138,3 +138,23 @@ def test_batch_sees_its_own_ddl(open_lake: lakewarden.Warden) -> None:
     with open_lake.session("admin") as s:
         result = s.batch(["CREATE TABLE fresh (a INT)", "INSERT INTO fresh VALUES (1)"])
     assert result.snapshot_id is not None
+
+
+@pytest.mark.parametrize(
+    ("agent", "contained"), [("analyst", True), ("writer", False)], ids=["reader", "writer"]
+)
+def test_second_wall_rolls_back_what_a_reader_got_past_authorization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: str, contained: bool
+) -> None:
+    """With authorization switched off, a read-only agent's statement still cannot commit."""
+    _seed(tmp_path / "lake")
+    with lakewarden.open(
+        tmp_path / "lake", policy=POLICY, telemetry=lakewarden.Telemetry(env={})
+    ) as w:
+        monkeypatch.setattr(w, "govern", lambda *args, **kwargs: [])
+        cur = w.engine.cursor()
+        before = catalog.current_snapshot(cur)
+        with w.session(agent) as s:
+            s.sql("SELECT * FROM ducklake_flush_inlined_data('lake')")
+        changed = catalog.current_snapshot(cur) != before
+    assert changed is not contained

@@ -7,6 +7,7 @@ failures never reach one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -224,12 +225,24 @@ class Session:
         trace_id: str,
     ) -> Result:
         cur = self._cur
-        with WATCHDOG.guard(cur, timeout) as deadline:
-            try:
-                cur.execute(stmt.text, params)
-                table, truncated = _fetch(cur, limit)
-            except duckdb.Error as exc:
-                raise _engine_error(exc, deadline.expired, timeout) from exc
+        # Second wall: an agent that may not write reads inside a transaction that is always
+        # rolled back, so a statement that got past authorization still cannot commit a change
+        # to the lake (DuckDB has no read-only connection to a database attached read-write, and
+        # the catalog file cannot be attached a second time read-only in the same process).
+        contained = self._tx is None and self.warden.read_only(self.agent)
+        try:
+            with WATCHDOG.guard(cur, timeout) as deadline:
+                try:
+                    if contained:
+                        cur.begin()
+                    cur.execute(stmt.text, params)
+                    table, truncated = _fetch(cur, limit)
+                except duckdb.Error as exc:
+                    raise _engine_error(exc, deadline.expired, timeout) from exc
+        finally:
+            if contained:
+                with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
+                    cur.rollback()
         return Result(
             kind="read", summary=stmt.summary, trace_id=trace_id, table=table, truncated=truncated
         )

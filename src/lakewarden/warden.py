@@ -264,6 +264,13 @@ class Warden:
             ]
         return out
 
+    def read_only(self, agent: str) -> bool:
+        """True when the policy gives ``agent`` neither write globs nor DDL."""
+        if self.policy.is_open:
+            return False
+        rules = self.policy.agent(agent)
+        return rules is None or (not rules.write and not rules.ddl)
+
     def row_limit(self, agent: str, requested: int | None) -> int | None:
         cap = self._limits(agent)[0]
         if requested is None:
