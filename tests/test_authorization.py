@@ -158,3 +158,28 @@ def test_second_wall_rolls_back_what_a_reader_got_past_authorization(
             s.sql("SELECT * FROM ducklake_flush_inlined_data('lake')")
         changed = catalog.current_snapshot(cur) != before
     assert changed is not contained
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "rows"),
+    [
+        pytest.param("SELECT * FROM range(?)", [2], [(0,), (1,)], id="table-function-argument"),
+        pytest.param("SELECT list_value(?, ?)", [1, 2], [([1, 2],)], id="function-arguments"),
+        pytest.param("SELECT id FROM public_orders WHERE id = $1", [3], [(3,)], id="dollar-number"),
+        pytest.param(
+            "SELECT id FROM public_orders WHERE id = $n", {"n": 4}, [(4,)], id="dollar-name"
+        ),
+        pytest.param("SELECT id FROM public_orders LIMIT ?", [1], [(1,)], id="limit"),
+        pytest.param("SELECT '?' AS q WHERE ? = 1", [1], [("?",)], id="question-mark-in-string"),
+    ],
+)
+def test_statements_with_parameters_are_planned(
+    governed: lakewarden.Warden, sql: str, params: Any, rows: list[Any]
+) -> None:
+    with governed.session("analyst") as s:
+        assert s.sql(sql, params).rows == rows
+
+
+def test_a_parameter_cannot_smuggle_sql(governed: lakewarden.Warden) -> None:
+    with governed.session("analyst") as s, pytest.raises(lakewarden.PolicyDenied):
+        s.sql("SELECT * FROM query(?)", ["SELECT * FROM secret_salaries"])

@@ -192,7 +192,7 @@ class Warden:
         violations = self._policy_violations(agent, stmt)
         if violations and enforce:
             return tuple(violations), True  # refused on the text already: nothing to bind
-        bound = self._plan(stmt, cur, stmt.text)
+        bound = self._plan(stmt, cur, stmt.plan_text)
         stored = self._plan(stmt, cur, stmt.body) if stmt.body else None
         if bound is None and stmt.kind != "ddl":
             hard = [

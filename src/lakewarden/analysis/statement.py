@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from lakewarden.analysis.cache import BoundedCache
 from lakewarden.analysis.names import display_name
-from lakewarden.analysis.text import first_keyword, sanitize
+from lakewarden.analysis.text import first_keyword, sanitize, without_parameters
 from lakewarden.errors import InvalidSQL, Violation
 
 # Longest statement analysed, in characters (LAKEWARDEN_MAX_STATEMENT_CHARS). Checked before any
@@ -64,6 +64,8 @@ class Statement:
     # The query a CREATE VIEW or table MACRO stores, as SQL text: the engine plans DDL without
     # binding the stored query, so governance plans this text to see what it would read.
     body: str | None = None
+    # The text the engine plans: parameters replaced by NULL (see text.without_parameters).
+    plan_text: str = ""
 
     @property
     def target(self) -> str | None:
@@ -192,6 +194,7 @@ def _analyze(sql: str) -> Statement:
         query_text=sanitize(sql),
         parsed=tree is not None,
         body=body,
+        plan_text=without_parameters(sql) or sql,
     )
 
 
