@@ -183,3 +183,19 @@ def test_statements_with_parameters_are_planned(
 def test_a_parameter_cannot_smuggle_sql(governed: lakewarden.Warden) -> None:
     with governed.session("analyst") as s, pytest.raises(lakewarden.PolicyDenied):
         s.sql("SELECT * FROM query(?)", ["SELECT * FROM secret_salaries"])
+
+
+def test_statement_size_cap_is_a_setting_checked_before_parsing(tmp_path: Path) -> None:
+    settings = lakewarden.Settings.from_env({"LAKEWARDEN_MAX_STATEMENT_CHARS": "1000"})
+    with (
+        lakewarden.open(
+            tmp_path / "lake", settings=settings, telemetry=lakewarden.Telemetry(env={})
+        ) as w,
+        w.session("anyone") as s,
+    ):
+        assert s.sql("SELECT " + "1 + " * 200 + "1").rows == [(201,)]
+        # unparseable beyond the cap: refused for its size, before any parser sees it
+        with pytest.raises(lakewarden.InvalidSQL) as info:
+            s.sql("SELECT (((" + "x" * 1000)
+    (violation,) = info.value.violations
+    assert (violation.rule, violation.limit) == ("statement_size", 1000)

@@ -1,9 +1,10 @@
 """One SQL string -> one analysed :class:`Statement`.
 
 DuckDB's own parser decides how many statements there are and of which type, so lakewarden and the
-engine can never disagree on that (the ``COMMIT; <write>`` smuggling class). sqlglot then finds the
-tables read and written; CTE names are not tables. Results are cached by statement text because
-parsing costs far more than a governed read of a small table.
+engine can never disagree on that (the ``COMMIT; <write>`` smuggling class). sqlglot then names the
+tables read and written for summaries, spans and a first policy check; what the statement really
+reads and writes is taken from the engine's plan by governance. Results are cached by statement
+text (bounded in bytes) because parsing costs far more than a governed read of a small table.
 """
 
 from __future__ import annotations
