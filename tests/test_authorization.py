@@ -104,7 +104,13 @@ def test_a_view_cannot_widen_another_agents_reads(tmp_path: Path) -> None:
         with w.session("admin") as s:
             s.sql("CREATE VIEW public_window AS SELECT * FROM secret_salaries")
             s.sql("CREATE MACRO public_peek() AS TABLE SELECT * FROM secret_salaries")
+            s.sql("CREATE MACRO public_double(a) AS a * 2")
         with w.session("analyst") as s:
+            # a macro stored in the lake is not on the function allow-list: nobody's reads can
+            # be routed through code another agent wrote
+            with pytest.raises(lakewarden.PolicyDenied) as info:
+                s.sql("SELECT public_double(2)")
+            assert {v.rule for v in info.value.violations} == {"function"}
             with pytest.raises(lakewarden.PolicyDenied) as info:
                 s.sql("SELECT * FROM public_window")
             assert {v.table for v in info.value.violations} == {"secret_salaries"}
@@ -199,3 +205,11 @@ def test_statement_size_cap_is_a_setting_checked_before_parsing(tmp_path: Path) 
             s.sql("SELECT (((" + "x" * 1000)
     (violation,) = info.value.violations
     assert (violation.rule, violation.limit) == ("statement_size", 1000)
+
+
+def test_truncate_is_a_gated_write_with_fresh_signals(open_lake: lakewarden.Warden) -> None:
+    with open_lake.session("admin") as s:
+        result = s.sql("TRUNCATE public_orders")
+    assert result.kind == "write" and result.snapshot_id is not None
+    assert result.signals["public_orders"]["rows"] == 0
+    assert result.signals["public_orders"]["rows_deleted"] == 20
