@@ -8,7 +8,7 @@ import pytest
 
 from lakewarden import InvalidSQL
 from lakewarden.analysis import analyze
-from lakewarden.analysis.statement import _analyze
+from lakewarden.analysis import statement as statement_module
 
 
 def _cases() -> list[pytest.ParameterSet]:
@@ -78,8 +78,31 @@ def test_invalid_sql(sql: str, message: str) -> None:
 
 
 def test_analysis_is_cached_by_text() -> None:
-    _analyze.cache_clear()
+    statement_module._CACHE.clear()
     first = analyze("SELECT count(*) FROM cached_table")
     second = analyze("SELECT count(*) FROM cached_table")
     assert first is second
-    assert _analyze.cache_info().hits == 1
+    assert len(statement_module._CACHE) == 1
+
+
+def test_analysis_cache_is_bounded_in_bytes() -> None:
+    cache = statement_module._CACHE
+    cache.clear()
+    for i in range(400):  # 400 statements of ~90 kB: ~72 MB of text if all were kept
+        analyze(f"SELECT {i} AS n, '{'x' * 90_000}' AS pad")
+    assert cache.size_bytes <= statement_module.CACHE_BYTES
+    assert len(cache) < 400
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param("SELECT " + "(" * 60 + "1" + ")" * 60, id="nested-parentheses"),
+        pytest.param("SELECT " + "NOT " * 200 + "true", id="many-nots"),
+        pytest.param("SELECT " + "- " * 3000 + "1", id="many-minus"),
+    ],
+)
+def test_deep_nesting_is_invalid_sql_not_a_crash(sql: str) -> None:
+    with pytest.raises(InvalidSQL) as info:
+        analyze(sql)
+    assert len(info.value.message) < 300

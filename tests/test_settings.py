@@ -31,6 +31,7 @@ def test_defaults_and_overrides() -> None:
         pytest.param({"LAKEWARDEN_MEMORY_LIMIT": "lots"}, "not a size", id="memory"),
         pytest.param({"LAKEWARDEN_THREADS": "0"}, ">= 1", id="threads"),
         pytest.param({"LAKEWARDEN_CATALOG": "oracle"}, "duckdb, sqlite", id="catalog"),
+        pytest.param({"LAKEWARDEN_MAX_STATEMENT_CHARS": "0"}, ">= 1", id="statement-cap"),
     ],
 )
 def test_invalid_settings(env: dict[str, str], message: str) -> None:

@@ -7,6 +7,7 @@ failures never reach one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -117,7 +118,7 @@ class Session:
         event = self._event(traceparent)
         warden = self.warden
         try:
-            stmt = analyze(sql)
+            stmt = analyze(sql, warden.settings.max_statement_chars)
         except InvalidSQL as exc:
             self._refused(event, exc, None, sql if isinstance(sql, str) else "")
             raise
@@ -126,7 +127,10 @@ class Session:
         event.attributes = self._attributes(stmt)
         flagged: list[Violation] = []
         try:
-            flagged = warden.govern(self.agent, stmt)
+            # Inside a transaction that changed the catalog, plans differ from the committed
+            # catalog's: such verdicts are neither taken from nor put into the cache.
+            shape_changed = self._tx is not None and self._tx.shape_changed
+            flagged = warden.govern(self.agent, stmt, self._cur, cacheable=not shape_changed)
             timeout = warden.timeout(self.agent)
             if stmt.kind == "read":
                 result = self._read(
@@ -221,12 +225,24 @@ class Session:
         trace_id: str,
     ) -> Result:
         cur = self._cur
-        with WATCHDOG.guard(cur, timeout) as deadline:
-            try:
-                cur.execute(stmt.text, params)
-                table, truncated = _fetch(cur, limit)
-            except duckdb.Error as exc:
-                raise _engine_error(exc, deadline.expired, timeout) from exc
+        # Second wall: an agent that may not write reads inside a transaction that is always
+        # rolled back, so a statement that got past authorization still cannot commit a change
+        # to the lake (DuckDB has no read-only connection to a database attached read-write, and
+        # the catalog file cannot be attached a second time read-only in the same process).
+        contained = self._tx is None and self.warden.read_only(self.agent)
+        try:
+            with WATCHDOG.guard(cur, timeout) as deadline:
+                try:
+                    if contained:
+                        cur.begin()
+                    cur.execute(stmt.text, params)
+                    table, truncated = _fetch(cur, limit)
+                except duckdb.Error as exc:
+                    raise _engine_error(exc, deadline.expired, timeout) from exc
+        finally:
+            if contained:
+                with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
+                    cur.rollback()
         return Result(
             kind="read", summary=stmt.summary, trace_id=trace_id, table=table, truncated=truncated
         )
@@ -294,6 +310,8 @@ class Session:
             for s in tx.statements
         ]
         snapshot_id, updates = tx.commit(summary, event.trace_hex, event.span_hex, records)
+        if tx.shape_changed:
+            self.warden.catalog_changed()
         signals = {name: u.to_dict() for name, u in updates.items()}
         event.snapshot_id = snapshot_id
         event.rows_written = {

@@ -11,6 +11,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | re-base a table's signals by a full profile when older |
 | LAKEWARDEN_CATALOG | duckdb | catalog of a new lake: duckdb (one process) or sqlite (several) |
 | LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit records older than this are pruned at start-up |
+| LAKEWARDEN_MAX_STATEMENT_CHARS | 100000 | longest SQL statement accepted, checked before parsing |
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Settings:
     profile_max_age_s: float = 86400.0
     catalog: str = "duckdb"
     audit_retention_days: float = 90.0
+    max_statement_chars: int = 100_000
 
     def __post_init__(self) -> None:
         if self.statement_timeout_s < 0:
@@ -48,6 +50,8 @@ class Settings:
             raise ConfigurationError("LAKEWARDEN_PROFILE_MAX_AGE_S must be > 0")
         if self.audit_retention_days <= 0:
             raise ConfigurationError("LAKEWARDEN_AUDIT_RETENTION_DAYS must be > 0")
+        if self.max_statement_chars < 1:
+            raise ConfigurationError("LAKEWARDEN_MAX_STATEMENT_CHARS must be >= 1")
         if self.catalog not in CATALOGS:
             raise ConfigurationError(
                 f"LAKEWARDEN_CATALOG={self.catalog!r}: use one of {', '.join(CATALOGS)}"
@@ -74,5 +78,8 @@ class Settings:
             catalog=env.get("LAKEWARDEN_CATALOG", cls.catalog).strip().lower(),
             audit_retention_days=number(
                 "LAKEWARDEN_AUDIT_RETENTION_DAYS", cls.audit_retention_days
+            ),
+            max_statement_chars=int(
+                number("LAKEWARDEN_MAX_STATEMENT_CHARS", cls.max_statement_chars, int)
             ),
         )

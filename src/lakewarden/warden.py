@@ -14,8 +14,10 @@ import duckdb
 
 from lakewarden import wording
 from lakewarden.analysis import Statement
+from lakewarden.analysis.cache import BoundedCache
 from lakewarden.analysis.names import normalize
-from lakewarden.errors import LakewardenError, NotFound, PolicyDenied, Violation
+from lakewarden.errors import ExecutionError, LakewardenError, NotFound, PolicyDenied, Violation
+from lakewarden.governance import authorize
 from lakewarden.governance.policy import OPEN_POLICY, AnomalySettings, Policy, load_policy
 from lakewarden.governance.policy import AnomalyRule as PolicyAnomalyRule
 from lakewarden.governance.refusals import refusals
@@ -24,7 +26,7 @@ from lakewarden.settings import Settings
 from lakewarden.signals import checks, monitoring
 from lakewarden.signals.anomaly import AnomalyRule
 from lakewarden.signals.table_state import TableState
-from lakewarden.store import audit, catalog
+from lakewarden.store import audit, catalog, plan
 from lakewarden.store.engine import LAKE_ALIAS, Engine, locate
 from lakewarden.telemetry import Telemetry
 from lakewarden.telemetry.instruments import Instruments
@@ -42,7 +44,16 @@ def _rule(rule: PolicyAnomalyRule) -> AnomalyRule:
     return AnomalyRule(**rule.model_dump(exclude={"enabled"}))
 
 
-_VERDICT_CACHE = 4096
+# Verdicts kept, by the bytes of the statements they are keyed by (a key holds the whole text).
+_VERDICT_CACHE_BYTES = 16 * 1024 * 1024
+_Verdict = tuple[tuple[Violation, ...], bool]
+_VerdictKey = tuple[str, str, int | None, int]
+
+
+def _weigh_verdict(key: _VerdictKey, verdict: _Verdict) -> int:
+    return len(key[0]) + len(key[1]) + sum(len(v.detail) + 64 for v in verdict[0])
+
+
 _IDLE_SESSIONS = 8  # per agent, kept open by pooled_session()
 
 
@@ -70,7 +81,12 @@ class Warden:
         self.engine = Engine(locate(path, self.settings), self.settings)
         self._lock = threading.Lock()
         self._idle: dict[str, list[Session]] = {}
-        self._verdicts: dict[tuple[str, str], tuple[tuple[Violation, ...], bool]] = {}
+        # Keyed by (agent, exact statement text, last snapshot seen, DDL generation): never by
+        # sanitised text, whose literals may carry SQL (query('...')). Shared by request threads.
+        self._verdicts: BoundedCache[_VerdictKey, _Verdict] = BoundedCache(
+            _VERDICT_CACHE_BYTES, _weigh_verdict
+        )
+        self._ddl_generation = 0
         self._agent_limits: dict[str, tuple[int | None, float | None]] = {}
         self._monitored: tuple[tuple[int, int | None, int], dict[str, Any]] | None = None
         self.instruments = Instruments(
@@ -133,32 +149,102 @@ class Warden:
 
     # -- governance ----------------------------------------------------------------------------
 
-    def govern(self, agent: str, stmt: Statement) -> list[Violation]:
+    def govern(
+        self,
+        agent: str,
+        stmt: Statement,
+        cur: duckdb.DuckDBPyConnection,
+        *,
+        cacheable: bool = True,
+    ) -> list[Violation]:
         """Raise :class:`PolicyDenied` when refused; return violations flagged but allowed.
 
-        The verdict depends only on the agent and the statement text (the policy is fixed for
-        the warden's life), so it is remembered: agents repeat their statements.
+        The engine describes the statement on ``cur`` (the agent's own cursor, so an open
+        transaction's changes are seen) without running it. The verdict depends on the agent,
+        the exact text and the lake's catalog, so it is remembered until the catalog may have
+        changed; ``cacheable`` is False inside a transaction that has changed the catalog.
         """
-        key = (agent, stmt.text)
-        verdict = self._verdicts.get(key)
+        key = (agent, stmt.text, self.tracker.snapshot_id, self._ddl_generation)
+        verdict = self._verdicts.get(key) if cacheable else None
         if verdict is None:
-            verdict = self._verdict(agent, stmt)
-            if len(self._verdicts) >= _VERDICT_CACHE:
-                self._verdicts.clear()
-            self._verdicts[key] = verdict
+            verdict = self._verdict(agent, stmt, cur)
+            if cacheable:
+                self._verdicts.put(key, verdict)
         violations, denied = verdict
         if denied:
             raise PolicyDenied(_message(agent, stmt, violations), list(violations))
         return list(violations)
 
-    def _verdict(self, agent: str, stmt: Statement) -> tuple[tuple[Violation, ...], bool]:
-        hard = refusals(stmt, self.engine.database)
+    def catalog_changed(self) -> None:
+        """A DDL statement committed: remembered verdicts may no longer describe the plan."""
+        with self._lock:
+            self._ddl_generation += 1
+
+    def _verdict(self, agent: str, stmt: Statement, cur: duckdb.DuckDBPyConnection) -> _Verdict:
+        hard = refusals(stmt, self.engine.database) or authorize.ddl_refusals(stmt)
         if hard:
             return tuple(hard), True
+        parse = None
+        if stmt.statement_type == "SELECT":
+            with contextlib.suppress(plan.PlanUnavailable):  # DESCRIBE, SHOW: text suffices
+                parse = plan.parse_tree(cur, stmt.text)
+        hard = authorize.before_binding(stmt, parse)
+        if hard:
+            return tuple(hard), True
+        enforce = self.policy.effective_mode(agent) == _ENFORCE
         violations = self._policy_violations(agent, stmt)
-        return tuple(violations), bool(violations) and (
-            self.policy.effective_mode(agent) == _ENFORCE
-        )
+        if violations and enforce:
+            return tuple(violations), True  # refused on the text already: nothing to bind
+        bound = self._plan(stmt, cur, stmt.plan_text)
+        stored = self._plan(stmt, cur, stmt.body) if stmt.body else None
+        if bound is None and stmt.kind != "ddl":
+            hard = [
+                Violation(
+                    "unplannable",
+                    "the engine cannot describe this statement before running it, so it cannot "
+                    "be authorized; write PIVOT with an explicit IN (...) list, or split it",
+                )
+            ]
+        if stmt.body and stored is None:
+            hard.append(
+                Violation(
+                    "stored_query",
+                    "the query this object stores cannot be planned on its own (a macro with "
+                    "parameters?), so what it reads cannot be checked",
+                )
+            )
+        for described in (bound, stored):
+            if described is not None:
+                hard += authorize.plan_refusals(stmt, described, self.engine.database)
+        if hard:
+            return tuple(hard), True
+        rules = self.policy.agent(agent)
+        if rules is not None and not self.policy.is_open:
+            for described in (bound, stored):
+                if described is not None:
+                    violations += [
+                        v
+                        for v in authorize.grant_violations(agent, rules, described)
+                        if v not in violations
+                    ]
+        violations = list(dict.fromkeys(violations))
+        return tuple(violations), bool(violations) and enforce
+
+    def _plan(
+        self, stmt: Statement, cur: duckdb.DuckDBPyConnection, text: str
+    ) -> plan.BoundPlan | None:
+        """The engine's plan of ``text``; None when it cannot describe such a statement."""
+        try:
+            return plan.bound_plan(cur, text)
+        except plan.PlanUnavailable as exc:
+            if not exc.binding:
+                return None
+            # The statement does not bind (unknown table or column, type error): running it
+            # would fail the same way, so it fails now, and nothing ran.
+            rule = exc.error_type.replace(" ", "_") + "_error"
+            raise ExecutionError(
+                f"{exc.reason}; nothing was committed", [Violation(rule, exc.reason)]
+            ) from exc
 
     def _policy_violations(self, agent: str, stmt: Statement) -> list[Violation]:
         if self.policy.is_open:
@@ -167,7 +253,7 @@ class Warden:
         if rules is None:
             return [Violation("unknown_agent", f"agent {agent!r} is not in the policy")]
         out = [
-            Violation("read", f"{agent} may not read {t}")
+            Violation("read", f"{agent} may not read {t}", table=t)
             for t in stmt.tables_read
             if not rules.can_read(t)
         ]
@@ -175,11 +261,18 @@ class Warden:
             out.append(Violation("ddl", f"{agent} may not run DDL ({stmt.operation})"))
         elif stmt.kind != "read":
             out += [
-                Violation("write", f"{agent} may not write {t}")
+                Violation("write", f"{agent} may not write {t}", table=t)
                 for t in stmt.tables_written
                 if not rules.can_write(t)
             ]
         return out
+
+    def read_only(self, agent: str) -> bool:
+        """True when the policy gives ``agent`` neither write globs nor DDL."""
+        if self.policy.is_open:
+            return False
+        rules = self.policy.agent(agent)
+        return rules is None or (not rules.write and not rules.ddl)
 
     def row_limit(self, agent: str, requested: int | None) -> int | None:
         cap = self._limits(agent)[0]

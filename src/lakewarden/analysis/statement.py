@@ -1,26 +1,33 @@
 """One SQL string -> one analysed :class:`Statement`.
 
 DuckDB's own parser decides how many statements there are and of which type, so lakewarden and the
-engine can never disagree on that (the ``COMMIT; <write>`` smuggling class). sqlglot then finds the
-tables read and written; CTE names are not tables. Results are cached by statement text because
-parsing costs far more than a governed read of a small table.
+engine can never disagree on that (the ``COMMIT; <write>`` smuggling class). sqlglot then names the
+tables read and written for summaries, spans and a first policy check; what the statement really
+reads and writes is taken from the engine's plan by governance. Results are cached by statement
+text (bounded in bytes) because parsing costs far more than a governed read of a small table.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
 import duckdb
 import sqlglot
 from sqlglot import exp
 
+from lakewarden.analysis.cache import BoundedCache
 from lakewarden.analysis.names import display_name
-from lakewarden.analysis.text import first_keyword, sanitize
-from lakewarden.errors import InvalidSQL
+from lakewarden.analysis.text import first_keyword, sanitize, without_parameters
+from lakewarden.errors import InvalidSQL, Violation
 
-MAX_SQL_CHARS = 1_000_000
+# Longest statement analysed, in characters (LAKEWARDEN_MAX_STATEMENT_CHARS). Checked before any
+# parsing: analysis cost grows with the text (about 1 s for 100,000 characters of arithmetic on
+# these machines), and a statement is analysed before its time limit starts.
+MAX_SQL_CHARS = 100_000
+# Analysed statements kept, by the bytes they hold (each keeps its text twice: as sent and
+# sanitised).
+CACHE_BYTES = 32 * 1024 * 1024
 
 _KINDS = {
     "SELECT": "read",
@@ -48,12 +55,18 @@ class Statement:
     operation: str
     tables_read: tuple[str, ...]
     tables_written: tuple[str, ...]
-    functions: tuple[str, ...]
+    functions: tuple[str, ...]  # table functions, as written
+    calls: tuple[str, ...]  # calls of functions sqlglot does not know, as written
     qualifiers: tuple[str, ...]  # catalog and schema parts of every table reference
     keyword: str  # first word of the statement, comments skipped
     summary: str
     query_text: str
     parsed: bool  # False when sqlglot could not parse it: tables are then unknown
+    # The query a CREATE VIEW or table MACRO stores, as SQL text: the engine plans DDL without
+    # binding the stored query, so governance plans this text to see what it would read.
+    body: str | None = None
+    # The text the engine plans: parameters replaced by NULL (see text.without_parameters).
+    plan_text: str = ""
 
     @property
     def target(self) -> str | None:
@@ -89,18 +102,38 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def analyze(sql: str) -> Statement:
+def analyze(sql: str, max_chars: int = MAX_SQL_CHARS) -> Statement:
     """Analyse one SQL string; raise :class:`InvalidSQL` unless it holds exactly one statement."""
     if not isinstance(sql, str):
         raise InvalidSQL("the statement must be a text string")
-    if len(sql) > MAX_SQL_CHARS:
+    if len(sql) > max_chars:
         raise InvalidSQL(
-            f"the statement is {len(sql)} characters long; the limit is {MAX_SQL_CHARS}"
+            f"the statement is {len(sql)} characters long; the limit is {max_chars} "
+            "(pass large values as parameters)",
+            [Violation("statement_size", "statement too long", measured=len(sql), limit=max_chars)],
         )
-    return _analyze(sql)
+    found = _CACHE.get(sql)
+    if found is None:
+        try:
+            found = _analyze(sql)
+        except RecursionError as exc:
+            # Python's recursion limit, reached by sqlglot on deeply nested expressions (about
+            # 50 parentheses or 200 NOTs): the agent's statement, not the server, is at fault.
+            raise InvalidSQL(
+                "the statement is nested too deeply to analyse; flatten it",
+                [Violation("nesting", "expressions nested too deeply")],
+            ) from exc
+        _CACHE.put(sql, found)
+    return found
 
 
-@lru_cache(maxsize=4096)
+def _weigh(sql: str, stmt: Statement) -> int:
+    return 2 * len(sql) + len(stmt.query_text) + len(stmt.summary)
+
+
+_CACHE: BoundedCache[str, Statement] = BoundedCache(CACHE_BYTES, _weigh)
+
+
 def _analyze(sql: str) -> Statement:
     if "\x00" in sql:
         raise InvalidSQL("the statement contains a NUL character")
@@ -123,16 +156,26 @@ def _analyze(sql: str) -> Statement:
         read: tuple[str, ...] = ()
         written: tuple[str, ...] = ()
         functions: tuple[str, ...] = ()
+        calls: tuple[str, ...] = ()
         qualifiers: tuple[str, ...] = ()
+        body = None
         operation = stmt_type.replace("_INTO", "")
     else:
         read, written, functions = _tables(tree)
+        calls = tuple(
+            dict.fromkeys(
+                str(node.name).lower()
+                for node in tree.find_all(exp.Anonymous)
+                if str(node.name).lower() not in functions
+            )
+        )
         qualifiers = tuple(
             dict.fromkeys(
                 part.lower() for t in tree.find_all(exp.Table) for part in (t.catalog, t.db) if part
             )
         )
         operation = _operation(tree, stmt_type)
+        body = _stored_query(tree)
     if kind == "read" and stmt_type == "SELECT" and written:
         kind = "write"  # e.g. a CTE wrapping a DML statement
     named = written if written else read
@@ -145,11 +188,14 @@ def _analyze(sql: str) -> Statement:
         tables_read=read,
         tables_written=written,
         functions=functions,
+        calls=calls,
         qualifiers=qualifiers,
         keyword=first_keyword(sql),
         summary=summary,
         query_text=sanitize(sql),
         parsed=tree is not None,
+        body=body,
+        plan_text=without_parameters(sql) or sql,
     )
 
 
@@ -163,6 +209,16 @@ def _parse(sql: str) -> exp.Expr | None:
     return tree
 
 
+def _stored_query(tree: exp.Expr) -> str | None:
+    if not isinstance(tree, exp.Create):
+        return None
+    kind = str(tree.args.get("kind") or "").upper()
+    query = tree.args.get("expression")
+    if kind in {"VIEW", "MACRO", "FUNCTION"} and isinstance(query, exp.Query):
+        return query.sql(dialect="duckdb")
+    return None
+
+
 def _operation(tree: exp.Expr, stmt_type: str) -> str:
     if isinstance(tree, (exp.Create, exp.Drop)):
         verb = "CREATE" if isinstance(tree, exp.Create) else "DROP"
@@ -171,18 +227,42 @@ def _operation(tree: exp.Expr, stmt_type: str) -> str:
         return f"ALTER {str(tree.args.get('kind') or 'TABLE').upper()}"
     if isinstance(tree, exp.Merge):
         return "MERGE"
+    if isinstance(tree, exp.TruncateTable):
+        return "TRUNCATE"
+    if isinstance(tree, exp.Comment):
+        return "COMMENT"
     return stmt_type.replace("_INTO", "")
 
 
+def _targets(node: exp.Expr) -> list[exp.Table]:
+    if isinstance(node, exp.TruncateTable):
+        found = list(node.expressions)
+    elif isinstance(node, exp.Drop):
+        found = list(node.args.get("tables") or [node.this])
+    elif isinstance(node, exp.Comment) and isinstance(node.this, exp.Column):
+        # COMMENT ON COLUMN s.t.c changes table s.t
+        col = node.this
+        found = [exp.Table(this=col.args.get("table"), db=col.args.get("db"))]
+    else:
+        found = [node.this]
+    if isinstance(node, exp.Alter):
+        # ALTER ... RENAME TO w also claims the new name w
+        found += [a.this for a in node.args.get("actions") or [] if isinstance(a, exp.AlterRename)]
+    # INSERT INTO t (a, b) and CREATE TABLE t (a INT) wrap the table in a Schema node; CREATE
+    # MACRO/FUNCTION wraps its name in a UserDefinedFunction node.
+    found = [t.this if isinstance(t, (exp.Schema, exp.UserDefinedFunction)) else t for t in found]
+    return [t for t in found if isinstance(t, exp.Table) and (t.name or t.db)]
+
+
 def _table_name(table: exp.Table) -> str:
+    if not table.name:  # a schema (CREATE SCHEMA x, DROP SCHEMA x): every table in it
+        return display_name(table.db, "*")
     return display_name(table.db or None, table.name)
 
 
-def _targets(node: exp.Expr) -> list[exp.Table]:
-    found = (node.args.get("tables") if isinstance(node, exp.Drop) else None) or [node.this]
-    # INSERT INTO t (a, b) and CREATE TABLE t (a INT) wrap the table in a Schema node
-    found = [t.this if isinstance(t, exp.Schema) else t for t in found]
-    return [t for t in found if isinstance(t, exp.Table) and t.name]
+def _function_name(node: exp.Func) -> str:
+    name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+    return str(name).lower()
 
 
 def _tables(tree: exp.Expr) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -192,14 +272,25 @@ def _tables(tree: exp.Expr) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str
     written = [_table_name(t) for t in targets]
     read: list[str] = []
     functions: list[str] = []
+    for lateral in tree.find_all(exp.Lateral):  # FROM LATERAL f(...): a table function too
+        if isinstance(lateral.this, exp.Func):
+            functions.append(_function_name(lateral.this))
     for table in tree.find_all(exp.Table):
         if id(table) in target_ids:
             continue
-        if not isinstance(table.this, exp.Identifier):
-            func = table.this
-            name = func.name if isinstance(func, exp.Anonymous) else func.sql_name()
-            functions.append(str(name).lower())
+        if isinstance(table.parent, exp.UserDefinedFunction):
             continue
+        if table.this is None:  # a schema named alone
+            continue
+        if not isinstance(table.this, exp.Identifier):
+            # FROM f(...): a table function. Anything else in that place is unknown and is
+            # recorded under its node type, which no allow-list holds.
+            func = table.this
+            name = _function_name(func) if isinstance(func, exp.Func) else type(func).__name__
+            functions.append(name)
+            continue
+        # A reference named like a CTE is taken as the CTE here; the engine's plan (checked by
+        # governance) shows the real table when a CTE's body reads one of the same name.
         if not table.db and table.name.lower() in ctes:
             continue
         read.append(_table_name(table))
@@ -213,5 +304,16 @@ def _tables(tree: exp.Expr) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str
 def _is_write(node: exp.Expr) -> bool:
     # DDL targets (views, macros, schemas) count as written: creating a view is changing the lake.
     return isinstance(
-        node, (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Alter, exp.Drop, exp.Create)
+        node,
+        (
+            exp.Insert,
+            exp.Update,
+            exp.Delete,
+            exp.Merge,
+            exp.Alter,
+            exp.Drop,
+            exp.Create,
+            exp.TruncateTable,
+            exp.Comment,
+        ),
     )

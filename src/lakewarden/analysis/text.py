@@ -58,3 +58,41 @@ def sanitize(sql: str) -> str:
             pos = tok.end + 1
     out.append(sql[pos:])
     return "".join(out).strip().rstrip(";").strip()
+
+
+def without_parameters(sql: str) -> str | None:
+    """``sql`` with every parameter (``?``, ``?1``, ``$1``, ``$name``) replaced by ``NULL``, or
+    None when it has none.
+
+    The engine is asked to plan a statement before its parameter values are bound; measured with
+    duckdb 1.5.5, planning ``range(?)`` without values fails inside the engine. A value cannot
+    change which tables or functions a statement uses (the table functions that take SQL or file
+    names from a value are refused before planning), so planning with NULLs describes the same
+    operators, scans and calls.
+    """
+    tokens = _tokens(sql)
+    out: list[str] = []
+    pos = 0
+    i = 0
+    found = False
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.token_type in (TokenType.PLACEHOLDER, TokenType.PARAMETER):
+            end = tok.end
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            if (
+                nxt is not None
+                and nxt.start == tok.end + 1
+                and nxt.token_type in (TokenType.NUMBER, TokenType.VAR)
+            ):
+                end = nxt.end
+                i += 1
+            out.append(sql[pos : tok.start])
+            out.append("NULL")
+            pos = end + 1
+            found = True
+        i += 1
+    if not found:
+        return None
+    out.append(sql[pos:])
+    return "".join(out)

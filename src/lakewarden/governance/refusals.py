@@ -1,8 +1,8 @@
-"""Statement classes refused for every agent, whatever its policy says.
+"""Statement classes refused for every agent, whatever its policy says, judged on the text.
 
-The engine connection is hardened too (see :mod:`lakewarden.store.engine`); this is the first
-line: DuckLake needs file access inside the lake folder, where COPY, glob() and read_parquet()
-would otherwise still work.
+The engine's plan is then authorized against allow-lists (:mod:`lakewarden.governance.authorize`)
+and the engine connection is hardened too (see :mod:`lakewarden.store.engine`): DuckLake needs
+file access inside the lake folder, where COPY, glob() and read_parquet() would otherwise work.
 """
 
 from __future__ import annotations
@@ -45,9 +45,6 @@ REFUSED_KEYWORDS = {
     "EXPORT": "EXPORT/IMPORT DATABASE",
 }
 
-# Table functions that only generate values; every other one may read files, URLs or catalogs.
-ALLOWED_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
-
 
 def refusals(stmt: Statement, lake_database: str) -> list[Violation]:
     """Why ``stmt`` is refused for any agent (empty list: not refused by the defaults)."""
@@ -55,11 +52,8 @@ def refusals(stmt: Statement, lake_database: str) -> list[Violation]:
     what = REFUSED_TYPES.get(stmt.statement_type) or REFUSED_KEYWORDS.get(stmt.keyword)
     if what:
         out.append(Violation("statement_class", f"{what} is not allowed for agents"))
-    for func in stmt.functions:
-        if func not in ALLOWED_TABLE_FUNCTIONS:
-            out.append(
-                Violation("table_function", f"table function {func}() is not allowed for agents")
-            )
+    # Table functions and function calls are judged against the allow-lists by
+    # governance.authorize, on DuckDB's own parse tree where there is one.
     foreign = [q for q in stmt.qualifiers if _foreign(q, lake_database)]
     for name in foreign:
         out.append(
