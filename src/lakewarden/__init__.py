@@ -17,6 +17,7 @@ from lakewarden.errors import (
     PolicyDenied,
     QualityGateFailed,
     StatementTimeout,
+    TooLarge,
     Violation,
 )
 from lakewarden.governance.policy import Policy, load_policy
@@ -40,6 +41,7 @@ __all__ = [
     "Settings",
     "StatementTimeout",
     "Telemetry",
+    "TooLarge",
     "Violation",
     "Warden",
     "__version__",

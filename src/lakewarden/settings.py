@@ -11,6 +11,14 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | re-base a table's signals by a full profile when older |
 | LAKEWARDEN_CATALOG | duckdb | catalog of a new lake: duckdb (one process) or sqlite (several) |
 | LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit records older than this are pruned at start-up |
+| LAKEWARDEN_MAX_BODY_BYTES | 1MB | largest HTTP request body (REST and MCP), read before authentication |
+| LAKEWARDEN_MAX_HEADER_BYTES | 16KB | largest request line plus headers of one HTTP request |
+| LAKEWARDEN_MAX_PARAMS | 10000 | most bound parameters one statement may carry |
+| LAKEWARDEN_MAX_RESULT_BYTES | 64MB | largest result a read may fetch (Arrow bytes; 0 = none) |
+| LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
+| LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | address-space cap of a server process (auto = memory limit + 4GB; 0 = none) |
+
+Sizes are bytes, or a number with a unit (512KB, 1MB, 4GiB).
 """
 
 from __future__ import annotations
@@ -24,6 +32,34 @@ from lakewarden.errors import ConfigurationError
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 CATALOGS = ("duckdb", "sqlite")
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$", re.IGNORECASE)
+# Room above the engine's memory limit for what DuckDB does not count against it (list and
+# string values built inside one function call), the interpreter, thread stacks and allocator
+# arenas: a server process at rest already maps about 3 GB of address space here.
+ADDRESS_SPACE_HEADROOM = 4 * 1000**3
+
+
+def parse_size(name: str, raw: str | int) -> int:
+    """Bytes from ``1048576``, ``1MB`` or ``1MiB``; a clear start-up error otherwise."""
+    if isinstance(raw, int):
+        return raw
+    match = _SIZE.match(raw.strip())
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ConfigurationError(f"{name}={raw!r} is not a size like 1048576, 512KB or 1MB")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 @dataclass(frozen=True)
@@ -34,6 +70,12 @@ class Settings:
     profile_max_age_s: float = 86400.0
     catalog: str = "duckdb"
     audit_retention_days: float = 90.0
+    max_body_bytes: int = 1000**2
+    max_header_bytes: int = 16 * 1024
+    max_params: int = 10_000
+    max_result_bytes: int = 64 * 1000**2
+    max_connections: int = 256
+    address_space_limit: str = "auto"
 
     def __post_init__(self) -> None:
         if self.statement_timeout_s < 0:
@@ -48,10 +90,36 @@ class Settings:
             raise ConfigurationError("LAKEWARDEN_PROFILE_MAX_AGE_S must be > 0")
         if self.audit_retention_days <= 0:
             raise ConfigurationError("LAKEWARDEN_AUDIT_RETENTION_DAYS must be > 0")
+        for name, value, least in (
+            ("LAKEWARDEN_MAX_BODY_BYTES", self.max_body_bytes, 1024),
+            ("LAKEWARDEN_MAX_HEADER_BYTES", self.max_header_bytes, 1024),
+            ("LAKEWARDEN_MAX_PARAMS", self.max_params, 1),
+            ("LAKEWARDEN_MAX_RESULT_BYTES", self.max_result_bytes, 0),
+            ("LAKEWARDEN_MAX_CONNECTIONS", self.max_connections, 1),
+        ):
+            if value < least:
+                raise ConfigurationError(f"{name}={value} must be at least {least}")
+        self.address_space_bytes()  # fails here, at start-up, when malformed
         if self.catalog not in CATALOGS:
             raise ConfigurationError(
                 f"LAKEWARDEN_CATALOG={self.catalog!r}: use one of {', '.join(CATALOGS)}"
             )
+
+    def address_space_bytes(self) -> int | None:
+        """The address-space cap of a server process, or None for no cap."""
+        raw = self.address_space_limit.strip().lower()
+        if raw == "auto":
+            memory = parse_size("LAKEWARDEN_MEMORY_LIMIT", self.memory_limit.replace(" ", ""))
+            return memory + ADDRESS_SPACE_HEADROOM
+        limit = parse_size("LAKEWARDEN_ADDRESS_SPACE_LIMIT", raw)
+        if limit == 0:
+            return None
+        if limit < 1000**3:
+            raise ConfigurationError(
+                f"LAKEWARDEN_ADDRESS_SPACE_LIMIT={self.address_space_limit!r} is below 1GB: "
+                "the interpreter alone maps more than that; use auto, 0 (none) or a larger size"
+            )
+        return limit
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,6 +134,10 @@ class Settings:
             except ValueError as exc:
                 raise ConfigurationError(f"{name}={raw!r} is not a number") from exc
 
+        def size(name: str, default: int) -> int:
+            raw = env.get(name)
+            return default if raw is None or raw.strip() == "" else parse_size(name, raw)
+
         return cls(
             statement_timeout_s=number("LAKEWARDEN_STATEMENT_TIMEOUT_S", cls.statement_timeout_s),
             memory_limit=env.get("LAKEWARDEN_MEMORY_LIMIT", cls.memory_limit).strip(),
@@ -75,4 +147,13 @@ class Settings:
             audit_retention_days=number(
                 "LAKEWARDEN_AUDIT_RETENTION_DAYS", cls.audit_retention_days
             ),
+            max_body_bytes=size("LAKEWARDEN_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_header_bytes=size("LAKEWARDEN_MAX_HEADER_BYTES", cls.max_header_bytes),
+            max_params=int(number("LAKEWARDEN_MAX_PARAMS", cls.max_params, int)),
+            max_result_bytes=size("LAKEWARDEN_MAX_RESULT_BYTES", cls.max_result_bytes),
+            max_connections=int(number("LAKEWARDEN_MAX_CONNECTIONS", cls.max_connections, int)),
+            address_space_limit=env.get(
+                "LAKEWARDEN_ADDRESS_SPACE_LIMIT", cls.address_space_limit
+            ).strip()
+            or cls.address_space_limit,
         )
