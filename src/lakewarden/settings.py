@@ -11,12 +11,12 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | re-base a table's signals by a full profile when older |
 | LAKEWARDEN_CATALOG | duckdb | catalog of a new lake: duckdb (one process) or sqlite (several) |
 | LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit records older than this are pruned at start-up |
-| LAKEWARDEN_MAX_BODY_BYTES | 1MB | largest HTTP request body (REST and MCP), read before authentication |
+| LAKEWARDEN_MAX_BODY_BYTES | 1MB | largest HTTP request body (REST and MCP), checked before auth |
 | LAKEWARDEN_MAX_HEADER_BYTES | 16KB | largest request line plus headers of one HTTP request |
 | LAKEWARDEN_MAX_PARAMS | 10000 | most bound parameters one statement may carry |
 | LAKEWARDEN_MAX_RESULT_BYTES | 64MB | largest result a read may fetch (Arrow bytes; 0 = none) |
 | LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
-| LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | address-space cap of a server process (auto = memory limit + 4GB; 0 = none) |
+| LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 4GB) |
 
 Sizes are bytes, or a number with a unit (512KB, 1MB, 4GiB).
 """

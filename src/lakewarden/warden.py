@@ -317,8 +317,17 @@ class Warden:
         except Exception:
             log.exception("could not write the audit record of a refused statement")
 
-    def audit(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Audit records, newest first."""
+    def audit(
+        self, agent: str | None = None, limit: int = 100, *, caller: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit records, newest first; a ``caller`` that is not an admin sees only its own."""
+        if caller is not None and not self.is_admin(caller):
+            if agent not in (None, caller):
+                raise PolicyDenied(
+                    f"agent {caller!r} may read only its own audit records",
+                    [Violation("audit_scope", "only admins read other agents' audit records")],
+                )
+            agent = caller
         with self._lock:
             cur = self.engine.cursor()
             try:
@@ -337,22 +346,44 @@ class Warden:
         return restore(self, normalize(table), int(snapshot_id), agent, traceparent)
 
     # -- reading the lake ------------------------------------------------------------------------
+    #
+    # Metadata follows the data: with ``agent`` given, only tables its read grants cover exist,
+    # and a table it may not read is "not found" in the very words of a missing one, so the
+    # answer tells nothing about what the agent cannot see. ``agent=None`` is the operator (CLI,
+    # an application holding the SDK): everything.
 
-    def tables(self) -> list[TableState]:
-        return sorted(self.tracker.tables(), key=lambda t: t.name)
+    def is_admin(self, agent: str) -> bool:
+        """May see every table's metadata and every agent's audit records: open mode, or an
+        agent that reads every table (``read: ["*"]``) and is named in the policy's
+        ``restore`` list."""
+        if self.policy.is_open:
+            return True
+        rules = self.policy.agent(agent)
+        return rules is not None and "*" in rules.read and self.policy.can_restore(agent)
 
-    def table(self, name: str) -> TableState:
+    def can_see(self, agent: str | None, table: str) -> bool:
+        """Whether ``agent``'s read grants cover ``table`` (always, for the operator)."""
+        if agent is None or self.policy.is_open:
+            return True
+        rules = self.policy.agent(agent)
+        return rules is not None and rules.can_read(table)
+
+    def tables(self, agent: str | None = None) -> list[TableState]:
+        states = (t for t in self.tracker.tables() if self.can_see(agent, t.name))
+        return sorted(states, key=lambda t: t.name)
+
+    def table(self, name: str, agent: str | None = None) -> TableState:
         state = self.tracker.get(normalize(name))
-        if state is None:
+        if state is None or not self.can_see(agent, state.name):
             raise NotFound(
                 f"table {name!r} does not exist in this lake "
                 "(name it schema.table, or just table in schema main)"
             )
         return state
 
-    def describe(self, name: str) -> dict[str, Any]:
+    def describe(self, name: str, agent: str | None = None) -> dict[str, Any]:
         """A table's schema and signals, with the state of each of its contract checks."""
-        state = self.table(name)
+        state = self.table(name, agent)
         out = state.summary()
         out["checks"] = [
             {
@@ -369,8 +400,13 @@ class Warden:
         }
         return out
 
-    def snapshots(self, table: str | None = None, limit: int = 50) -> list[catalog.Snapshot]:
-        """Snapshots newest first, optionally only those that changed ``table``."""
+    def snapshots(
+        self, table: str | None = None, limit: int = 50, agent: str | None = None
+    ) -> list[catalog.Snapshot]:
+        """Snapshots newest first, optionally only those that changed ``table``; for ``agent``,
+        only snapshots whose every changed table it may read."""
+        if table is not None and agent is not None:
+            self.table(table, agent)  # NotFound for a table that never was, or is not its to see
         if not self.engine.location.is_lake:
             return []
         with self._lock:
@@ -378,16 +414,35 @@ class Warden:
             try:
                 if table is None:
                     # lakewarden's own bookkeeping commits (audit of refusals) are not news
-                    return [
-                        s
-                        for s in catalog.snapshots(cur, limit=limit * 2 + 10)
-                        if s.agent != audit.AUTHOR
-                    ][:limit]
+                    if agent is None or self.is_admin(agent):
+                        return [
+                            s
+                            for s in catalog.snapshots(cur, limit=limit * 2 + 10)
+                            if s.agent != audit.AUTHOR
+                        ][:limit]
+                    names = catalog.table_ids(cur)
+                    out = []
+                    for snap in catalog.snapshots(cur):
+                        if snap.agent == audit.AUTHOR:
+                            continue
+                        if self._snapshot_visible(agent, snap, names):
+                            out.append(snap)
+                            if len(out) >= limit:
+                                break
+                    return out
                 name = normalize(table)
                 rows = {w.snapshot_id: w for w in self.tracker.writes(name)}
-                ids = {k for k, v in catalog.table_ids(cur).items() if v == name}
+                names = catalog.table_ids(cur)
+                ids = {k for k, v in names.items() if v == name}
+                everything = agent is None or self.is_admin(agent)
                 out = []
                 for snap in catalog.snapshots(cur):
+                    if (
+                        agent is not None
+                        and not everything
+                        and not self._snapshot_visible(agent, snap, names)
+                    ):
+                        continue  # it also changed a table the agent may not read
                     if any(
                         (key == "tables_created" and name in map(normalize, values))
                         or ids.intersection(values)
@@ -404,6 +459,16 @@ class Warden:
                 return out
             finally:
                 cur.close()
+
+    def _snapshot_visible(self, agent: str, snap: catalog.Snapshot, names: dict[str, str]) -> bool:
+        for key, values in snap.changes.items():
+            if not key.startswith("tables_"):
+                continue  # schemas created or dropped name no table
+            for value in values:
+                table = normalize(value) if key == "tables_created" else names.get(str(value))
+                if table is None or not self.can_see(agent, table):
+                    return False
+        return True
 
     def refresh(self) -> None:
         """Pick up commits made outside this warden (other processes, other tools)."""

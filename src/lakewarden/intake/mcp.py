@@ -23,12 +23,21 @@ from lakewarden import __version__
 from lakewarden.analysis import analyze
 from lakewarden.errors import InvalidRequest, InvalidSQL, LakewardenError, Violation
 from lakewarden.intake.jsonvalues import json_value, result_json
-from lakewarden.intake.rest import ANONYMOUS, AgentHeader, default_max_rows, error_body, identify
+from lakewarden.intake.rest import (
+    ANONYMOUS,
+    AgentHeader,
+    check_params,
+    default_max_rows,
+    error_body,
+    identify,
+    sql_request,
+)
 from lakewarden.warden import Warden
 
 __all__ = ["build_mcp"]
 
 T = TypeVar("T")
+MAX_LISTED = 10_000  # the REST listing's bound on ``limit``
 
 
 def _ok(payload: Any) -> CallToolResult:
@@ -95,6 +104,12 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         dry_run: bool = False,
     ) -> CallToolResult:
         try:
+            # The REST body's rules, applied to the tool's arguments (max_rows > 0, a string
+            # statement, the parameter count), with the REST error shape.
+            checked = sql_request(
+                {"sql": sql, "params": params, "max_rows": max_rows, "dry_run": dry_run}
+            )
+            check_params(checked, warden.settings.max_params)
             try:
                 kind = analyze(sql).kind
             except InvalidSQL:
@@ -138,6 +153,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         returns rows_affected, snapshot_id and signals. dry_run judges and rolls back."""
         if isinstance(sql, list):
             try:
+                sql_request({"statements": sql, "params": params, "dry_run": dry_run})
                 traceparent = traceparent_of(ctx)
 
                 def run_batch(agent: str) -> dict[str, Any]:
@@ -154,6 +170,11 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         """Restore a table to its content at an earlier snapshot, as one new commit
         (only agents the policy allows to restore)."""
         try:
+            if snapshot_id < 0:
+                raise InvalidRequest(
+                    "the tool arguments are not valid",
+                    [Violation("invalid_request", "snapshot_id: must be >= 0")],
+                )
             traceparent = traceparent_of(ctx)
             result = await call(
                 ctx,
@@ -169,7 +190,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
     async def list_tables(ctx: Context) -> CallToolResult:
         """List the lake's tables with rows, freshness, null ratios and schema changes."""
         try:
-            states = await call(ctx, lambda _agent: warden.tables())
+            states = await call(ctx, warden.tables)
             return _ok({"tables": [t.summary() for t in states]})
         except LakewardenError as exc:
             return _error(exc)
@@ -178,7 +199,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
     async def describe_table(name: str, ctx: Context) -> CallToolResult:
         """Describe one table: columns with types and null ratios, last writer, freshness."""
         try:
-            return _ok(await call(ctx, lambda _agent: warden.describe(name)))
+            return _ok(await call(ctx, lambda agent: warden.describe(name, agent)))
         except LakewardenError as exc:
             return _error(exc)
 
@@ -188,7 +209,12 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
     ) -> CallToolResult:
         """List snapshots newest first: id, time, agent, message and trace id of each commit."""
         try:
-            snaps = await call(ctx, lambda _agent: warden.snapshots(table, max(1, limit)))
+            if not 0 < limit <= MAX_LISTED:
+                raise InvalidRequest(
+                    "the tool arguments are not valid",
+                    [Violation("invalid_request", f"limit: must be in 1..{MAX_LISTED}")],
+                )
+            snaps = await call(ctx, lambda agent: warden.snapshots(table, limit, agent))
             return _ok({"snapshots": [s.to_dict() for s in snaps]})
         except LakewardenError as exc:
             return _error(exc)

@@ -25,7 +25,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lakewarden.errors import InvalidRequest, LakewardenError, Unauthenticated, Violation
+from lakewarden.errors import (
+    InvalidRequest,
+    LakewardenError,
+    TooLarge,
+    Unauthenticated,
+    Violation,
+)
 from lakewarden.intake.jsonvalues import json_value, result_json
 from lakewarden.result import Result
 from lakewarden.warden import Warden
@@ -115,6 +121,27 @@ def parse_sql_request(raw: bytes) -> SqlRequest:
         raise InvalidRequest(
             "the request body is not valid", _request_violations(exc.errors())
         ) from exc
+
+
+def sql_request(fields: dict[str, Any]) -> SqlRequest:
+    """The same request from already-decoded values (the MCP tools' arguments): one set of
+    rules, one error shape, whichever door a statement came through."""
+    try:
+        return SqlRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "the tool arguments are not valid", _request_violations(exc.errors())
+        ) from exc
+
+
+def check_params(request: SqlRequest, limit: int) -> None:
+    """Refuse more bound parameters than ``limit`` before any of them reaches the engine."""
+    count = len(request.params or ())
+    if count > limit:
+        raise TooLarge(
+            f"{count} bound parameters is more than the limit of {limit}",
+            [Violation("params", "bound parameters limit", measured=count, limit=limit)],
+        )
 
 
 _SQL_REQUEST_BODY = {
@@ -238,6 +265,7 @@ def sql_endpoint(warden: Warden, workers: Executor) -> SqlEndpoint:
                 warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
             )
             body = parse_sql_request(await request.body())
+            check_params(body, warden.settings.max_params)
             arrow = ARROW_STREAM in request.headers.get("accept", "")
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(workers, answer, agent, body, traceparent, arrow)
@@ -285,20 +313,24 @@ def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
 
     @router.get("/tables")
     async def tables(request: Request) -> Response:
-        """Every table with its signals."""
+        """Every table the caller may read, with its signals."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
+            agent = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
         except LakewardenError as exc:
             return error_response(exc, None)
-        states = await run_in_threadpool(warden.tables)
+        states = await run_in_threadpool(warden.tables, agent)
         return JSONResponse({"tables": [json_value(t.summary()) for t in states]})
 
     @router.get("/tables/{name}")
     async def table(name: str, request: Request) -> Response:
-        """One table: schema, signals, schema changes."""
+        """One table: schema, signals, schema changes (404 unless the caller may read it)."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
-            described = await run_in_threadpool(warden.describe, name)
+            agent = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            described = await run_in_threadpool(warden.describe, name, agent)
         except LakewardenError as exc:
             return error_response(exc, None)
         return JSONResponse(json_value(described))
@@ -311,10 +343,11 @@ def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
     ) -> Response:
         """Snapshots newest first: id, time, agent, message, trace_id."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
-            if table is not None:
-                await run_in_threadpool(warden.table, table)  # 404 for a table that never was
-            snaps = await run_in_threadpool(warden.snapshots, table, limit)
+            caller = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            # 404 for a table that never was, or that the caller may not read
+            snaps = await run_in_threadpool(warden.snapshots, table, limit, caller)
         except LakewardenError as exc:
             return error_response(exc, None)
         return JSONResponse({"snapshots": [json_value(s.to_dict()) for s in snaps]})
@@ -342,10 +375,13 @@ def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
         agent: str | None = None,
         limit: Annotated[int, Query(gt=0, le=10_000)] = 100,
     ) -> Response:
-        """Audit records newest first: agent, decision, summary, violations, snapshot, trace."""
+        """Audit records newest first: agent, decision, summary, violations, snapshot, trace
+        (an agent sees its own; admins see every agent's)."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
-            records = await run_in_threadpool(warden.audit, agent, limit)
+            caller = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            records = await run_in_threadpool(lambda: warden.audit(agent, limit, caller=caller))
         except LakewardenError as exc:
             return error_response(exc, None)
         return JSONResponse({"records": [json_value(r) for r in records]})

@@ -7,6 +7,7 @@ serves it in a background thread (demo, tests).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import signal
@@ -25,6 +26,12 @@ from starlette.types import ASGIApp
 
 from lakewarden import __version__
 from lakewarden.errors import ConfigurationError
+from lakewarden.intake.limits import (
+    BoundedHttpToolsProtocol,
+    bounded_body,
+    cap_address_space,
+    token_gate,
+)
 from lakewarden.intake.mcp import build_mcp
 from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
 from lakewarden.monitor import Monitor, interval_from_env
@@ -40,6 +47,8 @@ GRACEFUL_SHUTDOWN_S = 10
 # wait on DuckDB, which has its own thread limit (LAKEWARDEN_THREADS); the bound keeps a flood
 # of requests from growing threads without end, as anyio's default of 40 did before.
 STATEMENT_WORKERS = 32
+# How long /readyz waits for the engine to answer SELECT 1 before it reports not ready.
+READY_PROBE_S = 2.0
 
 
 def create_app(warden: Warden) -> ASGIApp:
@@ -72,15 +81,28 @@ def create_app(warden: Warden) -> ASGIApp:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        ready = bool(app.state.ready)
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        if not app.state.ready:
+            return JSONResponse({"ready": False, "reason": "starting or stopping"}, 503)
+        loop = asyncio.get_running_loop()
+        try:
+            failure = await asyncio.wait_for(
+                loop.run_in_executor(None, warden.engine.probe, READY_PROBE_S),
+                READY_PROBE_S + 1,
+            )
+        except TimeoutError:
+            failure = f"the engine did not answer SELECT 1 within {READY_PROBE_S:g} s"
+        if failure is not None:
+            return JSONResponse({"ready": False, "reason": f"engine: {failure}"}, 503)
+        return JSONResponse({"ready": True})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(warden.telemetry.prometheus_text(), media_type=CONTENT_TYPE_LATEST)
 
-    app.mount("/mcp", mcp_app)
-    return fast_path(app, sql)
+    app.mount("/mcp", token_gate(mcp_app, warden))
+    # The body cap wraps everything, the fast path included: no request body is read past it,
+    # and none is read at all when its declared length is over it.
+    return bounded_body(fast_path(app, sql), warden.settings.max_body_bytes)
 
 
 def is_loopback(host: str) -> bool:
@@ -115,6 +137,11 @@ def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
         server_header=False,  # no software banner for whoever can reach the port
+        # Bounds checked while a request arrives, before any authentication work: request
+        # head size (the same knob for h11 and the httptools protocol) and connections.
+        http=BoundedHttpToolsProtocol,
+        h11_max_incomplete_event_size=warden.settings.max_header_bytes,
+        limit_concurrency=warden.settings.max_connections,
     )
 
 
@@ -142,6 +169,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def run(warden: Warden, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve until SIGTERM/SIGINT, then close the warden (flushing telemetry)."""
     check_bind(warden, host)
+    cap_address_space(warden.settings.address_space_bytes())
     try:
         _Server(_config(warden, host, port)).run()
     finally:

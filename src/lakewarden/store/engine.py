@@ -20,6 +20,7 @@ import pyarrow.lib
 from lakewarden.errors import ConfigurationError
 from lakewarden.settings import Settings
 from lakewarden.store import extensions
+from lakewarden.store.deadline import WATCHDOG
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,35 @@ class Engine:
         cur.execute(f"USE {self.database}")
         return cur
 
+    def probe(self, timeout_s: float = 2.0) -> str | None:
+        """None when a new cursor still runs a trivial statement; else what failed.
+
+        A statement can leave the engine unable to run anything (logging switched to a folder
+        it may not write made every later statement fail): readiness asks the engine itself.
+        """
+        try:
+            cur = self.cursor()
+        except duckdb.Error as exc:
+            return _first_line(exc)
+        try:
+            with WATCHDOG.guard(cur, timeout_s) as deadline:
+                try:
+                    cur.execute("SELECT 1").fetchall()
+                except duckdb.Error as exc:
+                    if deadline.expired:
+                        return f"the engine did not answer SELECT 1 within {timeout_s:g} s"
+                    return _first_line(exc)
+        finally:
+            cur.close()
+        return None
+
     def close(self) -> None:
         self._con.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _file_alias(path: Path) -> str:
