@@ -16,7 +16,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_MAX_PARAMS | 10000 | most bound parameters one statement may carry |
 | LAKEWARDEN_MAX_RESULT_BYTES | 64MB | largest result a read may fetch (Arrow bytes; 0 = none) |
 | LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
-| LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 4GB) |
+| LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 6GB) |
 
 Sizes are bytes, or a number with a unit (512KB, 1MB, 4GiB).
 """
@@ -46,9 +46,10 @@ _UNITS = {
 }
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$", re.IGNORECASE)
 # Room above the engine's memory limit for what DuckDB does not count against it (list and
-# string values built inside one function call), the interpreter, thread stacks and allocator
-# arenas: a server process at rest already maps about 3 GB of address space here.
-ADDRESS_SPACE_HEADROOM = 4 * 1000**3
+# string values built inside one function call, results being rendered) and for address space
+# a server maps without using it: libraries, thread stacks and allocator arenas take about
+# 3.5 GB of it here under load, of which little is ever resident.
+ADDRESS_SPACE_HEADROOM = 6 * 1000**3
 
 
 def parse_size(name: str, raw: str | int) -> int:
