@@ -235,7 +235,7 @@ class Session:
             try:
                 cur.execute(stmt.text, params)
                 table, truncated = _fetch(cur, limit, self.warden.settings.max_result_bytes)
-            except (duckdb.Error, OSError, pa.ArrowException) as exc:
+            except (duckdb.Error, OSError, MemoryError, pa.ArrowException) as exc:
                 # An interrupt that lands while Arrow batches are being fetched surfaces from
                 # pyarrow as an OSError, not as a duckdb error: the deadline decides what it was.
                 raise _engine_error(exc, deadline.expired, timeout) from exc
@@ -489,7 +489,9 @@ def _engine_error(exc: Exception, expired: bool, timeout: float | None) -> Lakew
     if expired or isinstance(exc, duckdb.InterruptException):
         return _timeout(timeout)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, duckdb.OutOfMemoryException):
+    if isinstance(exc, duckdb.OutOfMemoryException | MemoryError) or first.startswith(
+        "Out of Memory Error"  # the engine's own, passed on through an Arrow stream
+    ):
         # The engine's memory limit, or the server's address-space cap, stopped the statement.
         return TooLarge(
             f"the statement needs more memory than the engine may use: {first}; "

@@ -10,8 +10,10 @@ child of the agent's trace. Errors are tool errors (``is_error``) whose text is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -61,8 +63,12 @@ def _headers(ctx: Context) -> Mapping[str, str] | None:
     return headers if isinstance(headers, Mapping) else None
 
 
-def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
-    """The MCP server of ``warden``; ``stdio_agent`` names the caller when there is no HTTP."""
+def build_mcp(
+    warden: Warden, *, stdio_agent: str | None = None, workers: Executor | None = None
+) -> MCPServer:
+    """The MCP server of ``warden``; ``stdio_agent`` names the caller when there is no HTTP.
+    Tools run their blocking work on ``workers`` when given (the HTTP server's threads, which
+    all exist from the start), else on anyio's worker threads."""
     server = MCPServer(
         name="lakewarden",
         version=__version__,
@@ -93,6 +99,8 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
 
     async def call(ctx: Context, work: Callable[[str], T]) -> T:
         agent = agent_of(ctx)
+        if workers is not None:
+            return await asyncio.get_running_loop().run_in_executor(workers, work, agent)
         return await anyio.to_thread.run_sync(work, agent)
 
     async def statement(

@@ -9,19 +9,19 @@ the warden's per-agent pool (a session is one DuckDB cursor), so many agents are
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pyarrow as pa
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -213,6 +213,7 @@ def _arrow_stream(result: Result) -> bytes:
 
 
 SqlEndpoint = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def sql_endpoint(warden: Warden, workers: Executor) -> SqlEndpoint:
@@ -297,8 +298,15 @@ def fast_path(app: ASGIApp, endpoint: SqlEndpoint) -> ASGIApp:
     return dispatch
 
 
-def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
+def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRouter:
+    """The ``/v1`` routes; their blocking work runs on ``workers``, threads that exist from the
+    start (see :func:`lakewarden.intake.server.prestarted`)."""
     router = APIRouter(prefix="/v1")
+
+    async def run_in_threadpool(fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(workers, functools.partial(fn, *args))
+
     router.add_api_route(
         "/sql",
         sql,

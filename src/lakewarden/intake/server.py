@@ -35,6 +35,7 @@ from lakewarden.intake.limits import (
 from lakewarden.intake.mcp import build_mcp
 from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
 from lakewarden.monitor import Monitor, interval_from_env
+from lakewarden.store.deadline import WATCHDOG
 from lakewarden.warden import Warden
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerThread", "check_bind", "create_app", "run"]
@@ -51,11 +52,32 @@ STATEMENT_WORKERS = 32
 READY_PROBE_S = 2.0
 
 
+def prestarted(threads: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads all exist from the start.
+
+    Under the address-space cap (LAKEWARDEN_ADDRESS_SPACE_LIMIT) a thread started later may
+    find no room for its stack: the C allocator keeps the address space of a large statement
+    mapped after it ends (measured: 4 GB after ``list_sum(range(300000000))``) and reuses it
+    for the engine, but not for stacks. Every thread a request needs is therefore started
+    here, before any request, and never ends (a ``ThreadPoolExecutor`` keeps its threads).
+    """
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+    gate = threading.Event()
+    # A pool starts a new thread for each task while none is idle: blocked tasks force them all.
+    started = [pool.submit(gate.wait) for _ in range(threads)]
+    gate.set()
+    for future in started:
+        future.result()
+    return pool
+
+
 def create_app(warden: Warden) -> ASGIApp:
     poll_interval = interval_from_env()  # a bad value stops start-up, not the first tick
-    mcp_server = build_mcp(warden)
+    workers = prestarted(STATEMENT_WORKERS, "lakewarden-sql")
+    prober = prestarted(1, "lakewarden-ready")  # /readyz answers even when workers are busy
+    WATCHDOG.start()
+    mcp_server = build_mcp(warden, workers=workers)
     mcp_app = mcp_server.streamable_http_app(streamable_http_path="/")
-    workers = ThreadPoolExecutor(STATEMENT_WORKERS, thread_name_prefix="lakewarden-sql")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,12 +90,13 @@ def create_app(warden: Warden) -> ASGIApp:
         finally:
             monitor.stop()
             workers.shutdown(wait=True)  # uvicorn has drained the requests by now
+            prober.shutdown(wait=True)
 
     app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
     app.state.ready = False
     install_error_handlers(app)
     sql = sql_endpoint(warden, workers)
-    app.include_router(build_router(warden, sql))
+    app.include_router(build_router(warden, sql, workers))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -86,7 +109,7 @@ def create_app(warden: Warden) -> ASGIApp:
         loop = asyncio.get_running_loop()
         try:
             failure = await asyncio.wait_for(
-                loop.run_in_executor(None, warden.engine.probe, READY_PROBE_S),
+                loop.run_in_executor(prober, warden.engine.probe, READY_PROBE_S),
                 READY_PROBE_S + 1,
             )
         except TimeoutError:
