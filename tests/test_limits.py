@@ -24,7 +24,7 @@ import pytest
 import lakewarden
 from lakewarden.settings import Settings
 
-from server_helpers import free_port
+from server_helpers import free_port, serve
 
 MB = 1024 * 1024
 ANALYST, ADMIN = "analyst-token-0123456789", "admin-token-0123456789"
@@ -340,3 +340,20 @@ def test_invalid_limit_settings_fail_at_start_up(env: dict[str, str], message: s
 )
 def test_address_space_limit(env: dict[str, str], expected: int | None) -> None:
     assert Settings.from_env(env).address_space_bytes() == expected
+
+
+def test_connections_over_the_limit_get_503(tmp_path: Path) -> None:
+    settings = Settings(max_connections=3)
+    with serve(tmp_path / "lake", settings=settings) as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # the server has accepted them
+            refused = httpx.post(f"{served.url}/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
+            assert refused.status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.2)  # ... and seen them close
+        served_again = httpx.post(f"{served.url}/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
+        assert served_again.status_code == 200

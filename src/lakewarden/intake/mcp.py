@@ -118,19 +118,21 @@ def build_mcp(
                 {"sql": sql, "params": params, "max_rows": max_rows, "dry_run": dry_run}
             )
             check_params(checked, warden.settings.max_params)
-            try:
-                kind = analyze(sql).kind
-            except InvalidSQL:
-                kind = None  # let the session refuse it, so the refusal is traced and counted
-            if kind is not None and (kind == "read") != reads:
-                tool, other = ("query", "execute") if reads else ("execute", "query")
-                raise InvalidRequest(
-                    f"{tool} does not run {kind} statements: use {other}",
-                    [Violation("wrong_tool", f"a {kind} statement was sent to {tool}")],
-                )
             traceparent = traceparent_of(ctx)
 
             def run(agent: str) -> dict[str, Any]:
+                # Analysed here, on a worker thread, not on the event loop that every other
+                # request shares (the session finds the analysis cached).
+                try:
+                    kind = analyze(sql).kind
+                except InvalidSQL:
+                    kind = None  # let the session refuse it, so the refusal is traced, counted
+                if kind is not None and (kind == "read") != reads:
+                    tool, other = ("query", "execute") if reads else ("execute", "query")
+                    raise InvalidRequest(
+                        f"{tool} does not run {kind} statements: use {other}",
+                        [Violation("wrong_tool", f"a {kind} statement was sent to {tool}")],
+                    )
                 cap = max_rows
                 if cap is None and warden.row_limit(agent, None) is None:
                     cap = default_max_rows()
