@@ -164,6 +164,11 @@ MCP_ARGUMENTS = [
     pytest.param("query", {"sql": "SELECT 1", "max_rows": -5}, "invalid_request", id="neg-rows"),
     pytest.param("query", {"sql": "SELECT 1", "max_rows": 0}, "invalid_request", id="zero-rows"),
     pytest.param(
+        "query", {"sql": "SELECT 1", "max_rows": "many"}, "invalid_request", id="rows-not-int"
+    ),
+    pytest.param("query", {"sql": 5}, "invalid_request", id="sql-not-string"),
+    pytest.param("query", {"sql": "SELECT 1", "params": "x"}, "invalid_request", id="params-str"),
+    pytest.param(
         "query",
         {"sql": "SELECT ?", "params": [1] * 10_001},
         "too_large",

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, TextContent
+from pydantic import ValidationError
 
 from lakewarden import __version__
 from lakewarden.analysis import analyze
@@ -32,6 +34,7 @@ from lakewarden.intake.rest import (
     default_max_rows,
     error_body,
     identify,
+    request_violations,
     sql_request,
 )
 from lakewarden.warden import Warden
@@ -63,13 +66,32 @@ def _headers(ctx: Context) -> Mapping[str, str] | None:
     return headers if isinstance(headers, Mapping) else None
 
 
+class _Server(MCPServer):
+    """Arguments that do not fit a tool's declared types (a string for ``max_rows``) are
+    refused by the SDK before the tool runs, in its own words; here they get the REST error
+    shape and code (``invalid_request``), like every other refusal."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            return _error(
+                InvalidRequest(
+                    "the tool arguments are not valid", request_violations(cause.errors())
+                )
+            )
+
+
 def build_mcp(
     warden: Warden, *, stdio_agent: str | None = None, workers: Executor | None = None
 ) -> MCPServer:
     """The MCP server of ``warden``; ``stdio_agent`` names the caller when there is no HTTP.
     Tools run their blocking work on ``workers`` when given (the HTTP server's threads, which
     all exist from the start), else on anyio's worker threads."""
-    server = MCPServer(
+    server = _Server(
         name="lakewarden",
         version=__version__,
         # INFO would log every HTTP request over the demo's live view and the server's output.

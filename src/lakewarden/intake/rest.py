@@ -102,7 +102,7 @@ class RestoreRequest(BaseModel):
     snapshot_id: Annotated[int, Field(ge=0)]
 
 
-def _request_violations(errors: Any) -> list[Violation]:
+def request_violations(errors: Any) -> list[Violation]:
     return [
         Violation("invalid_request", f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in errors
     ]
@@ -119,7 +119,7 @@ def parse_sql_request(raw: bytes) -> SqlRequest:
         return SqlRequest.model_validate_json(raw or b"null")
     except ValidationError as exc:
         raise InvalidRequest(
-            "the request body is not valid", _request_violations(exc.errors())
+            "the request body is not valid", request_violations(exc.errors())
         ) from exc
 
 
@@ -130,7 +130,7 @@ def sql_request(fields: dict[str, Any]) -> SqlRequest:
         return SqlRequest.model_validate(fields)
     except ValidationError as exc:
         raise InvalidRequest(
-            "the tool arguments are not valid", _request_violations(exc.errors())
+            "the tool arguments are not valid", request_violations(exc.errors())
         ) from exc
 
 
@@ -402,7 +402,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def invalid_body(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        error = InvalidRequest("the request body is not valid", _request_violations(exc.errors()))
+        error = InvalidRequest("the request body is not valid", request_violations(exc.errors()))
         return error_response(error, trace_id_of(traceparent_of(request)))
 
     async def http_error(request: Request, exc: Exception) -> Response:
