@@ -299,3 +299,28 @@ def test_sdk_result_bytes_are_capped(lake_dir: Path, max_rows: int | None, outco
             result = s.sql(sql, max_rows=max_rows)
             assert (result.row_count, result.truncated) == (100, True)
         assert s.sql("SELECT 42").rows == [(42,)]  # the half-read result was finished
+
+
+def test_an_atomic_batch_spends_one_time_budget(lake_dir: Path) -> None:
+    work = "INSERT INTO t SELECT count(*) FROM range(20000000) r WHERE r.range % 7 = 1"
+    with (
+        lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as w,
+        w.session("a") as s,
+    ):
+        s.sql("CREATE TABLE t (n BIGINT)")
+        took = []
+        for _ in range(3):
+            started = time.monotonic()
+            s.sql(work)
+            took.append(time.monotonic() - started)
+    one = sorted(took)[1]
+    # Each statement fits its limit twice over; four of them do not fit one budget.
+    settings = lakewarden.Settings(statement_timeout_s=round(2 * one, 3))
+    with (
+        lakewarden.open(lake_dir, settings=settings, telemetry=lakewarden.Telemetry(env={})) as w,
+        w.session("a") as s,
+    ):
+        assert s.sql(work).rows_affected == 1
+        with pytest.raises(lakewarden.StatementTimeout):
+            s.batch([work] * 4)
+        assert s.sql("SELECT count(*) FROM t").rows == [(4,)]  # the batch committed nothing

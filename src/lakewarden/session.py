@@ -72,6 +72,7 @@ class Session:
         self._closed = False
         self._tx: Transaction | None = None
         self._tx_span: SpanContext | None = None
+        self._batch_started: float | None = None  # an atomic batch spends one time budget
         self._namespace = warden.engine.location.namespace
 
     def __enter__(self) -> Session:
@@ -117,7 +118,7 @@ class Session:
             raise ExecutionError("the session is closed; open a new one with warden.session()")
         # One deadline for the whole statement: analysis and governance spend from the same
         # budget as execution and fetching, so a slow analysis cannot buy more engine time.
-        started = time.monotonic()
+        started = self._batch_started or time.monotonic()
         event = self._event(traceparent)
         warden = self.warden
         try:
@@ -177,9 +178,13 @@ class Session:
         if not statements:
             raise InvalidSQL("an atomic batch needs at least one statement")
         results = []
-        with self.transaction(traceparent=traceparent, dry_run=dry_run) as tx:
-            for text in statements:
-                results.append(self.sql(text))
+        self._batch_started = time.monotonic()
+        try:
+            with self.transaction(traceparent=traceparent, dry_run=dry_run) as tx:
+                for text in statements:
+                    results.append(self.sql(text))
+        finally:
+            self._batch_started = None
         return replace(tx.result, statements=tuple(results))
 
     @contextmanager
