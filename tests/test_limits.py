@@ -357,3 +357,14 @@ def test_connections_over_the_limit_get_503(tmp_path: Path) -> None:
         time.sleep(0.2)  # ... and seen them close
         served_again = httpx.post(f"{served.url}/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
         assert served_again.status_code == 200
+
+
+def test_max_rows_setting_is_validated_and_applied(tmp_path: Path) -> None:
+    with pytest.raises(lakewarden.ConfigurationError, match="LAKEWARDEN_MAX_ROWS"):
+        Settings.from_env({"LAKEWARDEN_MAX_ROWS": "0"})
+    settings = Settings.from_env({"LAKEWARDEN_MAX_ROWS": "3"})
+    with serve(tmp_path / "lake", settings=settings) as served:
+        body = httpx.post(
+            f"{served.url}/v1/sql", json={"sql": "SELECT * FROM range(10)"}, timeout=30
+        ).json()
+        assert (body["row_count"], body["truncated"]) == (3, True)

@@ -13,6 +13,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit records older than this are pruned at start-up |
 | LAKEWARDEN_MAX_BODY_BYTES | 1MB | largest HTTP request body (REST and MCP), checked before auth |
 | LAKEWARDEN_MAX_HEADER_BYTES | 16KB | largest request line plus headers of one HTTP request |
+| LAKEWARDEN_MAX_ROWS | 10000 | rows a REST/MCP read returns unless request or policy caps it |
 | LAKEWARDEN_MAX_PARAMS | 10000 | most bound parameters one statement may carry |
 | LAKEWARDEN_MAX_RESULT_BYTES | 64MB | largest result a read may fetch (Arrow bytes; 0 = none) |
 | LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
@@ -74,6 +75,7 @@ class Settings:
     max_body_bytes: int = 1000**2
     max_header_bytes: int = 16 * 1024
     max_params: int = 10_000
+    max_rows: int = 10_000
     max_result_bytes: int = 64 * 1000**2
     max_connections: int = 256
     address_space_limit: str = "auto"
@@ -95,6 +97,7 @@ class Settings:
             ("LAKEWARDEN_MAX_BODY_BYTES", self.max_body_bytes, 1024),
             ("LAKEWARDEN_MAX_HEADER_BYTES", self.max_header_bytes, 1024),
             ("LAKEWARDEN_MAX_PARAMS", self.max_params, 1),
+            ("LAKEWARDEN_MAX_ROWS", self.max_rows, 1),
             ("LAKEWARDEN_MAX_RESULT_BYTES", self.max_result_bytes, 0),
             ("LAKEWARDEN_MAX_CONNECTIONS", self.max_connections, 1),
         ):
@@ -151,6 +154,7 @@ class Settings:
             max_body_bytes=size("LAKEWARDEN_MAX_BODY_BYTES", cls.max_body_bytes),
             max_header_bytes=size("LAKEWARDEN_MAX_HEADER_BYTES", cls.max_header_bytes),
             max_params=int(number("LAKEWARDEN_MAX_PARAMS", cls.max_params, int)),
+            max_rows=int(number("LAKEWARDEN_MAX_ROWS", cls.max_rows, int)),
             max_result_bytes=size("LAKEWARDEN_MAX_RESULT_BYTES", cls.max_result_bytes),
             max_connections=int(number("LAKEWARDEN_MAX_CONNECTIONS", cls.max_connections, int)),
             address_space_limit=env.get(

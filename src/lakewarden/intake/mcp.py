@@ -157,7 +157,7 @@ def build_mcp(
                     )
                 cap = max_rows
                 if cap is None and warden.row_limit(agent, None) is None:
-                    cap = default_max_rows()
+                    cap = default_max_rows(warden)
                 with warden.pooled_session(agent) as s:
                     return result_json(
                         s.sql(sql, params, max_rows=cap, traceparent=traceparent, dry_run=dry_run)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -34,6 +33,7 @@ from lakewarden.errors import (
 )
 from lakewarden.intake.jsonvalues import json_value, result_json
 from lakewarden.result import Result
+from lakewarden.settings import Settings
 from lakewarden.warden import Warden
 
 __all__ = [
@@ -52,8 +52,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Rows a read returns when neither the request nor the agent's policy sets a cap: an unbounded
-# SELECT must not exhaust the sidecar's memory. Override with LAKEWARDEN_MAX_ROWS.
-DEFAULT_MAX_ROWS = 10_000
+# SELECT must not exhaust the sidecar's memory. Override with LAKEWARDEN_MAX_ROWS (a setting,
+# validated at start-up with the others).
+DEFAULT_MAX_ROWS = Settings.max_rows
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 AgentHeader = "X-Lakewarden-Agent"
 ANONYMOUS = "anonymous"
@@ -71,9 +72,8 @@ STATUS: dict[str, int] = {
 }
 
 
-def default_max_rows() -> int:
-    raw = os.environ.get("LAKEWARDEN_MAX_ROWS", "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ROWS
+def default_max_rows(warden: Warden) -> int:
+    return warden.settings.max_rows
 
 
 class SqlRequest(BaseModel):
@@ -227,7 +227,7 @@ def sql_endpoint(warden: Warden, workers: Executor) -> SqlEndpoint:
     def run_statement(agent: str, body: SqlRequest, traceparent: str | None) -> Result:
         max_rows = body.max_rows
         if max_rows is None and warden.row_limit(agent, None) is None:
-            max_rows = default_max_rows()
+            max_rows = default_max_rows(warden)
         with warden.pooled_session(agent) as s:
             if body.statements is not None:
                 return s.batch(body.statements, traceparent=traceparent, dry_run=body.dry_run)
