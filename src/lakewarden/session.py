@@ -140,7 +140,12 @@ class Session:
 
             if stmt.kind == "read":
                 result = self._read(
-                    stmt, params, warden.row_limit(self.agent, max_rows), budget, limit, event
+                    stmt,
+                    params,
+                    warden.row_limit(self.agent, max_rows),
+                    budget,
+                    limit,
+                    event.trace_hex,
                 )
                 event.returned_rows = result.row_count
             elif self._tx is not None:
@@ -233,7 +238,7 @@ class Session:
         limit: int | None,
         budget: float | None,
         timeout: float | None,
-        event: Event,
+        trace_id: str,
     ) -> Result:
         cur = self._cur
         with WATCHDOG.guard(cur, budget) as deadline:
@@ -245,11 +250,7 @@ class Session:
                 # pyarrow as an OSError, not as a duckdb error: the deadline decides what it was.
                 raise _engine_error(exc, deadline.expired, timeout) from exc
         return Result(
-            kind="read",
-            summary=stmt.summary,
-            trace_id=event.trace_hex,
-            table=table,
-            truncated=truncated,
+            kind="read", summary=stmt.summary, trace_id=trace_id, table=table, truncated=truncated
         )
 
     def _write(
