@@ -368,3 +368,31 @@ def test_max_rows_setting_is_validated_and_applied(tmp_path: Path) -> None:
             f"{served.url}/v1/sql", json={"sql": "SELECT * FROM range(10)"}, timeout=30
         ).json()
         assert (body["row_count"], body["truncated"]) == (3, True)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param(b"", id="silent-connection"),
+        pytest.param(b"POST /v1/sql HTTP/1.1\r\nHost: x\r\n", id="slow-head"),
+        pytest.param(
+            b'POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"sql"',
+            id="slow-body",
+        ),
+    ],
+)
+def test_slow_clients_are_cut_off(tmp_path: Path, sent: bytes) -> None:
+    settings = Settings(request_read_timeout_s=1)
+    with serve(tmp_path / "lake", settings=settings) as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(sent)
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                answer += chunk
+            waited = time.monotonic() - started
+        assert 0.9 < waited < 3, f"{waited:.1f} s"
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b'"code":"timeout"' in answer.replace(b" ", b"")
+        assert b"request_read_timeout" in answer

@@ -16,6 +16,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_MAX_ROWS | 10000 | rows a REST/MCP read returns unless request or policy caps it |
 | LAKEWARDEN_MAX_PARAMS | 10000 | most bound parameters one statement may carry |
 | LAKEWARDEN_MAX_RESULT_BYTES | 64MB | largest result a read may fetch (Arrow bytes; 0 = none) |
+| LAKEWARDEN_REQUEST_READ_TIMEOUT_S | 10 | seconds to receive a request head, then its body |
 | LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
 | LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 6GB) |
 
@@ -78,6 +79,7 @@ class Settings:
     max_rows: int = 10_000
     max_result_bytes: int = 64 * 1000**2
     max_connections: int = 256
+    request_read_timeout_s: float = 10.0
     address_space_limit: str = "auto"
 
     def __post_init__(self) -> None:
@@ -103,6 +105,8 @@ class Settings:
         ):
             if value < least:
                 raise ConfigurationError(f"{name}={value} must be at least {least}")
+        if not self.request_read_timeout_s > 0:
+            raise ConfigurationError("LAKEWARDEN_REQUEST_READ_TIMEOUT_S must be > 0")
         self.address_space_bytes()  # fails here, at start-up, when malformed
         if self.catalog not in CATALOGS:
             raise ConfigurationError(
@@ -157,6 +161,9 @@ class Settings:
             max_rows=int(number("LAKEWARDEN_MAX_ROWS", cls.max_rows, int)),
             max_result_bytes=size("LAKEWARDEN_MAX_RESULT_BYTES", cls.max_result_bytes),
             max_connections=int(number("LAKEWARDEN_MAX_CONNECTIONS", cls.max_connections, int)),
+            request_read_timeout_s=number(
+                "LAKEWARDEN_REQUEST_READ_TIMEOUT_S", cls.request_read_timeout_s
+            ),
             address_space_limit=env.get(
                 "LAKEWARDEN_ADDRESS_SPACE_LIMIT", cls.address_space_limit
             ).strip()

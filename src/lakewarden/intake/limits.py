@@ -16,20 +16,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import resource
 import secrets
+from typing import ClassVar
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from lakewarden.errors import LakewardenError, TooLarge, Violation
+from lakewarden.errors import LakewardenError, StatementTimeout, TooLarge, Violation
 from lakewarden.intake.rest import STATUS, error_body, identify
 from lakewarden.warden import Warden
 
-__all__ = ["BoundedHttpToolsProtocol", "bounded_body", "cap_address_space", "token_gate"]
+__all__ = [
+    "BoundedHttpToolsProtocol",
+    "bounded_body",
+    "bounded_protocol",
+    "cap_address_space",
+    "token_gate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +55,45 @@ def _error_bytes(status: int, reason: str, error: LakewardenError) -> bytes:
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """httptools with a cap on the head of each request (``h11_max_incomplete_event_size``
-    of uvicorn's config, the same knob uvicorn gives h11)."""
+    of uvicorn's config, the same knob uvicorn gives h11) and a time limit on receiving it:
+    uvicorn has none, so a client sending a byte now and then held a connection for ever.
+    :func:`bounded_protocol` sets the time limit."""
 
+    head_timeout_s: ClassVar[float] = 10.0
     _head_bytes = 0
     _in_head = True  # a new connection starts with a request head
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()  # a connection that never sends a byte is bounded too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_expired)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # the previous request is still being answered
+            return
+        error = StatementTimeout(
+            f"the request head did not arrive within {self.head_timeout_s:g} s",
+            [Violation("request_read_timeout", "request head time limit")],
+        )
+        self.transport.write(_error_bytes(408, "Request Timeout", error))
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -58,6 +101,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
+        self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -69,6 +113,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         counting = self._in_head
         if counting:
+            if self._head_timer is None:
+                self._arm_head_timer()  # the first bytes of the next request's head
             self._head_bytes += len(data)
         cap = self.config.h11_max_incomplete_event_size or 0
         super().data_received(data)
@@ -110,8 +156,16 @@ def _body_error(measured: int | None, limit: int) -> TooLarge:
     )
 
 
-def bounded_body(app: ASGIApp, max_bytes: int) -> ASGIApp:
-    """``app`` behind a request-body cap of ``max_bytes`` (413 ``too_large`` past it).
+def bounded_protocol(head_timeout_s: float) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn, with its time limit on a request head."""
+    return type(
+        "BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"head_timeout_s": head_timeout_s}
+    )
+
+
+def bounded_body(app: ASGIApp, max_bytes: int, timeout_s: float) -> ASGIApp:
+    """``app`` behind a request-body cap of ``max_bytes`` (413 ``too_large`` past it) and a
+    time limit of ``timeout_s`` on receiving it (408 ``timeout``).
 
     The body is read here, at most ``max_bytes`` of it, and handed to ``app`` whole; every
     endpoint's body is a small JSON document, so buffering it costs nothing that matters.
@@ -133,19 +187,28 @@ def bounded_body(app: ASGIApp, max_bytes: int) -> ASGIApp:
         chunks: list[bytes] = []
         total = 0
         disconnect: Message | None = None
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                disconnect = message
-                break
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > max_bytes:
-                await _send_error(send, 413, _body_error(None, max_bytes))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        disconnect = message
+                        break
+                    chunk = message.get("body", b"")
+                    total += len(chunk)
+                    if total > max_bytes:
+                        await _send_error(send, 413, _body_error(None, max_bytes))
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            slow = StatementTimeout(
+                f"the request body did not arrive within {timeout_s:g} s",
+                [Violation("request_read_timeout", "request body time limit", limit=timeout_s)],
+            )
+            await _send_error(send, 408, slow)
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -27,8 +27,8 @@ from starlette.types import ASGIApp
 from lakewarden import __version__
 from lakewarden.errors import ConfigurationError
 from lakewarden.intake.limits import (
-    BoundedHttpToolsProtocol,
     bounded_body,
+    bounded_protocol,
     cap_address_space,
     token_gate,
 )
@@ -125,7 +125,10 @@ def create_app(warden: Warden) -> ASGIApp:
     app.mount("/mcp", token_gate(mcp_app, warden))
     # The body cap wraps everything, the fast path included: no request body is read past it,
     # and none is read at all when its declared length is over it.
-    return bounded_body(fast_path(app, sql), warden.settings.max_body_bytes)
+    settings = warden.settings
+    return bounded_body(
+        fast_path(app, sql), settings.max_body_bytes, settings.request_read_timeout_s
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -162,7 +165,7 @@ def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
         server_header=False,  # no software banner for whoever can reach the port
         # Bounds checked while a request arrives, before any authentication work: request
         # head size (the same knob for h11 and the httptools protocol) and connections.
-        http=BoundedHttpToolsProtocol,
+        http=bounded_protocol(warden.settings.request_read_timeout_s),
         h11_max_incomplete_event_size=warden.settings.max_header_bytes,
         limit_concurrency=warden.settings.max_connections,
     )
