@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -18,6 +19,17 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from server_helpers import serve
 
 TOOLS = {"query", "execute", "list_tables", "describe_table", "list_snapshots"}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "0"},
+    },
+}
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -122,6 +134,16 @@ def test_streamable_http_identity_from_bearer_token(
     sent = {"good": secret, "bad": "not-the-token"}.get(token or "")
     headers = {"Authorization": f"Bearer {sent}"} if sent else {}
     with serve(tmp_path / "lake", policy=policy) as served:
+        if not allowed:
+            # No session and no tool list without the token: the transport is never reached.
+            for message in (INITIALIZE, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}):
+                response = httpx.post(
+                    f"{served.url}/mcp/", json=message, headers={**headers, **MCP_HEADERS}
+                )
+                assert response.status_code == 401, response.text
+                assert response.json()["error"]["code"] == "unauthenticated"
+                assert "mcp-session-id" not in response.headers
+            return
 
         async def main() -> None:
             http = create_mcp_http_client(headers=headers)
@@ -129,11 +151,7 @@ def test_streamable_http_identity_from_bearer_token(
                 http,
                 Client(streamable_http_client(f"{served.url}/mcp/", http_client=http)) as client,
             ):
-                if allowed:
-                    await exercise(client, "mcp-etl")
-                else:
-                    result = await client.call_tool("list_tables", {})
-                    assert tool_error(result)["code"] == "unauthenticated"
+                await exercise(client, "mcp-etl")
 
         run(main)
 

@@ -260,7 +260,8 @@ def test_external_writer_is_picked_up_within_one_poll(
         )
         deadline = time.monotonic() + 5  # a few poll intervals, bounded
         while True:
-            table = httpx.get(f"{served.url}/v1/tables/events", timeout=10).json()
+            # metadata is shown to an agent whose read grants cover the table
+            table = httpx.get(f"{served.url}/v1/tables/events", headers=agent, timeout=10).json()
             if "source" in [c["name"] for c in table["columns"]] or time.monotonic() > deadline:
                 break
             time.sleep(0.1)

@@ -16,6 +16,7 @@ EXPECTED = {
     "Settings",
     "StatementTimeout",
     "Telemetry",
+    "TooLarge",
     "Violation",
     "Warden",
     "__version__",
@@ -39,5 +40,6 @@ def test_errors_share_one_root() -> None:
         "PolicyDenied",
         "QualityGateFailed",
         "StatementTimeout",
+        "TooLarge",
     ):
         assert issubclass(getattr(lakewarden, name), lakewarden.LakewardenError)

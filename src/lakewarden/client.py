@@ -26,6 +26,7 @@ from lakewarden.errors import (
     PolicyDenied,
     QualityGateFailed,
     StatementTimeout,
+    TooLarge,
     Unauthenticated,
     Violation,
 )
@@ -45,6 +46,7 @@ _ERRORS: dict[str, type[LakewardenError]] = {
         NotFound,
         Unauthenticated,
         InvalidRequest,
+        TooLarge,
     )
 }
 

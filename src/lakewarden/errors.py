@@ -96,3 +96,9 @@ class NotFound(LakewardenError):
     """A table or snapshot that was named does not exist."""
 
     code = "not_found"
+
+
+class TooLarge(LakewardenError):
+    """A request body, its parameters, a statement's memory or a result is over its limit."""
+
+    code = "too_large"

@@ -27,6 +27,7 @@ from lakewarden.errors import (
     PolicyDenied,
     QualityGateFailed,
     StatementTimeout,
+    TooLarge,
     Violation,
 )
 from lakewarden.result import Result
@@ -72,6 +73,7 @@ class Session:
         self._closed = False
         self._tx: Transaction | None = None
         self._tx_span: SpanContext | None = None
+        self._batch_started: float | None = None  # an atomic batch spends one time budget
         self._namespace = warden.engine.location.namespace
 
     def __enter__(self) -> Session:
@@ -115,6 +117,9 @@ class Session:
         """
         if self._closed:
             raise ExecutionError("the session is closed; open a new one with warden.session()")
+        # One deadline for the whole statement: analysis and governance spend from the same
+        # budget as execution and fetching, so a slow analysis cannot buy more engine time.
+        started = self._batch_started or time.monotonic()
         event = self._event(traceparent)
         warden = self.warden
         try:
@@ -131,16 +136,26 @@ class Session:
             # catalog's: such verdicts are neither taken from nor put into the cache.
             shape_changed = self._tx is not None and self._tx.shape_changed
             flagged = warden.govern(self.agent, stmt, self._cur, cacheable=not shape_changed)
-            timeout = warden.timeout(self.agent)
+            limit = warden.timeout(self.agent)
+            budget = _remaining(limit, started)
+
+            def engine_error(exc: Exception, expired: bool, _budget: float | None) -> Exception:
+                return _engine_error(exc, expired, limit)
+
             if stmt.kind == "read":
                 result = self._read(
-                    stmt, params, warden.row_limit(self.agent, max_rows), timeout, event.trace_hex
+                    stmt,
+                    params,
+                    warden.row_limit(self.agent, max_rows),
+                    budget,
+                    limit,
+                    event.trace_hex,
                 )
                 event.returned_rows = result.row_count
             elif self._tx is not None:
                 if dry_run:
                     raise InvalidSQL("dry_run applies to a whole transaction, not one statement")
-                affected = self._tx.run(stmt, params, timeout, _engine_error)
+                affected = self._tx.run(stmt, params, budget, engine_error)
                 result = Result(
                     kind=stmt.kind,
                     summary=stmt.summary,
@@ -148,7 +163,7 @@ class Session:
                     rows_affected=affected,
                 )
             else:
-                result = self._write(stmt, params, timeout, event, dry_run)
+                result = self._write(stmt, params, budget, engine_error, event, dry_run)
             if flagged:
                 result = replace(
                     result, violations=result.violations + tuple(v.to_dict() for v in flagged)
@@ -172,9 +187,13 @@ class Session:
         if not statements:
             raise InvalidSQL("an atomic batch needs at least one statement")
         results = []
-        with self.transaction(traceparent=traceparent, dry_run=dry_run) as tx:
-            for text in statements:
-                results.append(self.sql(text))
+        self._batch_started = time.monotonic()
+        try:
+            with self.transaction(traceparent=traceparent, dry_run=dry_run) as tx:
+                for text in statements:
+                    results.append(self.sql(text))
+        finally:
+            self._batch_started = None
         return replace(tx.result, statements=tuple(results))
 
     @contextmanager
@@ -221,6 +240,7 @@ class Session:
         stmt: Statement,
         params: Sequence[Any] | None,
         limit: int | None,
+        budget: float | None,
         timeout: float | None,
         trace_id: str,
     ) -> Result:
@@ -231,13 +251,16 @@ class Session:
         # the catalog file cannot be attached a second time read-only in the same process).
         contained = self._tx is None and self.warden.read_only(self.agent)
         try:
-            with WATCHDOG.guard(cur, timeout) as deadline:
+            with WATCHDOG.guard(cur, budget) as deadline:
                 try:
                     if contained:
                         cur.begin()
                     cur.execute(stmt.text, params)
-                    table, truncated = _fetch(cur, limit)
-                except duckdb.Error as exc:
+                    table, truncated = _fetch(cur, limit, self.warden.settings.max_result_bytes)
+                except (duckdb.Error, OSError, MemoryError, pa.ArrowException) as exc:
+                    # An interrupt that lands while Arrow batches are being fetched surfaces from
+                    # pyarrow as an OSError, not as a duckdb error: the deadline decides what it
+                    # was.
                     raise _engine_error(exc, deadline.expired, timeout) from exc
         finally:
             if contained:
@@ -251,14 +274,15 @@ class Session:
         self,
         stmt: Statement,
         params: Sequence[Any] | None,
-        timeout: float | None,
+        budget: float | None,
+        on_error: Any,
         event: Event,
         dry_run: bool,
     ) -> Result:
         tx = Transaction(self.warden, self._cur, self.agent)
         tx.begin()
         try:
-            affected = tx.run(stmt, params, timeout, _engine_error)
+            affected = tx.run(stmt, params, budget, on_error)
             result = self._conclude(tx, event, dry_run)
         except BaseException:
             tx.rollback()
@@ -427,35 +451,78 @@ def _collection(stmt: Statement) -> str | None:
     return stmt.tables_read[0] if len(stmt.tables_read) == 1 else None
 
 
-def _fetch(cur: duckdb.DuckDBPyConnection, limit: int | None) -> tuple[pa.Table, bool]:
+def _remaining(limit: float | None, started: float) -> float | None:
+    """What is left of the statement's time limit; a timeout when nothing is."""
     if limit is None:
-        return cur.to_arrow_table(), False
-    reader = cur.to_arrow_reader(min(max(limit + 1, 1), 100_000))
+        return None
+    left = limit - (time.monotonic() - started)
+    if left <= 0:
+        raise _timeout(limit)
+    return left
+
+
+_BATCH_ROWS = 100_000
+
+
+def _fetch(
+    cur: duckdb.DuckDBPyConnection, limit: int | None, max_bytes: int
+) -> tuple[pa.Table, bool]:
+    """The result, at most ``limit`` rows; :class:`TooLarge` past ``max_bytes`` (0 = no cap).
+
+    Batches are counted as they arrive, so a result over the cap stops being fetched there
+    instead of being materialised whole first.
+    """
+    reader = cur.to_arrow_reader(_BATCH_ROWS if limit is None else min(limit + 1, _BATCH_ROWS))
     batches: list[pa.RecordBatch] = []
-    count = 0
+    count = size = 0
+    over = False
     for batch in reader:
         batches.append(batch)
         count += batch.num_rows
-        if count > limit:
+        size += batch.get_total_buffer_size()
+        if max_bytes and size > max_bytes:
+            over = True
             break
-    table = pa.Table.from_batches(batches, schema=reader.schema)
-    if table.num_rows > limit:
+        if limit is not None and count > limit:
+            break
+    if over or (limit is not None and count > limit):
         # Finish the half-read result: left open it keeps the cursor's transaction (and, with a
         # SQLite catalog, a lock that blocks every other writer) alive.
         reader.close()
         cur.execute("SELECT 1").fetchall()
+    if over:
+        raise TooLarge(
+            f"the result is larger than the limit of {max_bytes} bytes and was not returned: "
+            "select fewer rows or columns (max_rows), or aggregate in SQL",
+            [Violation("result_size", "result bytes limit", measured=size, limit=max_bytes)],
+        )
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    if limit is not None and table.num_rows > limit:
         return table.slice(0, limit), True
     return table, False
 
 
-def _engine_error(exc: duckdb.Error, expired: bool, timeout: float | None) -> LakewardenError:
+def _timeout(limit: float | None) -> StatementTimeout:
+    return StatementTimeout(
+        f"the statement ran longer than its limit of {limit or 0:g} s and was stopped; "
+        "nothing was committed",
+        [Violation("timeout", "statement time limit", limit=limit)],
+    )
+
+
+def _engine_error(exc: Exception, expired: bool, timeout: float | None) -> LakewardenError:
     if expired or isinstance(exc, duckdb.InterruptException):
-        return StatementTimeout(
-            f"the statement ran longer than its limit of {timeout or 0:g} s and was stopped; "
-            "nothing was committed",
-            [Violation("timeout", "statement time limit", limit=timeout)],
-        )
+        return _timeout(timeout)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, duckdb.OutOfMemoryException | MemoryError) or first.startswith(
+        "Out of Memory Error"  # the engine's own, passed on through an Arrow stream
+    ):
+        # The engine's memory limit, or the server's address-space cap, stopped the statement.
+        return TooLarge(
+            f"the statement needs more memory than the engine may use: {first}; "
+            "nothing was committed",
+            [Violation("memory_limit", first)],
+        )
     if isinstance(exc, duckdb.PermissionException):
         return PolicyDenied(
             f"the engine refused file access: {first}", [Violation("engine_hardening", first)]

@@ -416,8 +416,17 @@ class Warden:
         except Exception:
             log.exception("could not write the audit record of a refused statement")
 
-    def audit(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Audit records, newest first."""
+    def audit(
+        self, agent: str | None = None, limit: int = 100, *, caller: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit records, newest first; a ``caller`` that is not an admin sees only its own."""
+        if caller is not None and not self.is_admin(caller):
+            if agent not in (None, caller):
+                raise PolicyDenied(
+                    f"agent {caller!r} may read only its own audit records",
+                    [Violation("audit_scope", "only admins read other agents' audit records")],
+                )
+            agent = caller
         with self._lock:
             cur = self.engine.cursor()
             try:
@@ -436,22 +445,44 @@ class Warden:
         return restore(self, normalize(table), int(snapshot_id), agent, traceparent)
 
     # -- reading the lake ------------------------------------------------------------------------
+    #
+    # Metadata follows the data: with ``agent`` given, only tables its read grants cover exist,
+    # and a table it may not read is "not found" in the very words of a missing one, so the
+    # answer tells nothing about what the agent cannot see. ``agent=None`` is the operator (CLI,
+    # an application holding the SDK): everything.
 
-    def tables(self) -> list[TableState]:
-        return sorted(self.tracker.tables(), key=lambda t: t.name)
+    def is_admin(self, agent: str) -> bool:
+        """May see every table's metadata and every agent's audit records: open mode, or an
+        agent that reads every table (``read: ["*"]``) and is named in the policy's
+        ``restore`` list."""
+        if self.policy.is_open:
+            return True
+        rules = self.policy.agent(agent)
+        return rules is not None and "*" in rules.read and self.policy.can_restore(agent)
 
-    def table(self, name: str) -> TableState:
+    def can_see(self, agent: str | None, table: str) -> bool:
+        """Whether ``agent``'s read grants cover ``table`` (always, for the operator)."""
+        if agent is None or self.policy.is_open:
+            return True
+        rules = self.policy.agent(agent)
+        return rules is not None and rules.can_read(table)
+
+    def tables(self, agent: str | None = None) -> list[TableState]:
+        states = (t for t in self.tracker.tables() if self.can_see(agent, t.name))
+        return sorted(states, key=lambda t: t.name)
+
+    def table(self, name: str, agent: str | None = None) -> TableState:
         state = self.tracker.get(normalize(name))
-        if state is None:
+        if state is None or not self.can_see(agent, state.name):
             raise NotFound(
                 f"table {name!r} does not exist in this lake "
                 "(name it schema.table, or just table in schema main)"
             )
         return state
 
-    def describe(self, name: str) -> dict[str, Any]:
+    def describe(self, name: str, agent: str | None = None) -> dict[str, Any]:
         """A table's schema and signals, with the state of each of its contract checks."""
-        state = self.table(name)
+        state = self.table(name, agent)
         out = state.summary()
         out["checks"] = [
             {
@@ -469,28 +500,43 @@ class Warden:
         }
         return out
 
-    def snapshots(self, table: str | None = None, limit: int = 50) -> list[catalog.Snapshot]:
-        """Snapshots newest first, optionally only those that changed ``table``."""
+    def snapshots(
+        self, table: str | None = None, limit: int = 50, agent: str | None = None
+    ) -> list[catalog.Snapshot]:
+        """Snapshots newest first, optionally only those that changed ``table``; for ``agent``,
+        only snapshots whose every changed table it may read."""
+        if table is not None and agent is not None:
+            self.table(table, agent)  # NotFound for a table that never was, or is not its to see
         if not self.engine.location.is_lake:
             return []
+        everything = agent is None or self.is_admin(agent)
         with self._lock:
             cur = self.engine.cursor()
             try:
                 names = catalog.table_ids(cur)
-                if table is None:
+
+                def visible(snap: catalog.Snapshot) -> bool:
                     # lakewarden's own bookkeeping commits (audit of refusals) are not news
-                    found = [
-                        s
-                        for s in catalog.snapshots(cur, limit=limit * 2 + 10)
-                        if s.agent != audit.AUTHOR
-                    ][:limit]
+                    return snap.agent != audit.AUTHOR and (
+                        everything or self._snapshot_visible(str(agent), snap, names)
+                    )
+
+                if table is None:
                     rows = self._rows_by_snapshot(None)
+                    history = (
+                        catalog.snapshots(cur, limit=limit * 2 + 10)
+                        if everything
+                        else catalog.snapshots(cur)
+                    )
+                    found = [s for s in history if visible(s)][:limit]
                     return [_with_rows(s.described(names), rows) for s in found]
                 name = normalize(table)
                 rows = self._rows_by_snapshot(name)
                 ids = {k for k, v in names.items() if v == name}
                 out = []
                 for snap in catalog.snapshots(cur):
+                    if not everything and not self._snapshot_visible(str(agent), snap, names):
+                        continue  # it also changed a table the agent may not read
                     if any(
                         (key == "tables_created" and name in map(normalize, values))
                         or ids.intersection(values)
@@ -518,6 +564,21 @@ class Warden:
                 added, removed = out.get(w.snapshot_id, (0, 0))
                 out[w.snapshot_id] = (added + w.rows_added, removed + w.rows_removed)
         return out
+
+    def _snapshot_visible(self, agent: str, snap: catalog.Snapshot, names: dict[str, str]) -> bool:
+        for key, values in snap.changes.items():
+            if key.startswith("schemas_"):
+                continue  # schemas created or dropped name no table
+            for value in values:
+                # "tables_created" (and "views_created") list names; every other kind of change
+                # (inserts, inlined inserts, deletes, drops, alters, ...) lists table ids. What
+                # cannot be named is hidden rather than guessed at.
+                table = normalize(value) if key.endswith("_created") else names.get(str(value))
+                if table == audit.TABLE:
+                    continue  # every governed commit writes its audit records along with it
+                if table is None or not self.can_see(agent, table):
+                    return False
+        return True
 
     def refresh(self) -> None:
         """Pick up commits made outside this warden (other processes, other tools)."""

@@ -10,25 +10,39 @@ child of the agent's trace. Errors are tool errors (``is_error``) whose text is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, TextContent
+from pydantic import ValidationError
 
 from lakewarden import __version__
 from lakewarden.analysis import analyze
 from lakewarden.errors import InvalidRequest, InvalidSQL, LakewardenError, Violation
 from lakewarden.intake.jsonvalues import json_value, result_json
-from lakewarden.intake.rest import ANONYMOUS, AgentHeader, default_max_rows, error_body, identify
+from lakewarden.intake.rest import (
+    ANONYMOUS,
+    AgentHeader,
+    check_params,
+    default_max_rows,
+    error_body,
+    identify,
+    request_violations,
+    sql_request,
+)
 from lakewarden.warden import Warden
 
 __all__ = ["build_mcp"]
 
 T = TypeVar("T")
+MAX_LISTED = 10_000  # the REST listing's bound on ``limit``
 
 
 def _ok(payload: Any) -> CallToolResult:
@@ -52,9 +66,32 @@ def _headers(ctx: Context) -> Mapping[str, str] | None:
     return headers if isinstance(headers, Mapping) else None
 
 
-def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
-    """The MCP server of ``warden``; ``stdio_agent`` names the caller when there is no HTTP."""
-    server = MCPServer(
+class _Server(MCPServer):
+    """Arguments that do not fit a tool's declared types (a string for ``max_rows``) are
+    refused by the SDK before the tool runs, in its own words; here they get the REST error
+    shape and code (``invalid_request``), like every other refusal."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            return _error(
+                InvalidRequest(
+                    "the tool arguments are not valid", request_violations(cause.errors())
+                )
+            )
+
+
+def build_mcp(
+    warden: Warden, *, stdio_agent: str | None = None, workers: Executor | None = None
+) -> MCPServer:
+    """The MCP server of ``warden``; ``stdio_agent`` names the caller when there is no HTTP.
+    Tools run their blocking work on ``workers`` when given (the HTTP server's threads, which
+    all exist from the start), else on anyio's worker threads."""
+    server = _Server(
         name="lakewarden",
         version=__version__,
         # INFO would log every HTTP request over the demo's live view and the server's output.
@@ -84,6 +121,8 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
 
     async def call(ctx: Context, work: Callable[[str], T]) -> T:
         agent = agent_of(ctx)
+        if workers is not None:
+            return await asyncio.get_running_loop().run_in_executor(workers, work, agent)
         return await anyio.to_thread.run_sync(work, agent)
 
     async def statement(
@@ -95,22 +134,30 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         dry_run: bool = False,
     ) -> CallToolResult:
         try:
-            try:
-                kind = analyze(sql).kind
-            except InvalidSQL:
-                kind = None  # let the session refuse it, so the refusal is traced and counted
-            if kind is not None and (kind == "read") != reads:
-                tool, other = ("query", "execute") if reads else ("execute", "query")
-                raise InvalidRequest(
-                    f"{tool} does not run {kind} statements: use {other}",
-                    [Violation("wrong_tool", f"a {kind} statement was sent to {tool}")],
-                )
+            # The REST body's rules, applied to the tool's arguments (max_rows > 0, a string
+            # statement, the parameter count), with the REST error shape.
+            checked = sql_request(
+                {"sql": sql, "params": params, "max_rows": max_rows, "dry_run": dry_run}
+            )
+            check_params(checked, warden.settings.max_params)
             traceparent = traceparent_of(ctx)
 
             def run(agent: str) -> dict[str, Any]:
+                # Analysed here, on a worker thread, not on the event loop that every other
+                # request shares (the session finds the analysis cached).
+                try:
+                    kind = analyze(sql).kind
+                except InvalidSQL:
+                    kind = None  # let the session refuse it, so the refusal is traced, counted
+                if kind is not None and (kind == "read") != reads:
+                    tool, other = ("query", "execute") if reads else ("execute", "query")
+                    raise InvalidRequest(
+                        f"{tool} does not run {kind} statements: use {other}",
+                        [Violation("wrong_tool", f"a {kind} statement was sent to {tool}")],
+                    )
                 cap = max_rows
                 if cap is None and warden.row_limit(agent, None) is None:
-                    cap = default_max_rows()
+                    cap = default_max_rows(warden)
                 with warden.pooled_session(agent) as s:
                     return result_json(
                         s.sql(sql, params, max_rows=cap, traceparent=traceparent, dry_run=dry_run)
@@ -138,6 +185,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         returns rows_affected, snapshot_id and signals. dry_run judges and rolls back."""
         if isinstance(sql, list):
             try:
+                sql_request({"statements": sql, "params": params, "dry_run": dry_run})
                 traceparent = traceparent_of(ctx)
 
                 def run_batch(agent: str) -> dict[str, Any]:
@@ -154,6 +202,11 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
         """Restore a table to its content at an earlier snapshot, as one new commit
         (only agents the policy allows to restore)."""
         try:
+            if snapshot_id < 0:
+                raise InvalidRequest(
+                    "the tool arguments are not valid",
+                    [Violation("invalid_request", "snapshot_id: must be >= 0")],
+                )
             traceparent = traceparent_of(ctx)
             result = await call(
                 ctx,
@@ -169,7 +222,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
     async def list_tables(ctx: Context) -> CallToolResult:
         """List the lake's tables with rows, freshness, null ratios and schema changes."""
         try:
-            states = await call(ctx, lambda _agent: warden.tables())
+            states = await call(ctx, warden.tables)
             return _ok({"tables": [t.summary() for t in states]})
         except LakewardenError as exc:
             return _error(exc)
@@ -178,7 +231,7 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
     async def describe_table(name: str, ctx: Context) -> CallToolResult:
         """Describe one table: columns with types and null ratios, last writer, freshness."""
         try:
-            return _ok(await call(ctx, lambda _agent: warden.describe(name)))
+            return _ok(await call(ctx, lambda agent: warden.describe(name, agent)))
         except LakewardenError as exc:
             return _error(exc)
 
@@ -188,7 +241,12 @@ def build_mcp(warden: Warden, *, stdio_agent: str | None = None) -> MCPServer:
     ) -> CallToolResult:
         """List snapshots newest first: id, time, agent, message and trace id of each commit."""
         try:
-            snaps = await call(ctx, lambda _agent: warden.snapshots(table, max(1, limit)))
+            if not 0 < limit <= MAX_LISTED:
+                raise InvalidRequest(
+                    "the tool arguments are not valid",
+                    [Violation("invalid_request", f"limit: must be in 1..{MAX_LISTED}")],
+                )
+            snaps = await call(ctx, lambda agent: warden.snapshots(table, limit, agent))
             return _ok({"snapshots": [s.to_dict() for s in snaps]})
         except LakewardenError as exc:
             return _error(exc)

@@ -9,25 +9,31 @@ the warden's per-agent pool (a session is one DuckDB cursor), so many agents are
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pyarrow as pa
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lakewarden.errors import InvalidRequest, LakewardenError, Unauthenticated, Violation
+from lakewarden.errors import (
+    InvalidRequest,
+    LakewardenError,
+    TooLarge,
+    Unauthenticated,
+    Violation,
+)
 from lakewarden.intake.jsonvalues import json_value, result_json
 from lakewarden.result import Result
+from lakewarden.settings import Settings
 from lakewarden.warden import Warden
 
 __all__ = [
@@ -46,8 +52,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Rows a read returns when neither the request nor the agent's policy sets a cap: an unbounded
-# SELECT must not exhaust the sidecar's memory. Override with LAKEWARDEN_MAX_ROWS.
-DEFAULT_MAX_ROWS = 10_000
+# SELECT must not exhaust the sidecar's memory. Override with LAKEWARDEN_MAX_ROWS (a setting,
+# validated at start-up with the others).
+DEFAULT_MAX_ROWS = Settings.max_rows
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 AgentHeader = "X-Lakewarden-Agent"
 ANONYMOUS = "anonymous"
@@ -60,13 +67,13 @@ STATUS: dict[str, int] = {
     "not_found": 404,
     "timeout": 408,
     "quality_gate_failed": 409,
+    "too_large": 413,
     "execution_failed": 422,
 }
 
 
-def default_max_rows() -> int:
-    raw = os.environ.get("LAKEWARDEN_MAX_ROWS", "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ROWS
+def default_max_rows(warden: Warden) -> int:
+    return warden.settings.max_rows
 
 
 class SqlRequest(BaseModel):
@@ -95,7 +102,7 @@ class RestoreRequest(BaseModel):
     snapshot_id: Annotated[int, Field(ge=0)]
 
 
-def _request_violations(errors: Any) -> list[Violation]:
+def request_violations(errors: Any) -> list[Violation]:
     out = []
     for e in errors:
         where = ".".join(map(str, e["loc"]))
@@ -116,8 +123,29 @@ def parse_sql_request(raw: bytes) -> SqlRequest:
         return SqlRequest.model_validate_json(raw or b"null")
     except ValidationError as exc:
         raise InvalidRequest(
-            "the request body is not valid", _request_violations(exc.errors())
+            "the request body is not valid", request_violations(exc.errors())
         ) from exc
+
+
+def sql_request(fields: dict[str, Any]) -> SqlRequest:
+    """The same request from already-decoded values (the MCP tools' arguments): one set of
+    rules, one error shape, whichever door a statement came through."""
+    try:
+        return SqlRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "the tool arguments are not valid", request_violations(exc.errors())
+        ) from exc
+
+
+def check_params(request: SqlRequest, limit: int) -> None:
+    """Refuse more bound parameters than ``limit`` before any of them reaches the engine."""
+    count = len(request.params or ())
+    if count > limit:
+        raise TooLarge(
+            f"{count} bound parameters is more than the limit of {limit}",
+            [Violation("params", "bound parameters limit", measured=count, limit=limit)],
+        )
 
 
 _SQL_REQUEST_BODY = {
@@ -189,6 +217,7 @@ def _arrow_stream(result: Result) -> bytes:
 
 
 SqlEndpoint = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def sql_endpoint(warden: Warden, workers: Executor) -> SqlEndpoint:
@@ -202,7 +231,7 @@ def sql_endpoint(warden: Warden, workers: Executor) -> SqlEndpoint:
     def run_statement(agent: str, body: SqlRequest, traceparent: str | None) -> Result:
         max_rows = body.max_rows
         if max_rows is None and warden.row_limit(agent, None) is None:
-            max_rows = default_max_rows()
+            max_rows = default_max_rows(warden)
         with warden.pooled_session(agent) as s:
             if body.statements is not None:
                 return s.batch(body.statements, traceparent=traceparent, dry_run=body.dry_run)
@@ -241,6 +270,7 @@ def sql_endpoint(warden: Warden, workers: Executor) -> SqlEndpoint:
                 warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
             )
             body = parse_sql_request(await request.body())
+            check_params(body, warden.settings.max_params)
             arrow = ARROW_STREAM in request.headers.get("accept", "")
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(workers, answer, agent, body, traceparent, arrow)
@@ -272,8 +302,15 @@ def fast_path(app: ASGIApp, endpoint: SqlEndpoint) -> ASGIApp:
     return dispatch
 
 
-def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
+def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRouter:
+    """The ``/v1`` routes; their blocking work runs on ``workers``, threads that exist from the
+    start (see :func:`lakewarden.intake.server.prestarted`)."""
     router = APIRouter(prefix="/v1")
+
+    async def run_in_threadpool(fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(workers, functools.partial(fn, *args))
+
     router.add_api_route(
         "/sql",
         sql,
@@ -288,20 +325,24 @@ def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
 
     @router.get("/tables")
     async def tables(request: Request) -> Response:
-        """Every table with its signals."""
+        """Every table the caller may read, with its signals."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
+            agent = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
         except LakewardenError as exc:
             return error_response(exc, None)
-        states = await run_in_threadpool(warden.tables)
+        states = await run_in_threadpool(warden.tables, agent)
         return JSONResponse({"tables": [json_value(t.summary()) for t in states]})
 
     @router.get("/tables/{name}")
     async def table(name: str, request: Request) -> Response:
-        """One table: schema, signals, schema changes."""
+        """One table: schema, signals, schema changes (404 unless the caller may read it)."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
-            described = await run_in_threadpool(warden.describe, name)
+            agent = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            described = await run_in_threadpool(warden.describe, name, agent)
         except LakewardenError as exc:
             return error_response(exc, None)
         return JSONResponse(json_value(described))
@@ -314,10 +355,11 @@ def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
     ) -> Response:
         """Snapshots newest first: id, time, agent, message, trace_id."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
-            if table is not None:
-                await run_in_threadpool(warden.table, table)  # 404 for a table that never was
-            snaps = await run_in_threadpool(warden.snapshots, table, limit)
+            caller = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            # 404 for a table that never was, or that the caller may not read
+            snaps = await run_in_threadpool(warden.snapshots, table, limit, caller)
         except LakewardenError as exc:
             return error_response(exc, None)
         return JSONResponse({"snapshots": [json_value(s.to_dict()) for s in snaps]})
@@ -345,10 +387,13 @@ def build_router(warden: Warden, sql: SqlEndpoint) -> APIRouter:
         agent: str | None = None,
         limit: Annotated[int, Query(gt=0, le=10_000)] = 100,
     ) -> Response:
-        """Audit records newest first: agent, decision, summary, violations, snapshot, trace."""
+        """Audit records newest first: agent, decision, summary, violations, snapshot, trace
+        (an agent sees its own; admins see every agent's)."""
         try:
-            identify(warden, request.headers.get("authorization"), request.headers.get(AgentHeader))
-            records = await run_in_threadpool(warden.audit, agent, limit)
+            caller = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            records = await run_in_threadpool(lambda: warden.audit(agent, limit, caller=caller))
         except LakewardenError as exc:
             return error_response(exc, None)
         return JSONResponse({"records": [json_value(r) for r in records]})
@@ -361,7 +406,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def invalid_body(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        error = InvalidRequest("the request body is not valid", _request_violations(exc.errors()))
+        error = InvalidRequest("the request body is not valid", request_violations(exc.errors()))
         return error_response(error, trace_id_of(traceparent_of(request)))
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ serves it in a background thread (demo, tests).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import signal
@@ -25,9 +26,16 @@ from starlette.types import ASGIApp
 
 from lakewarden import __version__
 from lakewarden.errors import ConfigurationError
+from lakewarden.intake.limits import (
+    bounded_body,
+    bounded_protocol,
+    cap_address_space,
+    token_gate,
+)
 from lakewarden.intake.mcp import build_mcp
 from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
 from lakewarden.monitor import Monitor, interval_from_env
+from lakewarden.store.deadline import WATCHDOG
 from lakewarden.warden import Warden
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerThread", "check_bind", "create_app", "run"]
@@ -40,13 +48,36 @@ GRACEFUL_SHUTDOWN_S = 10
 # wait on DuckDB, which has its own thread limit (LAKEWARDEN_THREADS); the bound keeps a flood
 # of requests from growing threads without end, as anyio's default of 40 did before.
 STATEMENT_WORKERS = 32
+# How long /readyz waits for the engine to answer SELECT 1 before it reports not ready.
+READY_PROBE_S = 2.0
+
+
+def prestarted(threads: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads all exist from the start.
+
+    Under the address-space cap (LAKEWARDEN_ADDRESS_SPACE_LIMIT) a thread started later may
+    find no room for its stack: the C allocator keeps the address space of a large statement
+    mapped after it ends (measured: 4 GB after ``list_sum(range(300000000))``) and reuses it
+    for the engine, but not for stacks. Every thread a request needs is therefore started
+    here, before any request, and never ends (a ``ThreadPoolExecutor`` keeps its threads).
+    """
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+    gate = threading.Event()
+    # A pool starts a new thread for each task while none is idle: blocked tasks force them all.
+    started = [pool.submit(gate.wait) for _ in range(threads)]
+    gate.set()
+    for future in started:
+        future.result()
+    return pool
 
 
 def create_app(warden: Warden) -> ASGIApp:
     poll_interval = interval_from_env()  # a bad value stops start-up, not the first tick
-    mcp_server = build_mcp(warden)
+    workers = prestarted(STATEMENT_WORKERS, "lakewarden-sql")
+    prober = prestarted(1, "lakewarden-ready")  # /readyz answers even when workers are busy
+    WATCHDOG.start()
+    mcp_server = build_mcp(warden, workers=workers)
     mcp_app = mcp_server.streamable_http_app(streamable_http_path="/")
-    workers = ThreadPoolExecutor(STATEMENT_WORKERS, thread_name_prefix="lakewarden-sql")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,12 +90,13 @@ def create_app(warden: Warden) -> ASGIApp:
         finally:
             monitor.stop()
             workers.shutdown(wait=True)  # uvicorn has drained the requests by now
+            prober.shutdown(wait=True)
 
     app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
     app.state.ready = False
     install_error_handlers(app)
     sql = sql_endpoint(warden, workers)
-    app.include_router(build_router(warden, sql))
+    app.include_router(build_router(warden, sql, workers))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -72,15 +104,31 @@ def create_app(warden: Warden) -> ASGIApp:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        ready = bool(app.state.ready)
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        if not app.state.ready:
+            return JSONResponse({"ready": False, "reason": "starting or stopping"}, 503)
+        loop = asyncio.get_running_loop()
+        try:
+            failure = await asyncio.wait_for(
+                loop.run_in_executor(prober, warden.engine.probe, READY_PROBE_S),
+                READY_PROBE_S + 1,
+            )
+        except TimeoutError:
+            failure = f"the engine did not answer SELECT 1 within {READY_PROBE_S:g} s"
+        if failure is not None:
+            return JSONResponse({"ready": False, "reason": f"engine: {failure}"}, 503)
+        return JSONResponse({"ready": True})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(warden.telemetry.prometheus_text(), media_type=CONTENT_TYPE_LATEST)
 
-    app.mount("/mcp", mcp_app)
-    return fast_path(app, sql)
+    app.mount("/mcp", token_gate(mcp_app, warden))
+    # The body cap wraps everything, the fast path included: no request body is read past it,
+    # and none is read at all when its declared length is over it.
+    settings = warden.settings
+    return bounded_body(
+        fast_path(app, sql), settings.max_body_bytes, settings.request_read_timeout_s
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -115,6 +163,11 @@ def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
         server_header=False,  # no software banner for whoever can reach the port
+        # Bounds checked while a request arrives, before any authentication work: request
+        # head size (the same knob for h11 and the httptools protocol) and connections.
+        http=bounded_protocol(warden.settings.request_read_timeout_s),
+        h11_max_incomplete_event_size=warden.settings.max_header_bytes,
+        limit_concurrency=warden.settings.max_connections,
     )
 
 
@@ -142,6 +195,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def run(warden: Warden, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve until SIGTERM/SIGINT, then close the warden (flushing telemetry)."""
     check_bind(warden, host)
+    cap_address_space(warden.settings.address_space_bytes())
     try:
         _Server(_config(warden, host, port)).run()
     finally:

@@ -48,16 +48,25 @@ class Watchdog:
         ident = next(self._ids)
         with self._lock:
             self._active[ident] = deadline
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._sweep, name="lakewarden-watchdog", daemon=True
-                )
-                self._thread.start()
+            self._start()
         try:
             yield deadline
         finally:
             with self._lock:
                 del self._active[ident]
+
+    def start(self) -> None:
+        """Start the sweeper now rather than at the first deadline (a server starts its
+        threads before any request: see :func:`lakewarden.intake.server.prestarted`)."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._sweep, name="lakewarden-watchdog", daemon=True
+            )
+            self._thread.start()
 
     def _sweep(self) -> None:
         while True:

@@ -20,6 +20,7 @@ import pyarrow.lib
 from lakewarden.errors import ConfigurationError
 from lakewarden.settings import Settings
 from lakewarden.store import extensions
+from lakewarden.store.deadline import WATCHDOG
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Engine:
         self.location = location
         self.settings = settings
         self.write_lock = threading.RLock()
+        self._probe_lock = threading.Lock()
+        self._probe_cur: duckdb.DuckDBPyConnection | None = None
         self.database = LAKE_ALIAS if location.is_lake else _file_alias(location.path)
         try:
             self._con = self._connect()
@@ -134,6 +137,31 @@ class Engine:
         cur = self._con.cursor()
         cur.execute(f"USE {self.database}")
         return cur
+
+    def probe(self, timeout_s: float = 2.0) -> str | None:
+        """None when the engine still runs a trivial statement; else what failed.
+
+        A statement can leave the engine unable to run anything (logging switched to a folder
+        it may not write made every later statement fail): readiness asks the engine itself.
+        The probe keeps one cursor for the engine's life: in that state, closing a connection
+        ends the process (the engine throws from a destructor), so none is closed here.
+        """
+        with self._probe_lock:
+            try:
+                if self._probe_cur is None:
+                    self._probe_cur = self.cursor()
+                cur = self._probe_cur
+                with WATCHDOG.guard(cur, timeout_s) as deadline:
+                    try:
+                        cur.execute("SELECT 1").fetchall()
+                    except duckdb.Error:
+                        if deadline.expired:
+                            return f"the engine did not answer SELECT 1 within {timeout_s:g} s"
+                        raise
+            except duckdb.Error as exc:
+                text = str(exc).strip()
+                return text.splitlines()[0] if text else type(exc).__name__
+        return None
 
     def close(self) -> None:
         self._con.close()
