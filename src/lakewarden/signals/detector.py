@@ -1,0 +1,396 @@
+"""Incremental anomaly models of a table's loads: volume per write and time between writes.
+
+Each model is fed the table's writes oldest-first, once each, and keeps only bounded recent state,
+so a new write costs O(1) amortised and asking for the verdict again (a poll of an idle table)
+does no scoring work. Replaying the same writes always gives the same model, which is how a
+restarted server rebuilds it from the persisted write history.
+
+Volume, and why:
+
+- Log scale (``log1p(rows)``): load volumes vary multiplicatively (a busy hour is a multiple of a
+  quiet one, and so is its noise), so a linear band around a pooled median is too wide at quiet
+  hours and too narrow at busy ones, and an 85% drop is a fixed distance below normal only on the
+  log scale. Small counts add Poisson noise of about ``1/sqrt(rows)`` in log terms, which sets a
+  floor under the spread.
+- Profiles, chosen from the data: pooled (one level), hour of day, hour of day plus a weekday
+  offset, and hour of week, all in the table's own time zone so a rhythm follows the owner's wall
+  clock through daylight-saving changes. Every profile forecasts each training point before
+  learning it; the profile whose recent one-step errors are smallest wins, a finer one only when
+  clearly better (its forecasts rest on fewer points). A profile that lacks history for the
+  current hour falls back to the next coarser one, and the verdict names the profile used.
+- Spread: 1.4826 x the median absolute forecast error of the chosen profile. Those errors include
+  the forecast's own uncertainty, so no small-sample widening is needed. When more than half the
+  errors are exactly 0 (repeated values) the mean absolute error sets the spread instead.
+- Training excludes flagged points, so an incident does not widen the band that should catch the
+  next one. A change that persists on one side for ``settle_s`` becomes the new normal: the
+  profiles are shifted by the run's median error and the run is learnt. ``accept()`` does the
+  same at once.
+
+Freshness scores the time since the latest write against the recent gaps between writes (linear
+robust z: gaps are steady, and a missing load doubles one), with ``late`` (a gap too long), ``early``
+(the latest gap too short) or ``both``.
+
+Pure Python and numpy: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+
+from lakewarden.signals.anomaly import (
+    AnomalyRule,
+    AnomalyScore,
+    _change_text,
+    _num,
+    _range_text,
+)
+
+POOLED = "pooled"
+HOUR_OF_DAY = "hour_of_day"
+DAY_OF_WEEK = "hour_of_day_by_weekday"
+HOUR_OF_WEEK = "hour_of_week"
+PROFILES = (POOLED, HOUR_OF_DAY, DAY_OF_WEEK, HOUR_OF_WEEK)  # coarse to fine
+# Which profiles each policy ``seasonality`` may use.
+_ALLOWED = {
+    "auto": PROFILES,
+    "none": (POOLED,),
+    "hour_of_day": (POOLED, HOUR_OF_DAY),
+    "hour_of_week": (POOLED, HOUR_OF_DAY, DAY_OF_WEEK, HOUR_OF_WEEK),
+}
+_MAD_TO_SIGMA = 1.4826
+_MEAN_TO_SIGMA = 1.2533  # mean absolute deviation of normal noise x this = sigma
+_POOLED_KEEP = 24 * 14
+_DAY_KEEP = 14  # points per hour-of-day bucket: two weeks of hourly loads
+_WEEK_KEEP = 6  # points per hour-of-week bucket
+_OFFSET_KEEP = 72  # hour-of-day errors per weekday: three of that weekday's days
+_ERRORS_KEEP = 24 * 14  # one-step errors per profile behind its spread
+_MIN_BUCKET = 3  # a median of fewer points is one of them
+_MIN_OFFSET = 12  # half a day of a weekday before its offset is trusted
+_FINER = 0.85  # a finer profile must cut the spread by 15% to be chosen
+_MIN_SPREAD = 0.01  # never assume less than 1% noise on the log scale
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+class _Ring:
+    """Fixed-size float ring buffer: bounded memory, and numpy statistics without copies."""
+
+    __slots__ = ("_data", "_n", "_i")
+
+    def __init__(self, size: int) -> None:
+        self._data = np.zeros(size, dtype=np.float64)
+        self._n = 0
+        self._i = 0
+
+    def add(self, x: float) -> None:
+        self._data[self._i] = x
+        self._i = (self._i + 1) % self._data.size
+        self._n = min(self._n + 1, self._data.size)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def values(self) -> npt.NDArray[np.float64]:
+        return self._data[: self._n] if self._n < self._data.size else self._data
+
+    def clear(self) -> None:
+        self._n = self._i = 0
+
+
+def _median(points: npt.NDArray[np.float64]) -> float:
+    mid = points.size // 2
+    if points.size % 2:
+        return float(np.partition(points, mid)[mid])
+    low, high = np.partition(points, (mid - 1, mid))[mid - 1 : mid + 1]
+    return 0.5 * (float(low) + float(high))
+
+
+def _spread(errors: npt.NDArray[np.float64]) -> float:
+    absolute = np.abs(errors)
+    mad = _MAD_TO_SIGMA * _median(absolute)
+    if mad > 0:
+        return mad
+    # Over half the errors are exactly 0: repeated values. The MAD says "no noise at all", and a
+    # value seen before would score as infinitely surprising; the mean error still sees it.
+    return _MEAN_TO_SIGMA * float(absolute.mean())
+
+
+class VolumeModel:
+    """Rows per write of one table, learnt incrementally; see the module docstring."""
+
+    def __init__(self, rule: AnomalyRule) -> None:
+        self.rule = rule
+        self._zone = ZoneInfo(rule.timezone)
+        self._profiles = _ALLOWED[rule.seasonality]
+        self._pooled = deque[float](maxlen=_POOLED_KEEP)
+        self._day = [deque[float](maxlen=_DAY_KEEP) for _ in range(24)]
+        self._week = [deque[float](maxlen=_WEEK_KEEP) for _ in range(168)]
+        self._by_weekday = [deque[tuple[int, float]](maxlen=_OFFSET_KEEP) for _ in range(7)]
+        self._day_median = [0.0] * 24
+        self._day_number = -1
+        self._offset = [0.0] * 7
+        self._errors = {p: _Ring(_ERRORS_KEEP) for p in PROFILES}
+        self._spreads = dict.fromkeys(PROFILES, 0.0)
+        self._stale = 0  # training points since the spreads were computed
+        self._shift = 0.0  # log-level change accepted since the profiles were learnt
+        self._first: float | None = None
+        self._run: list[tuple[float, float, int, int, int, float]] = []  # time, y, dow, hour, day, error
+        self._run_sign = 0
+        self.latest: AnomalyScore = _none("no load has been seen yet")
+        self.latest_value: float | None = None
+        self.latest_time: float | None = None
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def add(self, at: float, rows: float) -> AnomalyScore:
+        """Score a write of ``rows`` rows at epoch ``at``, then learn from it."""
+        local = datetime.fromtimestamp(at, self._zone)
+        dow, hour, day = local.weekday(), local.hour, local.toordinal()
+        y = math.log1p(max(rows, 0.0))
+        if self._first is None:
+            self._first = at
+        verdict, error, z = self._score(at, rows, y, dow, hour)
+        self.latest, self.latest_value, self.latest_time = verdict, float(rows), at
+        watched = verdict.score is not None and (
+            verdict.anomalous or abs(z) >= self.rule.threshold / 2
+        )
+        sign = 1 if error > 0 else -1
+        if watched and (verdict.anomalous or (self._run and sign == self._run_sign)):
+            if not self._run or sign != self._run_sign:
+                self._run, self._run_sign = [], sign
+            self._run.append((at, y, dow, hour, day, error))
+            if at - self._run[0][0] >= self.rule.settle_s and len(self._run) >= _MIN_BUCKET:
+                self._settle()
+            return verdict
+        self._run, self._run_sign = [], 0  # a short excursion was an incident: not learnt
+        self._learn(y - self._shift, dow, hour, day)
+        return verdict
+
+    def accept(self) -> bool:
+        """Take the current run of anomalous loads as the new normal; False when there is none."""
+        if not self._run:
+            return False
+        self._settle()
+        return True
+
+    def _settle(self) -> None:
+        self._shift += statistics.median(e for *_, e in self._run)
+        for _, y, dow, hour, day, _ in self._run:
+            self._learn(y - self._shift, dow, hour, day)
+        self._run, self._run_sign = [], 0
+
+    def _refit_offsets(self) -> None:
+        # Against today's hour-of-day medians, not those of the day a point was learnt: early
+        # medians rest on a few days (maybe a weekend), so offsets fixed then would stay wrong.
+        for dow, points in enumerate(self._by_weekday):
+            if len(points) >= _MIN_OFFSET:
+                self._offset[dow] = statistics.median(u - self._day_median[h] for h, u in points)
+
+    def _learn(self, u: float, dow: int, hour: int, day: int) -> None:
+        forecasts = self._forecasts(dow, hour)
+        for profile, forecast in forecasts.items():
+            self._errors[profile].add(u - forecast)
+        if DAY_OF_WEEK in self._profiles:
+            self._by_weekday[dow].append((hour, u))
+        self._pooled.append(u)
+        self._day[hour].append(u)
+        self._week[dow * 24 + hour].append(u)
+        self._day_median[hour] = statistics.median(self._day[hour])
+        if DAY_OF_WEEK in self._profiles and (
+            day != self._day_number or len(self._by_weekday[dow]) == _MIN_OFFSET
+        ):
+            self._day_number = day
+            self._refit_offsets()
+        self._stale += 1
+        # The spreads move slowly; recomputing them every 8th point keeps a write cheap.
+        if self._stale >= 8 or len(self._errors[POOLED]) < 64:
+            self._stale = 0
+            for profile in self._profiles:
+                errors = self._errors[profile]
+                self._spreads[profile] = _spread(errors.values()) if len(errors) else 0.0
+
+    def _forecasts(self, dow: int, hour: int) -> dict[str, float]:
+        """Each allowed profile's forecast (level before the accepted shift), where it has one."""
+        out: dict[str, float] = {}
+        if len(self._pooled) >= self.rule.min_training:
+            out[POOLED] = statistics.median(self._pooled)
+        allowed = self._profiles
+        if HOUR_OF_DAY in allowed and len(self._day[hour]) >= _MIN_BUCKET:
+            out[HOUR_OF_DAY] = statistics.median(self._day[hour])
+            if DAY_OF_WEEK in allowed and len(self._by_weekday[dow]) >= _MIN_OFFSET:
+                out[DAY_OF_WEEK] = out[HOUR_OF_DAY] + self._offset[dow]
+        if HOUR_OF_WEEK in allowed and len(self._week[dow * 24 + hour]) >= _MIN_BUCKET:
+            out[HOUR_OF_WEEK] = statistics.median(self._week[dow * 24 + hour])
+        return out
+
+    def _choose(self, forecasts: dict[str, float]) -> str | None:
+        best: str | None = None
+        for profile in self._profiles:  # coarse to fine
+            if profile not in forecasts or len(self._errors[profile]) < self.rule.min_training:
+                continue
+            spread = self._spreads[profile]
+            if best is None or spread < _FINER * self._spreads[best]:
+                best = profile
+        return best
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def _band(
+        self, at: float, dow: int, hour: int
+    ) -> tuple[str, float, float, float, float, float, float] | AnomalyScore:
+        """(profile, centre, scale, expected, lower, upper, floor) for a load at ``at``, or why
+        there is no verdict."""
+        rule = self.rule
+        if self._first is None or at - self._first < rule.warmup_s:
+            days = rule.warmup_s / 86400
+            return _none(f"learning the table's rhythm: the first {days:g} days give no verdict")
+        forecasts = self._forecasts(dow, hour)
+        profile = self._choose(forecasts)
+        if profile is None:
+            have = len(self._pooled)
+            return _none(f"not enough history: {have} of {rule.min_training} training points", have)
+        centre = forecasts[profile] + self._shift
+        expected = math.expm1(centre)
+        # Poisson noise of a count of n is about 1/sqrt(n) on the log scale.
+        scale = max(self._spreads[profile], _MIN_SPREAD, 0.5 / math.sqrt(max(expected, 0.0) + 1))
+        floor = max(rule.min_abs_change, rule.min_rel_change * abs(expected))
+        low = min(math.expm1(centre - rule.threshold * scale), expected - floor)
+        high = max(math.expm1(centre + rule.threshold * scale), expected + floor)
+        return profile, centre, scale, expected, max(low, 0.0), high, floor
+
+    def _score(
+        self, at: float, rows: float, y: float, dow: int, hour: int
+    ) -> tuple[AnomalyScore, float, float]:
+        band = self._band(at, dow, hour)
+        if isinstance(band, AnomalyScore):
+            return band, 0.0, 0.0
+        rule = self.rule
+        profile, centre, scale, expected, low, high, floor = band
+        lower = -math.inf if rule.direction == "spike" else low
+        upper = math.inf if rule.direction == "drop" else high
+        error = y - centre
+        z = error / scale
+        anomalous = not lower <= rows <= upper
+        change = _change_text(rows - expected, expected)
+        stats = f"log-scale z {z:+.1f}, threshold {rule.threshold:g}, {_where(profile, dow, hour)}"
+        shown = _range_text(lower, upper)
+        if anomalous:
+            reason = f"{change} ({stats})"
+        elif not low <= rows <= high:
+            reason = f"within expected range {shown}: {change} ignored (direction is {rule.direction})"
+        elif abs(z) > rule.threshold:
+            reason = f"within expected range {shown}: {change} is under the floor of {_num(floor)}"
+        else:
+            reason = f"within expected range {shown} ({stats})"
+        n = len(self._errors[profile])
+        verdict = AnomalyScore(z, anomalous, expected, lower, upper, n, reason, profile)
+        return verdict, error, z
+
+    def expected_at(self, at: float) -> AnomalyScore:
+        """The range a load at ``at`` would pass with, and the profile behind it (no score)."""
+        local = datetime.fromtimestamp(at, self._zone)
+        dow, hour = local.weekday(), local.hour
+        band = self._band(at, dow, hour)
+        if isinstance(band, AnomalyScore):
+            return band
+        profile, _, _, expected, low, high, _ = band
+        lower = -math.inf if self.rule.direction == "spike" else low
+        upper = math.inf if self.rule.direction == "drop" else high
+        reason = f"expected {_range_text(lower, upper)} ({_where(profile, dow, hour)})"
+        n = len(self._errors[profile])
+        return AnomalyScore(None, False, expected, lower, upper, n, reason, profile)
+
+
+class FreshnessModel:
+    """Gaps between one table's writes; the verdict is judged at any time without replaying."""
+
+    def __init__(self, rule: AnomalyRule) -> None:
+        self.rule = rule
+        self._gaps = _Ring(_ERRORS_KEEP)
+        self._last: float | None = None
+        self._band: tuple[float, float, float] | None = None  # expected, scale, floor
+        self._early: AnomalyScore | None = None
+
+    def add(self, at: float) -> None:
+        if self._last is not None:
+            gap = max(0.0, at - self._last)
+            self._early = self._judge(gap, early=True) if self._band is not None else None
+            self._gaps.add(gap)
+            self._refit()
+        self._last = at if self._last is None else max(self._last, at)
+
+    def accept(self) -> bool:
+        """Forget the old pace: a deliberate change of schedule is learnt from scratch."""
+        had = len(self._gaps) > 0
+        self._gaps.clear()
+        self._band, self._early = None, None
+        return had
+
+    def _refit(self) -> None:
+        n = len(self._gaps)
+        if n < self.rule.min_training:
+            self._band = None
+            return
+        gaps = self._gaps.values()
+        expected = _median(gaps)
+        scale = max(_spread(gaps - expected), 0.01 * expected, 1.0)
+        floor = max(self.rule.min_abs_change, self.rule.min_rel_change * expected)
+        self._band = (expected, scale, floor)
+
+    def evaluate(self, now: float) -> tuple[float | None, AnomalyScore]:
+        if self._last is None:
+            return None, _none("no write has been seen yet")
+        current = max(0.0, now - self._last)
+        if self._band is None:
+            n = len(self._gaps)
+            reason = f"not enough history: {n} of {self.rule.min_training} gaps between writes"
+            return current, _none(reason, n)
+        late = self._judge(current, early=False)
+        early = self._early
+        if early is not None and early.anomalous and not late.anomalous:
+            return current, early
+        return current, late
+
+    def _judge(self, gap: float, *, early: bool) -> AnomalyScore:
+        assert self._band is not None
+        expected, scale, floor = self._band
+        rule = self.rule
+        half = max(rule.threshold * scale, floor)
+        watch_late = rule.direction in ("late", "both")
+        watch_early = rule.direction in ("early", "both")
+        # The gap since the last write is still growing: only "too long" can be judged on it.
+        lower = expected - half if (early and watch_early) else -math.inf
+        upper = expected + half if (not early and watch_late) else math.inf
+        z = (gap - expected) / scale
+        anomalous = not lower <= gap <= upper
+        kind = "the latest gap between writes" if early else "time since the last write"
+        n = len(self._gaps)
+        if anomalous:
+            word = "early" if early else "late"
+            reason = (
+                f"{word}: {kind} is {_num(round(gap))}s, expected about {_num(round(expected))}s "
+                f"(robust z {z:+.1f}, threshold {rule.threshold:g})"
+            )
+        else:
+            reason = f"within expected range {_range_text(lower, upper)} (robust z {z:+.1f})"
+        return AnomalyScore(z, anomalous, expected, lower, upper, n, reason, POOLED)
+
+
+def _where(profile: str, dow: int, hour: int) -> str:
+    if profile == POOLED:
+        return "profile pooled"
+    if profile == HOUR_OF_DAY:
+        return f"profile hour of day, {hour:02d}:00"
+    if profile == DAY_OF_WEEK:
+        return f"profile hour of day and weekday, {_WEEKDAYS[dow]} {hour:02d}:00"
+    return f"profile hour of week, {_WEEKDAYS[dow]} {hour:02d}:00"
+
+
+def _none(reason: str, n: int = 0) -> AnomalyScore:
+    return AnomalyScore(None, False, None, None, None, n, reason)
