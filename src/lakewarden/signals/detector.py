@@ -70,7 +70,7 @@ _POOLED_KEEP = 24 * 14
 _DAY_KEEP = 14  # points per hour-of-day bucket: two weeks of hourly loads
 _WEEK_KEEP = 6  # points per hour-of-week bucket
 _OFFSET_KEEP = 72  # hour-of-day errors per weekday: three of that weekday's days
-_ERRORS_KEEP = 24 * 14  # one-step errors per profile behind its spread
+_ERRORS_KEEP = 7 * _OFFSET_KEEP  # one-step errors per profile behind its spread
 _MIN_BUCKET = 3  # a median of fewer points is one of them
 _MIN_OFFSET = 12  # half a day of a weekday before its offset is trusted
 _FINER = 0.85  # a finer profile must cut the spread by 15% to be chosen
@@ -101,6 +101,12 @@ class _Ring:
 
     def clear(self) -> None:
         self._n = self._i = 0
+
+    def fill(self, values: list[float]) -> None:
+        kept = values[-self._data.size :]
+        self._data[: len(kept)] = kept
+        self._n = len(kept)
+        self._i = self._n % self._data.size
 
 
 def _median(points: npt.NDArray[np.float64]) -> float:
@@ -138,10 +144,15 @@ class VolumeModel:
         self._errors = {p: _Ring(_ERRORS_KEEP) for p in PROFILES}
         self._spreads = dict.fromkeys(PROFILES, 0.0)
         self._stale = 0  # training points since the spreads were computed
+        self._pooled_median = 0.0
+        self._cached: tuple[tuple[int, int, int, bool], AnomalyScore] | None = None
+        self._learnt = 0
         self._shift = 0.0  # log-level change accepted since the profiles were learnt
         self._first: float | None = None
-        self._run: list[tuple[float, float, int, int, int, float]] = []  # time, y, dow, hour, day, error
+        # Loads since the latest anomaly: time, y, weekday, hour, day, error, held out of training
+        self._run: list[tuple[float, float, int, int, int, float, bool]] = []
         self._run_sign = 0
+        self._calm = 0  # consecutive points of the run back within half the threshold
         self.latest: AnomalyScore = _none("no load has been seen yet")
         self.latest_value: float | None = None
         self.latest_time: float | None = None
@@ -155,21 +166,27 @@ class VolumeModel:
         y = math.log1p(max(rows, 0.0))
         if self._first is None:
             self._first = at
-        verdict, error, z = self._score(at, rows, y, dow, hour)
+        forecasts = self._forecasts(dow, hour)
+        verdict, error, z = self._score(at, rows, y, dow, hour, forecasts)
         self.latest, self.latest_value, self.latest_time = verdict, float(rows), at
-        watched = verdict.score is not None and (
-            verdict.anomalous or abs(z) >= self.rule.threshold / 2
-        )
         sign = 1 if error > 0 else -1
-        if watched and (verdict.anomalous or (self._run and sign == self._run_sign)):
-            if not self._run or sign != self._run_sign:
-                self._run, self._run_sign = [], sign
-            self._run.append((at, y, dow, hour, day, error))
-            if at - self._run[0][0] >= self.rule.settle_s and len(self._run) >= _MIN_BUCKET:
+        far = verdict.score is not None and sign * z >= self.rule.threshold / 2
+        if verdict.anomalous and not self._run:
+            self._run_sign, self._calm = sign, 0
+        if self._run or verdict.anomalous:
+            # Inside a run every point is kept (a shift near the threshold is not flagged every
+            # hour); only the ones on the run's side stay out of training until it is judged.
+            held = far and sign == self._run_sign
+            self._run.append((at, y, dow, hour, day, error, held))
+            self._calm = 0 if held else self._calm + 1
+            if self._calm >= _MIN_BUCKET:  # back to normal: the excursion was an incident
+                self._run, self._calm = [], 0
+            elif at - self._run[0][0] >= self.rule.settle_s and len(self._run) >= _MIN_BUCKET:
                 self._settle()
-            return verdict
-        self._run, self._run_sign = [], 0  # a short excursion was an incident: not learnt
-        self._learn(y - self._shift, dow, hour, day)
+                return verdict
+            if held:
+                return verdict
+        self._learn(y - self._shift, dow, hour, day, forecasts)
         return verdict
 
     def accept(self) -> bool:
@@ -180,25 +197,40 @@ class VolumeModel:
         return True
 
     def _settle(self) -> None:
-        self._shift += statistics.median(e for *_, e in self._run)
-        for _, y, dow, hour, day, _ in self._run:
-            self._learn(y - self._shift, dow, hour, day)
-        self._run, self._run_sign = [], 0
+        self._shift += statistics.median(e for *_, e, _ in self._run)
+        for _, y, dow, hour, day, _, held in self._run:
+            if held:
+                self._learn(y - self._shift, dow, hour, day)
+        self._run, self._calm = [], 0
 
     def _refit_offsets(self) -> None:
         # Against today's hour-of-day medians, not those of the day a point was learnt: early
         # medians rest on a few days (maybe a weekend), so offsets fixed then would stay wrong.
+        fits: list[float] = []
         for dow, points in enumerate(self._by_weekday):
             if len(points) >= _MIN_OFFSET:
-                self._offset[dow] = statistics.median(u - self._day_median[h] for h, u in points)
+                deviations = [u - self._day_median[h] for h, u in points]
+                offset = self._offset[dow] = statistics.median(deviations)
+                # The one-step errors of the first days used offsets from a day or two; judge
+                # this profile by how well today's offsets fit the points they describe.
+                fits.extend(d - offset for d in deviations)
+        self._errors[DAY_OF_WEEK].fill(fits)
+        if fits:
+            self._spreads[DAY_OF_WEEK] = _spread(self._errors[DAY_OF_WEEK].values())
 
-    def _learn(self, u: float, dow: int, hour: int, day: int) -> None:
-        forecasts = self._forecasts(dow, hour)
+    def _learn(
+        self, u: float, dow: int, hour: int, day: int, forecasts: dict[str, float] | None = None
+    ) -> None:
+        if forecasts is None:
+            forecasts = self._forecasts(dow, hour)
         for profile, forecast in forecasts.items():
-            self._errors[profile].add(u - forecast)
+            if profile != DAY_OF_WEEK:  # refit with the offsets, see _refit_offsets
+                self._errors[profile].add(u - forecast)
         if DAY_OF_WEEK in self._profiles:
             self._by_weekday[dow].append((hour, u))
         self._pooled.append(u)
+        if self._stale >= 7 or len(self._pooled) < 64:
+            self._pooled_median = statistics.median(self._pooled)
         self._day[hour].append(u)
         self._week[dow * 24 + hour].append(u)
         self._day_median[hour] = statistics.median(self._day[hour])
@@ -208,10 +240,13 @@ class VolumeModel:
             self._day_number = day
             self._refit_offsets()
         self._stale += 1
+        self._learnt += 1
         # The spreads move slowly; recomputing them every 8th point keeps a write cheap.
         if self._stale >= 8 or len(self._errors[POOLED]) < 64:
             self._stale = 0
             for profile in self._profiles:
+                if profile == DAY_OF_WEEK:
+                    continue
                 errors = self._errors[profile]
                 self._spreads[profile] = _spread(errors.values()) if len(errors) else 0.0
 
@@ -219,7 +254,7 @@ class VolumeModel:
         """Each allowed profile's forecast (level before the accepted shift), where it has one."""
         out: dict[str, float] = {}
         if len(self._pooled) >= self.rule.min_training:
-            out[POOLED] = statistics.median(self._pooled)
+            out[POOLED] = self._pooled_median
         allowed = self._profiles
         if HOUR_OF_DAY in allowed and len(self._day[hour]) >= _MIN_BUCKET:
             out[HOUR_OF_DAY] = statistics.median(self._day[hour])
@@ -235,14 +270,16 @@ class VolumeModel:
             if profile not in forecasts or len(self._errors[profile]) < self.rule.min_training:
                 continue
             spread = self._spreads[profile]
-            if best is None or spread < _FINER * self._spreads[best]:
+            # Weekday offsets rest on a day's worth of points each: no handicap for them.
+            margin = 1.0 if profile == DAY_OF_WEEK else _FINER
+            if best is None or spread < margin * self._spreads[best]:
                 best = profile
         return best
 
     # -- scoring ----------------------------------------------------------------------------
 
     def _band(
-        self, at: float, dow: int, hour: int
+        self, at: float, dow: int, hour: int, forecasts: dict[str, float] | None = None
     ) -> tuple[str, float, float, float, float, float, float] | AnomalyScore:
         """(profile, centre, scale, expected, lower, upper, floor) for a load at ``at``, or why
         there is no verdict."""
@@ -250,7 +287,8 @@ class VolumeModel:
         if self._first is None or at - self._first < rule.warmup_s:
             days = rule.warmup_s / 86400
             return _none(f"learning the table's rhythm: the first {days:g} days give no verdict")
-        forecasts = self._forecasts(dow, hour)
+        if forecasts is None:
+            forecasts = self._forecasts(dow, hour)
         profile = self._choose(forecasts)
         if profile is None:
             have = len(self._pooled)
@@ -265,9 +303,9 @@ class VolumeModel:
         return profile, centre, scale, expected, max(low, 0.0), high, floor
 
     def _score(
-        self, at: float, rows: float, y: float, dow: int, hour: int
+        self, at: float, rows: float, y: float, dow: int, hour: int, forecasts: dict[str, float]
     ) -> tuple[AnomalyScore, float, float]:
-        band = self._band(at, dow, hour)
+        band = self._band(at, dow, hour, forecasts)
         if isinstance(band, AnomalyScore):
             return band, 0.0, 0.0
         rule = self.rule
@@ -296,15 +334,22 @@ class VolumeModel:
         """The range a load at ``at`` would pass with, and the profile behind it (no score)."""
         local = datetime.fromtimestamp(at, self._zone)
         dow, hour = local.weekday(), local.hour
+        warm = self._first is not None and at - self._first >= self.rule.warmup_s
+        key = (dow, hour, self._learnt, warm)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]  # an idle table's poll: nothing learnt since
         band = self._band(at, dow, hour)
         if isinstance(band, AnomalyScore):
+            self._cached = (key, band)
             return band
         profile, _, _, expected, low, high, _ = band
         lower = -math.inf if self.rule.direction == "spike" else low
         upper = math.inf if self.rule.direction == "drop" else high
         reason = f"expected {_range_text(lower, upper)} ({_where(profile, dow, hour)})"
         n = len(self._errors[profile])
-        return AnomalyScore(None, False, expected, lower, upper, n, reason, profile)
+        result = AnomalyScore(None, False, expected, lower, upper, n, reason, profile)
+        self._cached = (key, result)
+        return result
 
 
 class FreshnessModel:
@@ -316,13 +361,19 @@ class FreshnessModel:
         self._last: float | None = None
         self._band: tuple[float, float, float] | None = None  # expected, scale, floor
         self._early: AnomalyScore | None = None
+        self._added = 0
 
     def add(self, at: float) -> None:
         if self._last is not None:
             gap = max(0.0, at - self._last)
-            self._early = self._judge(gap, early=True) if self._band is not None else None
+            watch_early = self.rule.direction in ("early", "both")
+            if watch_early and self._band is not None:
+                self._early = self._judge(gap, early=True)
             self._gaps.add(gap)
-            self._refit()
+            self._added += 1
+            # The band moves slowly once there is a history: refit every 8th gap.
+            if self._band is None or self._added % 8 == 0 or len(self._gaps) < 64:
+                self._refit()
         self._last = at if self._last is None else max(self._last, at)
 
     def accept(self) -> bool:
