@@ -7,8 +7,10 @@ poll is anomalous.
 
 References, scored on rows per hour (a missing load is an hour of 0 rows), as those tools see it:
 - Elementary's volume z-score: mean and sample standard deviation of the last 14 days of hourly
-  buckets, the current bucket included; |z| > 3. With ``hour_of_week`` seasonality the training
-  set is the same hour of week over 7 x 14 days (as Elementary widens the period) - all there is.
+  buckets, the current bucket included; |z| > 3. With ``hour_of_day`` seasonality the training
+  set is the same hour of day over the 14 days (15 points with the current one). Its
+  ``hour_of_week`` variant is not run: over 60 days it has at most 9 points, and with the current
+  point inside a set of n, |z| cannot exceed (n - 1) / sqrt(n) < 3, so it never fires.
 - re_data's modified z: 0.6745 (x - median) / MAD over the previous 14 days; |z| > 3.
 """
 
@@ -73,7 +75,7 @@ def elementary_flags(series: Series, seasonal: bool = False) -> np.ndarray:
     flags = np.zeros(series.hours, dtype=bool)
     for h in range(TRAIN_DAYS * 24, series.hours):
         if seasonal:
-            train = x[max(0, h - 7 * TRAIN_DAYS * 24) : h + 1][::-1][::168]
+            train = x[h - TRAIN_DAYS * 24 : h + 1][::-1][::24]
         else:
             train = x[h - TRAIN_DAYS * 24 : h + 1]
         if train.size < 2:
@@ -99,7 +101,7 @@ def redata_flags(series: Series) -> np.ndarray:
 METHODS: dict[str, Callable[[Series], np.ndarray]] = {
     "lakewarden": lakewarden_flags,
     "elementary": elementary_flags,
-    "elementary_how": lambda s: elementary_flags(s, seasonal=True),
+    "elementary_hod": lambda s: elementary_flags(s, seasonal=True),
     "re_data": redata_flags,
 }
 
@@ -151,8 +153,7 @@ def tally(series: Series, flags: np.ndarray, dst_hours: set[int] | None = None) 
         if kind == SHIFT:
             window = flags[inc.start : inc.start + 24]
             dirty[inc.start : inc.start + SETTLE_LIMIT_H] = True
-            after = np.flatnonzero((flags & ~others)[inc.start :])
-            t.settle_hours.append(int(after.max()) + 1 if after.size else 0)
+            t.settle_hours.append(_episode_hours(flags[inc.start :] & ~others[inc.start :]))
         else:
             window = flags[inc.start : inc.start + inc.hours]
             dirty[inc.start : inc.start + inc.hours] = True
@@ -191,6 +192,16 @@ def dst_week(series: Series) -> set[int]:
         if offsets[h] != offsets[h - 1]:
             return set(range(h, h + 168))
     return set()
+
+
+def _episode_hours(flags: np.ndarray) -> int:
+    """Hours from the shift to its last alert, an alert episode ending after 24 quiet hours."""
+    last = -1
+    for h in np.flatnonzero(flags):
+        if last >= 0 and h - last > 24:
+            break
+        last = int(h)
+    return last + 1
 
 
 def median_or_zero(values: list[float]) -> float:
