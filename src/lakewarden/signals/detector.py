@@ -284,9 +284,17 @@ class VolumeModel:
         """(profile, centre, scale, expected, lower, upper, floor) for a load at ``at``, or why
         there is no verdict."""
         rule = self.rule
-        if self._first is None or at - self._first < rule.warmup_s:
-            days = rule.warmup_s / 86400
-            return _none(f"learning the table's rhythm: the first {days:g} days give no verdict")
+        have = len(self._pooled)
+        if have < rule.min_training:
+            return _none(f"not enough history: {have} of {rule.min_training} training points", have)
+        spans = at - (self._first if self._first is not None else at)
+        if len(self._profiles) > 1 and spans < rule.warmup_s:
+            # Without a full week a weekend looks like a drop: learn the rhythm first.
+            return _none(
+                f"learning the table's rhythm: {spans / 86400:.1f} of "
+                f"{rule.warmup_s / 86400:g} days of history",
+                have,
+            )
         if forecasts is None:
             forecasts = self._forecasts(dow, hour)
         profile = self._choose(forecasts)
