@@ -72,6 +72,7 @@ _WEEK_KEEP = 6  # points per hour-of-week bucket
 _OFFSET_KEEP = 72  # hour-of-day errors per weekday: three of that weekday's days
 _ERRORS_KEEP = 7 * _OFFSET_KEEP  # one-step errors per profile behind its spread
 _MIN_BUCKET = 3  # a median of fewer points is one of them
+_REFINE = 12  # loads after a shift that correct its estimate
 _MIN_OFFSET = 12  # half a day of a weekday before its offset is trusted
 _FINER = 0.85  # a finer profile must cut the spread by 15% to be chosen
 _MIN_SPREAD = 0.01  # never assume less than 1% noise on the log scale
@@ -153,6 +154,7 @@ class VolumeModel:
         self._run: list[tuple[float, float, int, int, int, float, bool]] = []
         self._run_sign = 0
         self._calm = 0  # consecutive points of the run back within half the threshold
+        self._refine: list[float] | None = None  # errors of the loads since the latest shift
         self.latest: AnomalyScore = _none("no load has been seen yet")
         self.latest_value: float | None = None
         self.latest_time: float | None = None
@@ -186,6 +188,12 @@ class VolumeModel:
                 return verdict
             if held:
                 return verdict
+        if self._refine is not None:
+            # A shift taken from a short run (an early accept) is refined by the next loads.
+            self._refine.append(error)
+            if len(self._refine) >= _REFINE:
+                self._shift += statistics.median(self._refine)
+                self._refine = None
         self._learn(y - self._shift, dow, hour, day, forecasts)
         return verdict
 
@@ -194,10 +202,21 @@ class VolumeModel:
         if not self._run:
             return False
         self._settle()
+        if self.latest_time is not None and self.latest_value is not None:
+            # Judge the latest load again against the accepted level, so its alert stops now.
+            local = datetime.fromtimestamp(self.latest_time, self._zone)
+            dow, hour = local.weekday(), local.hour
+            y = math.log1p(max(self.latest_value, 0.0))
+            forecasts = self._forecasts(dow, hour)
+            self.latest = self._score(
+                self.latest_time, self.latest_value, y, dow, hour, forecasts
+            )[0]
+            self._cached = None
         return True
 
     def _settle(self) -> None:
         self._shift += statistics.median(e for *_, e, _ in self._run)
+        self._refine = []
         for _, y, dow, hour, day, _, held in self._run:
             if held:
                 self._learn(y - self._shift, dow, hour, day)
