@@ -27,6 +27,7 @@ from lakewarden.signals.anomaly import AnomalyRule, score
 from lakewarden.signals.monitoring import TableMonitor
 from lakewarden.signals.table_state import WriteRecord
 from lakewarden.store.state import StateStore
+
 from server_helpers import serve
 
 HOUR = 3600.0
@@ -117,9 +118,7 @@ def test_level_shift_settles_within_48_hours_and_accept_stops_it_at_once() -> No
     after_t, after_rows = loads(5, seed=6, start=MONDAY + 60 * 24 * HOUR)
     shifted = [r * 1.5 for r in after_rows]
 
-    old = [
-        score(rows + shifted[:i], shifted[i], OLD_DEFAULTS).anomalous for i in range(0, 120, 6)
-    ]
+    old = [score(rows + shifted[:i], shifted[i], OLD_DEFAULTS).anomalous for i in range(0, 120, 6)]
     monitor = fed(times, rows, rules()[0])
     flags = [verdict_of(monitor, at, n).anomalous for at, n in zip(after_t, shifted, strict=True)]
 

@@ -119,7 +119,8 @@ def markdown(rows: list[Row], per_write_us: float, tick_ms: float, command: str)
         "",
         f"- lakewarden scoring cost per write (volume and freshness models, 60 days of hourly "
         f"history): median {per_write_us:.1f} us over the series (target <= 50 us).",
-        f"- A poll of 100 idle tables (60 days of history each): {tick_ms:.2f} ms (target <= 5 ms).",
+        f"- A poll of 100 idle tables (60 days of history each): {tick_ms:.2f} ms "
+        "(target <= 5 ms).",
         END,
     ]
     return "\n".join(lines)
@@ -131,7 +132,9 @@ def write_block(path: Path, block: str) -> None:
         head, rest = text.split(START, 1)
         text = head + block + rest.split(END, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n## Anomaly detection (`benchmarks.anomaly`)\n\n" + block + "\n"
+        text = (
+            text.rstrip("\n") + "\n\n## Anomaly detection (`benchmarks.anomaly`)\n\n" + block + "\n"
+        )
     path.write_text(text)
 
 

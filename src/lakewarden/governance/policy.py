@@ -235,9 +235,7 @@ def _freshness_direction(value: object) -> object:
 # The scorer multiplies and divides by these: infinity or NaN would pass gt=0 and break it later.
 FiniteNonNegative = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 FinitePositive = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
-FiniteDuration = Annotated[
-    float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)
-]
+FiniteDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
 
 
 class AnomalyRule(_Model):
@@ -266,13 +264,16 @@ class AnomalyRule(_Model):
         return out
 
 
+FreshnessDirection = Annotated[
+    Literal["late", "early", "both"], BeforeValidator(_freshness_direction)
+]
+
+
 class FreshnessRule(AnomalyRule):
     """Freshness: ``late`` (the default) flags a gap that is too long, ``early`` a write that
     came too soon; ``drop`` means late and ``spike`` early."""
 
-    direction: Annotated[  # type: ignore[assignment]
-        Literal["late", "early", "both"], BeforeValidator(_freshness_direction)
-    ] = "late"
+    direction: FreshnessDirection = "late"  # type: ignore[assignment]
 
 
 class AnomalySettings(_Model):

@@ -94,7 +94,9 @@ class AnomalyRule:
         try:
             ZoneInfo(self.timezone)
         except (ValueError, ZoneInfoNotFoundError) as exc:
-            raise ValueError(f"timezone must be an IANA time zone name, got {self.timezone!r}") from exc
+            raise ValueError(
+                f"timezone must be an IANA time zone name, got {self.timezone!r}"
+            ) from exc
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ Volume, and why:
   same at once.
 
 Freshness scores the time since the latest write against the recent gaps between writes (linear
-robust z: gaps are steady, and a missing load doubles one), with ``late`` (a gap too long), ``early``
-(the latest gap too short) or ``both``.
+robust z: gaps are steady, and a missing load doubles one), with ``late`` (a gap too long),
+``early`` (the latest gap too short) or ``both``.
 
 Pure Python and numpy: no I/O.
 """
@@ -82,7 +82,7 @@ _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 class _Ring:
     """Fixed-size float ring buffer: bounded memory, and numpy statistics without copies."""
 
-    __slots__ = ("_data", "_n", "_i")
+    __slots__ = ("_data", "_i", "_n")
 
     def __init__(self, size: int) -> None:
         self._data = np.zeros(size, dtype=np.float64)
@@ -208,9 +208,9 @@ class VolumeModel:
             dow, hour = local.weekday(), local.hour
             y = math.log1p(max(self.latest_value, 0.0))
             forecasts = self._forecasts(dow, hour)
-            self.latest = self._score(
-                self.latest_time, self.latest_value, y, dow, hour, forecasts
-            )[0]
+            self.latest = self._score(self.latest_time, self.latest_value, y, dow, hour, forecasts)[
+                0
+            ]
             self._cached = None
         return True
 
@@ -348,7 +348,9 @@ class VolumeModel:
         if anomalous:
             reason = f"{change} ({stats})"
         elif not low <= rows <= high:
-            reason = f"within expected range {shown}: {change} ignored (direction is {rule.direction})"
+            reason = (
+                f"within expected range {shown}: {change} ignored (direction is {rule.direction})"
+            )
         elif abs(z) > rule.threshold:
             reason = f"within expected range {shown}: {change} is under the floor of {_num(floor)}"
         else:

@@ -12,6 +12,7 @@ again; see :mod:`lakewarden.signals.detector` for the models.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lakewarden.signals.anomaly import AnomalyRule, AnomalyScore
@@ -119,9 +120,9 @@ def replay(
     writes: list[WriteRecord],
     volume: AnomalyRule | None,
     freshness: AnomalyRule | None,
-    accepts: list[float] = (),  # type: ignore[assignment]
+    accepts: Sequence[float] = (),
 ) -> TableMonitor:
-    """A monitor fed ``writes`` oldest-first, with each accept applied after the writes before it."""
+    """A monitor fed ``writes`` oldest-first, each accept applied after the writes before it."""
     monitor = TableMonitor(volume, freshness)
     pending = sorted(accepts)
     for write in writes:
