@@ -139,7 +139,8 @@ class VolumeModel:
         self._day = [deque[float](maxlen=_DAY_KEEP) for _ in range(24)]
         self._week = [deque[float](maxlen=_WEEK_KEEP) for _ in range(168)]
         self._by_weekday = [deque[tuple[int, float]](maxlen=_OFFSET_KEEP) for _ in range(7)]
-        self._day_median = [0.0] * 24
+        self._day_median = [0.0] * 24  # medians kept as points arrive: scoring never sorts
+        self._week_median = [0.0] * 168
         self._day_number = -1
         self._offset = [0.0] * 7
         self._errors = {p: _Ring(_ERRORS_KEEP) for p in PROFILES}
@@ -230,11 +231,12 @@ class VolumeModel:
             recent.popleft()
         if self._scored_since is None:
             self._scored_since = at
-        if self._scored_since > horizon or len(recent) < _MIN_BUCKET:
+        half = self.rule.threshold / 2
+        # Only a load far out itself can complete the pattern: the rest skip the sort.
+        if abs(z) < half or self._scored_since > horizon or len(recent) < _MIN_BUCKET:
             return False
         zs = sorted(z for *_, z in recent)
         k = len(zs) // 3  # two in three loads of the window on one side, far out
-        half = self.rule.threshold / 2
         if zs[k] < half and zs[-1 - k] > -half:
             return False
         self._shift += statistics.median(e for _, e, _ in recent)
@@ -285,6 +287,8 @@ class VolumeModel:
         self._day[hour].append(u)
         self._week[dow * 24 + hour].append(u)
         self._day_median[hour] = statistics.median(self._day[hour])
+        if HOUR_OF_WEEK in self._profiles:
+            self._week_median[dow * 24 + hour] = statistics.median(self._week[dow * 24 + hour])
         if DAY_OF_WEEK in self._profiles and (
             day != self._day_number or len(self._by_weekday[dow]) == _MIN_OFFSET
         ):
@@ -308,11 +312,11 @@ class VolumeModel:
             out[POOLED] = self._pooled_median
         allowed = self._profiles
         if HOUR_OF_DAY in allowed and len(self._day[hour]) >= _MIN_BUCKET:
-            out[HOUR_OF_DAY] = statistics.median(self._day[hour])
+            out[HOUR_OF_DAY] = self._day_median[hour]
             if DAY_OF_WEEK in allowed and len(self._by_weekday[dow]) >= _MIN_OFFSET:
                 out[DAY_OF_WEEK] = out[HOUR_OF_DAY] + self._offset[dow]
         if HOUR_OF_WEEK in allowed and len(self._week[dow * 24 + hour]) >= _MIN_BUCKET:
-            out[HOUR_OF_WEEK] = statistics.median(self._week[dow * 24 + hour])
+            out[HOUR_OF_WEEK] = self._week_median[dow * 24 + hour]
         return out
 
     def _choose(self, forecasts: dict[str, float]) -> str | None:
