@@ -1,4 +1,9 @@
-"""Anomaly scores for volume (rows per interval or per write) and freshness (time between updates).
+"""Robust one-shot anomaly scores of a value against a history, and the rule both scorers share.
+
+:func:`score` and :func:`score_series` judge a value against a plain history (a pooled band, or
+hour-of-week buckets on the datetimes given). The server's per-table models, which learn write by
+write, find the seasonal profile themselves and work on the log scale, are in
+:mod:`lakewarden.signals.detector`; :class:`AnomalyRule` configures both.
 
 Method, and why:
 
