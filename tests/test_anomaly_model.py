@@ -334,3 +334,12 @@ def test_rest_accept_through_a_running_server(
         )
         assert again.exit_code == 0, again.output
         assert "nothing anomalous to accept" in again.stdout
+
+
+def test_a_run_of_frequent_loads_settles_within_a_bounded_window() -> None:
+    times, rows = loads(21, seed=13)
+    monitor = fed(times, rows, rules()[0])
+    start = times[-1] + HOUR
+    flags = [verdict_of(monitor, start + i, 12_000).anomalous for i in range(3000)]
+    assert flags[0]
+    assert not any(flags[detector._WINDOW_KEEP + 1 :])  # settled before a day had passed

@@ -73,6 +73,9 @@ _OFFSET_KEEP = 72  # hour-of-day errors per weekday: three of that weekday's day
 _ERRORS_KEEP = 7 * _OFFSET_KEEP  # one-step errors per profile behind its spread
 _MIN_BUCKET = 3  # a median of fewer points is one of them
 _REFINE = 12  # loads after a shift that correct its estimate
+# Loads a settle window or run holds at most: a table written every few seconds settles on its
+# latest loads rather than on a day of them, and memory stays bounded.
+_WINDOW_KEEP = 2048
 _MIN_OFFSET = 12  # half a day of a weekday before its offset is trusted
 _FINER = 0.85  # a finer profile must cut the spread by 15% to be chosen
 _MIN_SPREAD = 0.01  # never assume less than 1% noise on the log scale
@@ -156,7 +159,8 @@ class VolumeModel:
         self._run_sign = 0
         self._calm = 0  # consecutive points of the run back within half the threshold
         self._refine: list[float] | None = None  # errors of the loads since the latest shift
-        self._recent = deque[tuple[float, float, float]]()  # (time, error, z) within settle_s
+        # (time, error, z) of the loads within settle_s (at most _WINDOW_KEEP)
+        self._recent = deque[tuple[float, float, float]](maxlen=_WINDOW_KEEP)
         self._scored_since: float | None = None
         self.latest: AnomalyScore = _none("no load has been seen yet")
         self.latest_value: float | None = None
@@ -189,7 +193,9 @@ class VolumeModel:
             self._calm = 0 if held else self._calm + 1
             if self._calm >= _MIN_BUCKET:  # back to normal: the excursion was an incident
                 self._run, self._calm = [], 0
-            elif at - self._run[0][0] >= self.rule.settle_s and len(self._run) >= _MIN_BUCKET:
+            elif len(self._run) >= _WINDOW_KEEP or (
+                at - self._run[0][0] >= self.rule.settle_s and len(self._run) >= _MIN_BUCKET
+            ):
                 self._settle()
                 return verdict
             if held:
