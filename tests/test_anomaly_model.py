@@ -343,3 +343,34 @@ def test_a_run_of_frequent_loads_settles_within_a_bounded_window() -> None:
     flags = [verdict_of(monitor, start + i, 12_000).anomalous for i in range(3000)]
     assert flags[0]
     assert not any(flags[detector._WINDOW_KEEP + 1 :])  # settled before a day had passed
+
+
+@pytest.mark.parametrize(
+    ("every_s", "per"), [(300.0, "hour"), (HOUR, "write")], ids=["micro-batches", "hourly-loads"]
+)
+def test_frequent_writes_are_judged_per_hour(every_s: float, per: str) -> None:
+    rng = np.random.default_rng(14)
+    per_hour = int(HOUR // every_s)
+    monitor = TableMonitor(rules()[0], None)
+    at = MONDAY
+    for _ in range(21 * 24 * per_hour):
+        monitor.add(WriteRecord(at, int(rng.poisson(2000 / per_hour)), 0, "etl", None))
+        at += every_s
+    assert monitor.per == per and monitor.volume is not None
+    assert monitor.volume.latest.score is not None and not monitor.volume.latest.anomalous
+    # One hour at 40% of its usual rows, then the first write of the next hour closes it.
+    dropped = []
+    for _ in range(per_hour):
+        monitor.add(WriteRecord(at, int(0.4 * 2000 / per_hour), 0, "etl", None))
+        dropped.append(monitor.evaluate(at)["volume"].result.anomalous)
+        at += every_s
+    monitor.add(WriteRecord(at, int(2000 / per_hour), 0, "etl", None))
+    verdict = monitor.evaluate(at)["volume"]
+    assert verdict.per == per
+    if per == "hour":
+        # The verdict is the latest closed hour's until the first write of the next hour.
+        assert not any(dropped)
+        assert verdict.result.anomalous and verdict.result.score is not None
+        assert verdict.result.score < -4 and verdict.value == pytest.approx(0.4 * 2000, rel=0.05)
+    else:
+        assert dropped == [True] and not verdict.result.anomalous

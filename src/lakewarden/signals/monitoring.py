@@ -1,7 +1,8 @@
 """Anomaly scores of a table's volume and freshness, kept up to date write by write. Pure.
 
 - Volume: the rows each write changed (inserted plus deleted; a write of 0 rows is a load of 0,
-  the deepest drop there is) against the table's seasonal profile of earlier writes.
+  the deepest drop there is) against the table's seasonal profile of earlier writes; for tables
+  written more often than every quarter of an hour, the rows of each hour instead.
 - Freshness: the time since the latest write against the recent gaps between writes: late when
   it is too long; early when the latest gap was too short (with ``direction: early`` or ``both``).
 
@@ -11,6 +12,7 @@ again; see :mod:`lakewarden.signals.detector` for the models.
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from lakewarden.signals.table_state import WriteRecord
 VOLUME = "volume"
 FRESHNESS = "freshness"
 _SHOWN = 48  # recent values kept for display
+_FREQUENT_S = 900.0  # writes closer than this (median) are judged per hour of rows
+_HOUR_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Monitored:
     result: AnomalyScore
     history: tuple[float, ...]  # recent values, oldest first
     expected_now: AnomalyScore | None = None  # volume: the range for a load arriving now
+    per: str | None = None  # volume: judged per "write" or per "hour" of rows
 
     def to_dict(self, keep: int = _SHOWN) -> dict[str, object]:
         r = self.result
@@ -49,6 +54,8 @@ class Monitored:
             "profile": r.profile,
             "history": list(self.history[-keep:]),
         }
+        if self.per is not None:
+            out["per"] = self.per
         if self.expected_now is not None:
             now = self.expected_now
             out["now"] = {
@@ -66,33 +73,68 @@ def volume_of(write: WriteRecord) -> float:
 
 
 class TableMonitor:
-    """The volume and freshness models of one table (either may be switched off)."""
+    """The volume and freshness models of one table (either may be switched off).
+
+    Volume is judged per write while writes are at least a quarter of an hour apart (typical
+    loads), and per hour of rows while they come more often (micro-batches, streams), where the
+    size of one write says little: :attr:`volume` is the model in use.
+    """
 
     def __init__(self, volume: AnomalyRule | None, freshness: AnomalyRule | None) -> None:
-        self.volume = VolumeModel(volume) if volume is not None else None
+        self.per_write = VolumeModel(volume) if volume is not None else None
+        self.per_hour = VolumeModel(volume) if volume is not None else None
         self.freshness = FreshnessModel(freshness) if freshness is not None else None
         self._recent_rows: deque[float] = deque(maxlen=_SHOWN)
         self._recent_gaps: deque[float] = deque(maxlen=_SHOWN)
         self._last: float | None = None
+        self._frequent = False
+        self._writes = 0
+        self._hour: int | None = None  # the epoch hour whose rows are being summed
+        self._hour_rows = 0.0
         self.accepted_at: float | None = None
+
+    @property
+    def volume(self) -> VolumeModel | None:
+        return self.per_hour if self._frequent else self.per_write
+
+    @property
+    def per(self) -> str:
+        return "hour" if self._frequent else "write"
 
     def add(self, write: WriteRecord) -> None:
         rows = volume_of(write)
-        if self.volume is not None:
-            self.volume.add(write.time, rows)
+        if self.per_write is not None:
+            self.per_write.add(write.time, rows)
         if self.freshness is not None:
             self.freshness.add(write.time)
         self._recent_rows.append(rows)
         if self._last is not None:
             self._recent_gaps.append(max(0.0, write.time - self._last))
+            self._writes += 1
+            # A first burst of writes says nothing about the pace: decide on eight gaps or more.
+            if self._writes % 8 == 0:
+                self._frequent = statistics.median(self._recent_gaps) < _FREQUENT_S
         self._last = write.time
+        self._add_to_hour(write.time, rows)
+
+    def _add_to_hour(self, at: float, rows: float) -> None:
+        hour = int(at // _HOUR_S)
+        if self._hour is not None and hour > self._hour:
+            # Only tables written often pay for the hourly model: it is judged when an hour closes.
+            if self.per_hour is not None and self._frequent:
+                self.per_hour.add((self._hour + 1) * _HOUR_S - 1, self._hour_rows)
+            self._hour_rows = 0.0
+        if self._hour is None or hour > self._hour:
+            self._hour = hour
+        self._hour_rows += rows
 
     def accept(self, at: float) -> bool:
         """Take the current level (and pace) as the new normal; False when nothing changed."""
         self.accepted_at = at
         changed = False
-        if self.volume is not None:
-            changed |= self.volume.accept()
+        for model in (self.per_write, self.per_hour):
+            if model is not None:
+                changed |= model.accept()
         if self.freshness is not None:
             fresh = self.freshness.evaluate(at)[1]
             if fresh.anomalous:
@@ -109,6 +151,7 @@ class TableMonitor:
                 model.latest,
                 tuple(self._recent_rows),
                 model.expected_at(now) if model.latest_time is not None else None,
+                self.per,
             )
         if self.freshness is not None:
             current, result = self.freshness.evaluate(now)
