@@ -71,6 +71,9 @@ class Warden:
         self._agent_limits: dict[str, tuple[int | None, float | None]] = {}
         self._monitored: tuple[tuple[int, int | None, int], dict[str, Any]] | None = None
         self._monitors: dict[str, tuple[int, monitoring.TableMonitor]] = {}
+        # Not self._lock: the first evaluation replays every table's history, and sessions must
+        # not wait for it.
+        self._monitors_lock = threading.Lock()
         self.instruments = Instruments(
             self.telemetry.meter,
             self._table_states,
@@ -246,7 +249,7 @@ class Warden:
             return cached[1]
         out: dict[str, dict[str, monitoring.Monitored]] = {}
         names = [state.name for state in self.tracker.tables()]
-        with self._lock:
+        with self._monitors_lock:
             for name in names:
                 out[name] = self._monitor(name).evaluate(now)
             for gone in set(self._monitors) - set(names):
@@ -287,7 +290,7 @@ class Warden:
                 [Violation("restore", f"{agent} is not allowed to accept anomalies", table=name)],
             )
         now = self.clock()
-        with self._lock:
+        with self._monitors_lock:
             monitor = self._monitor(name)
             changed = monitor.accept(now)
             self.tracker.accept_anomaly(name, now)
