@@ -219,12 +219,13 @@ class Warden:
         """Every contract check of every table (or of one), as the tables stand now."""
         now = self.clock() if now is None else now
         out: dict[str, list[checks.Finding]] = {}
+        monitored = self.monitored(now)
         for state in self.tracker.tables():
             if table is not None and state.name != normalize(table):
                 continue
             contract = self.policy.contract(state.name)
             found = checks.evaluate(state, contract, now) if contract is not None else []
-            for signal, m in self.monitored(now).get(state.name, {}).items():
+            for signal, m in monitored.get(state.name, {}).items():
                 if m.result.score is not None:
                     found.append(
                         checks.Finding(
