@@ -223,6 +223,9 @@ class Client:
             )
         )
 
+    def accept_anomaly(self, table: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/tables/{table}/anomaly/accept"))
+
     def audit(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if agent:

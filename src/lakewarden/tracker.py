@@ -71,6 +71,9 @@ class Tracker:
         self.states, self.snapshot_id = self._store.load()
         self._store.prune_history()
         self.history: dict[str, list[WriteRecord]] = self._store.history()
+        # Writes remembered per table since this process started (the loaded history included):
+        # lets a reader pick up only what is new, although the list is trimmed from the front.
+        self.appended: dict[str, int] = {name: len(w) for name, w in self.history.items()}
         self._new_writes: list[tuple[str, WriteRecord]] = []
 
     # -- reading -------------------------------------------------------------------------
@@ -87,6 +90,26 @@ class Tracker:
         """The table's recent writes, oldest first (what anomaly scores train on)."""
         with self._lock:
             return list(self.history.get(name, ()))
+
+    def writes_since(self, name: str, seen: int) -> tuple[int, list[WriteRecord]] | None:
+        """(count, writes) remembered after the first ``seen``; None when some of them were
+        already trimmed or the table was dropped (the reader starts over from :meth:`writes`)."""
+        with self._lock:
+            total = self.appended.get(name, 0)
+            writes = self.history.get(name, [])
+            new = total - seen
+            if new < 0 or new > len(writes):
+                return None
+            return total, writes[len(writes) - new :] if new else []
+
+    def anomaly_accepts(self, name: str) -> list[float]:
+        """When the table's current anomalous level was accepted as normal (oldest first)."""
+        with self._lock:
+            return self._store.accepts(name)
+
+    def accept_anomaly(self, name: str, at: float) -> None:
+        with self._lock:
+            self._store.add_accept(name, at)
 
     # -- bringing state up to date ---------------------------------------------------------
 
@@ -330,6 +353,7 @@ class Tracker:
     def _remember(self, name: str, record: WriteRecord) -> None:
         writes = self.history.setdefault(name, [])
         writes.append(record)
+        self.appended[name] = self.appended.get(name, 0) + 1
         if len(writes) > HISTORY_KEEP:
             del writes[: len(writes) - HISTORY_KEEP]
         self._new_writes.append((name, record))
@@ -340,6 +364,7 @@ class Tracker:
         for name, update in updates.items():
             if update.dropped:
                 self.history.pop(name, None)
+                self.appended.pop(name, None)
         writes, self._new_writes = self._new_writes, []
         try:
             self._store.save(

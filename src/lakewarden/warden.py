@@ -40,8 +40,8 @@ _DEFAULT_ANOMALY = AnomalySettings()
 _ANOMALY_UNITS = {monitoring.VOLUME: "rows", monitoring.FRESHNESS: "s"}
 
 
-def _rule(rule: PolicyAnomalyRule) -> AnomalyRule:
-    return AnomalyRule(**rule.model_dump(exclude={"enabled"}))
+def _rule(rule: PolicyAnomalyRule) -> AnomalyRule | None:
+    return AnomalyRule(**rule.scorer_fields()) if rule.enabled else None
 
 
 # Verdicts kept, by the bytes of the statements they are keyed by (a key holds the whole text).
@@ -89,6 +89,10 @@ class Warden:
         self._ddl_generation = 0
         self._agent_limits: dict[str, tuple[int | None, float | None]] = {}
         self._monitored: tuple[tuple[int, int | None, int], dict[str, Any]] | None = None
+        self._monitors: dict[str, tuple[int, monitoring.TableMonitor]] = {}
+        # Not self._lock: the first evaluation replays every table's history, and sessions must
+        # not wait for it.
+        self._monitors_lock = threading.Lock()
         self.instruments = Instruments(
             self.telemetry.meter,
             self._table_states,
@@ -311,12 +315,13 @@ class Warden:
         """Every contract check of every table (or of one), as the tables stand now."""
         now = self.clock() if now is None else now
         out: dict[str, list[checks.Finding]] = {}
+        monitored = self.monitored(now)
         for state in self.tracker.tables():
             if table is not None and state.name != normalize(table):
                 continue
             contract = self.policy.contract(state.name)
             found = checks.evaluate(state, contract, now) if contract is not None else []
-            for signal, m in self.monitored(now).get(state.name, {}).items():
+            for signal, m in monitored.get(state.name, {}).items():
                 if m.result.score is not None:
                     found.append(
                         checks.Finding(
@@ -343,19 +348,59 @@ class Warden:
         if cached is not None and cached[0] == key:
             return cached[1]
         out: dict[str, dict[str, monitoring.Monitored]] = {}
-        for state in self.tracker.tables():
-            settings = self._anomaly_settings(state.name)
-            writes = self.tracker.writes(state.name)
-            found = {}
-            if settings.volume.enabled:
-                found[monitoring.VOLUME] = monitoring.volume(writes, _rule(settings.volume))
-            if settings.freshness.enabled:
-                found[monitoring.FRESHNESS] = monitoring.freshness(
-                    writes, _rule(settings.freshness), now
-                )
-            out[state.name] = found
+        names = [state.name for state in self.tracker.tables()]
+        with self._monitors_lock:
+            for name in names:
+                out[name] = self._monitor(name).evaluate(now)
+            for gone in set(self._monitors) - set(names):
+                del self._monitors[gone]
         self._monitored = (key, out)
         return out
+
+    def _monitor(self, name: str) -> monitoring.TableMonitor:
+        """The table's anomaly models, fed only the writes they have not seen (O(1) when idle)."""
+        seen, monitor = self._monitors.get(name, (-1, None))
+        new = self.tracker.writes_since(name, seen) if monitor is not None else None
+        if monitor is None or new is None:
+            settings = self._anomaly_settings(name)
+            total, writes = self.tracker.writes_since(name, 0) or (0, [])
+            monitor = monitoring.replay(
+                writes,
+                _rule(settings.volume),
+                _rule(settings.freshness),
+                self.tracker.anomaly_accepts(name),
+            )
+        else:
+            total, writes = new
+            for write in writes:
+                monitor.add(write)
+        self._monitors[name] = (total, monitor)
+        return monitor
+
+    def accept_anomaly(self, table: str, *, agent: str) -> dict[str, Any]:
+        """Take a table's current volume level (and write pace) as its new normal.
+
+        Allowed to the agents that may restore tables: both decide what the table should be.
+        """
+        name = self.table(table).name
+        if not self.policy.can_restore(agent):
+            raise PolicyDenied(
+                f"agent {agent!r} may not accept a new normal for {name}; the policy's restore "
+                "list names who may",
+                [Violation("restore", f"{agent} is not allowed to accept anomalies", table=name)],
+            )
+        now = self.clock()
+        with self._monitors_lock:
+            monitor = self._monitor(name)
+            changed = monitor.accept(now)
+            self.tracker.accept_anomaly(name, now)
+            self._monitored = None
+        return {
+            "table": name,
+            "accepted_at": now,
+            "changed": changed,
+            "monitors": {s: m.to_dict() for s, m in monitor.evaluate(now).items()},
+        }
 
     def _anomaly_settings(self, table: str) -> AnomalySettings:
         contract = self.policy.contract(table)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -52,6 +53,7 @@ __all__ = [
     "AnomalyRule",
     "AnomalySettings",
     "ColumnContract",
+    "FreshnessRule",
     "Mode",
     "Policy",
     "TableContract",
@@ -215,23 +217,68 @@ class VolumeContract(_Model):
     max_update_ratio: Ratio | None = None
 
 
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ValueError(
+            f"unknown time zone {name!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
+        ) from None
+    return name
+
+
+def _freshness_direction(value: object) -> object:
+    # Freshness "drops" when a load is late; a "spike" of writes comes early.
+    return {"drop": "late", "spike": "early"}.get(value, value) if isinstance(value, str) else value
+
+
+# The scorer multiplies and divides by these: infinity or NaN would pass gt=0 and break it later.
+FiniteNonNegative = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+FinitePositive = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+FiniteDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
+
+
 class AnomalyRule(_Model):
     """How one series (rows per write, or write lag) is scored against its own history."""
 
     enabled: StrictBool = True
     # Fewer than 3 points leave no spread to measure; 14 covers two weeks of daily loads.
     min_training: Annotated[int, Field(strict=True, ge=3)] = 14
-    threshold: PositiveFloat = 4.0
+    threshold: FinitePositive = 4.0
     direction: Literal["both", "drop", "spike"] = "both"
     # Floors: a perfectly regular series has zero spread, so any tiny change would score infinite.
-    min_abs_change: NonNegative = 1.0
-    min_rel_change: NonNegative = 0.1
-    seasonality: Literal["none", "hour_of_week"] = "none"
+    min_abs_change: FiniteNonNegative = 1.0
+    min_rel_change: FiniteNonNegative = 0.1
+    # auto: pooled, hour of day, weekday and hour of week profiles, the best the data supports.
+    seasonality: Literal["auto", "none", "hour_of_day", "hour_of_week"] = "auto"
+    timezone: Annotated[str, AfterValidator(_time_zone)] = "UTC"
+    # A change that lasts this long is the new normal (a day: alerts stop well within 48 h).
+    settle: FiniteDuration = 86400.0
+    warmup: FiniteDuration = 7 * 86400.0  # no verdict before the history spans a week
+
+    def scorer_fields(self) -> dict[str, Any]:
+        """The fields of :class:`lakewarden.signals.anomaly.AnomalyRule`."""
+        out = self.model_dump(exclude={"enabled", "settle", "warmup"})
+        out["settle_s"] = self.settle
+        out["warmup_s"] = self.warmup
+        return out
+
+
+FreshnessDirection = Annotated[
+    Literal["late", "early", "both"], BeforeValidator(_freshness_direction)
+]
+
+
+class FreshnessRule(AnomalyRule):
+    """Freshness: ``late`` (the default) flags a gap that is too long, ``early`` a write that
+    came too soon; ``drop`` means late and ``spike`` early."""
+
+    direction: FreshnessDirection = "late"  # type: ignore[assignment]
 
 
 class AnomalySettings(_Model):
     volume: AnomalyRule = Field(default_factory=AnomalyRule)
-    freshness: AnomalyRule = Field(default_factory=AnomalyRule)
+    freshness: FreshnessRule = Field(default_factory=FreshnessRule)
 
 
 class TableContract(_Model):

@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+anomaly_app = typer.Typer(help="Work with a table's anomaly models.", no_args_is_help=True)
+app.add_typer(anomaly_app, name="anomaly")
 
 T = TypeVar("T")
 console = Console()
@@ -94,6 +96,9 @@ class _Local:
     def audit(self, agent: str | None, limit: int) -> list[dict[str, Any]]:
         return list(self.warden.audit(agent, limit))
 
+    def accept_anomaly(self, table: str, agent: str) -> dict[str, Any]:
+        return dict(self.warden.accept_anomaly(table, agent=agent))
+
     def close(self) -> None:
         self.warden.close()
 
@@ -117,6 +122,9 @@ class _Remote:
 
     def audit(self, agent: str | None, limit: int) -> list[dict[str, Any]]:
         return self.client.audit(agent, limit)
+
+    def accept_anomaly(self, table: str, agent: str) -> dict[str, Any]:
+        return self.client.accept_anomaly(table)
 
     def close(self) -> None:
         self.client.close()
@@ -266,6 +274,26 @@ def _print_table(info: dict[str, Any]) -> None:
             state = "[green]passing[/]" if c["passing"] else "[red]failing[/]"
             checks.add_row(c["check"], state, c.get("expected") or "-", c["detail"])
         console.print(checks)
+    _print_anomalies(info.get("monitors") or {})
+
+
+def _print_anomalies(monitors: dict[str, Any]) -> None:
+    """Each anomaly model's latest verdict, and the range a load arriving now would pass with."""
+    if not monitors:
+        return
+    out = Table(title="anomaly models", title_justify="left")
+    for name in ("signal", "state", "latest", "expected now", "detail"):
+        out.add_column(name)
+    for signal, m in sorted(monitors.items()):
+        if m.get("score") is None:
+            state = "[dim]no verdict[/]"
+        else:
+            state = "[red]anomalous[/]" if m.get("anomalous") else "[green]normal[/]"
+        latest = "-" if m.get("value") is None else f"{m['value']:,.0f}"
+        now = m.get("now") or {}
+        expected = now.get("reason") or "-"
+        out.add_row(signal, state, latest, expected, str(m.get("reason", "")))
+    console.print(out)
 
 
 @app.command()
@@ -322,6 +350,23 @@ def _print_snapshots(snaps: list[dict[str, Any]], table: str | None) -> None:
             snap["trace_id"] or "-",
         )
     console.print(out)
+
+
+@anomaly_app.command("accept")
+def anomaly_accept(
+    table: Annotated[str, typer.Argument(help="Table whose current level is the new normal.")],
+    lake: LakeOption = Path("lakewarden-demo"),
+    policy: PolicyOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    agent: AgentOption = "operator",
+) -> None:
+    """Accept TABLE's current volume level (and write pace) as normal: its alerts stop now."""
+    result = _ask(
+        lambda backend: backend.accept_anomaly(table, agent), lake, policy, server, token, agent
+    )
+    what = "accepted as the new normal" if result["changed"] else "nothing anomalous to accept"
+    console.print(f"[green]{result['table']}[/]: {what}")
 
 
 @app.command()

@@ -381,6 +381,18 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
         payload["trace_id"] = result.trace_id or trace_id_of(traceparent)
         return JSONResponse(payload)
 
+    @router.post("/tables/{name}/anomaly/accept")
+    async def accept_anomaly(name: str, request: Request) -> Response:
+        """Take the table's current volume level and write pace as its new normal."""
+        try:
+            agent = identify(
+                warden, request.headers.get("authorization"), request.headers.get(AgentHeader)
+            )
+            accepted = await run_in_threadpool(lambda: warden.accept_anomaly(name, agent=agent))
+        except LakewardenError as exc:
+            return error_response(exc, None)
+        return JSONResponse(json_value(accepted))
+
     @router.get("/audit")
     async def audit(
         request: Request,

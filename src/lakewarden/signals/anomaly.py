@@ -1,4 +1,9 @@
-"""Anomaly scores for volume (rows per interval or per write) and freshness (time between updates).
+"""Robust one-shot anomaly scores of a value against a history, and the rule both scorers share.
+
+:func:`score` and :func:`score_series` judge a value against a plain history (a pooled band, or
+hour-of-week buckets on the datetimes given). The server's per-table models, which learn write by
+write, find the seasonal profile themselves and work on the log scale, are in
+:mod:`lakewarden.signals.detector`; :class:`AnomalyRule` configures both.
 
 Method, and why:
 
@@ -37,18 +42,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-Direction = Literal["both", "drop", "spike"]
-Seasonality = Literal["none", "hour_of_week"]
+Direction = Literal["both", "drop", "spike", "late", "early"]
+Seasonality = Literal["auto", "none", "hour_of_day", "hour_of_week"]
 Floats = Sequence[float | None] | npt.NDArray[np.float64] | pl.Series
 Times = Sequence[datetime] | pl.Series
 
-_DIRECTIONS = ("both", "drop", "spike")
-_SEASONALITIES = ("none", "hour_of_week")
+_DIRECTIONS = ("both", "drop", "spike", "late", "early")
+_SEASONALITIES = ("auto", "none", "hour_of_day", "hour_of_week")
 _MAD_TO_SIGMA = 1.4826
 # Croux & Rousseeuw (1992): the MAD underestimates sigma on small samples; n / (n - 0.8) from 10 on.
 _MAD_SMALL_N = {3: 1.495, 4: 1.363, 5: 1.206, 6: 1.200, 7: 1.140, 8: 1.129, 9: 1.107}
@@ -68,6 +74,9 @@ class AnomalyRule:
     min_abs_change: float = 0.0
     min_rel_change: float = 0.0
     seasonality: Seasonality = "none"
+    timezone: str = "UTC"  # IANA name: seasonal profiles follow this wall clock
+    settle_s: float = 86400.0  # a change lasting this long becomes the new normal
+    warmup_s: float = 7 * 86400.0  # no volume verdict before the history spans this long
 
     def __post_init__(self) -> None:
         # A median and MAD of fewer than 3 points describe the points, not their distribution.
@@ -83,10 +92,16 @@ class AnomalyRule:
             raise ValueError(
                 f"seasonality must be one of {_SEASONALITIES}, got {self.seasonality!r}"
             )
-        for name in ("min_abs_change", "min_rel_change"):
+        for name in ("min_abs_change", "min_rel_change", "settle_s", "warmup_s"):
             floor = getattr(self, name)
             if not (math.isfinite(floor) and floor >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {floor!r}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            raise ValueError(
+                f"timezone must be an IANA time zone name, got {self.timezone!r}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ class AnomalyScore:
     upper: float | None
     training_size: int
     reason: str
+    profile: str | None = None  # the seasonal profile the expected value came from
 
 
 def score(
@@ -175,7 +191,7 @@ class _History:
     def add(self, value: float, at: datetime | None) -> None:
         if not math.isfinite(value):
             return  # missing observations are not training points
-        if self.rule.seasonality == "none":
+        if self.rule.seasonality != "hour_of_week":
             self.all.append(value)
             return
         bucket = self.buckets.setdefault(_hour_of_week(_need_time(at)), [])
@@ -187,7 +203,7 @@ class _History:
         bucket.append(value)
 
     def evaluate(self, value: float, at: datetime | None) -> AnomalyScore:
-        if self.rule.seasonality == "none":
+        if self.rule.seasonality != "hour_of_week":
             return _verdict(self.all.view(), value, self.rule, pooled_rel_scale=0.0, where="")
         slot = _hour_of_week(_need_time(at))
         training = np.asarray(self.buckets.get(slot, []), dtype=np.float64)

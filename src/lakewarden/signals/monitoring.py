@@ -1,36 +1,47 @@
-"""Anomaly scores of a table's volume and freshness, from its write history. Pure.
+"""Anomaly scores of a table's volume and freshness, kept up to date write by write. Pure.
 
-- Volume: the rows added by the latest write against the rows added by the writes before it.
-- Freshness: the time since the latest write against the times between earlier writes. That gap
-  is still growing, so only a gap that is too long counts: a short one is just early.
+- Volume: the rows each write changed (inserted plus deleted; a write of 0 rows is a load of 0,
+  the deepest drop there is) against the table's seasonal profile of earlier writes; for tables
+  written more often than every quarter of an hour, the rows of each hour instead.
+- Freshness: the time since the latest write against the recent gaps between writes: late when
+  it is too long; early when the latest gap was too short (with ``direction: early`` or ``both``).
+
+:class:`TableMonitor` is fed each write once (O(1) amortised) and answers a poll without scoring
+again; see :mod:`lakewarden.signals.detector` for the models.
 """
 
 from __future__ import annotations
 
-import itertools
+import statistics
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from lakewarden.signals.anomaly import AnomalyRule, AnomalyScore, score
+from lakewarden.signals.anomaly import AnomalyRule, AnomalyScore
+from lakewarden.signals.detector import FreshnessModel, VolumeModel
 from lakewarden.signals.table_state import WriteRecord
 
 VOLUME = "volume"
 FRESHNESS = "freshness"
+_SHOWN = 48  # recent values kept for display
+_FREQUENT_S = 900.0  # writes closer than this (median) are judged per hour of rows
+_HOUR_S = 3600.0
 
 
 @dataclass(frozen=True)
 class Monitored:
-    """One monitored signal of one table: its current value, verdict and history."""
+    """One monitored signal of one table: its current value, verdict and recent values."""
 
     signal: str  # volume | freshness
     value: float | None
     result: AnomalyScore
-    history: tuple[float, ...]  # the training points, oldest first
+    history: tuple[float, ...]  # recent values, oldest first
+    expected_now: AnomalyScore | None = None  # volume: the range for a load arriving now
+    per: str | None = None  # volume: judged per "write" or per "hour" of rows
 
-    def to_dict(self, keep: int = 48) -> dict[str, object]:
+    def to_dict(self, keep: int = _SHOWN) -> dict[str, object]:
         r = self.result
-        return {
+        out: dict[str, object] = {
             "signal": self.signal,
             "value": self.value,
             "score": r.score,
@@ -40,48 +51,127 @@ class Monitored:
             "upper": r.upper,
             "training_size": r.training_size,
             "reason": r.reason,
+            "profile": r.profile,
             "history": list(self.history[-keep:]),
         }
+        if self.per is not None:
+            out["per"] = self.per
+        if self.expected_now is not None:
+            now = self.expected_now
+            out["now"] = {
+                "expected": now.expected,
+                "lower": now.lower,
+                "upper": now.upper,
+                "profile": now.profile,
+                "reason": now.reason,
+            }
+        return out
 
 
-def volume(writes: Sequence[WriteRecord], rule: AnomalyRule) -> Monitored:
-    loads = [w for w in writes if w.rows_added > 0]
-    if not loads:
-        return _nothing(VOLUME, "no load has been seen yet")
-    *past, latest = loads
-    history = [float(w.rows_added) for w in past]
-    result = score(
-        history,
-        float(latest.rows_added),
-        rule,
-        at=_dt(latest.time),
-        history_times=[_dt(w.time) for w in past],
-    )
-    return Monitored(VOLUME, float(latest.rows_added), result, tuple(history))
+def volume_of(write: WriteRecord) -> float:
+    return float(write.rows_added + write.rows_removed)
 
 
-def freshness(writes: Sequence[WriteRecord], rule: AnomalyRule, now: float) -> Monitored:
-    if not writes:
-        return _nothing(FRESHNESS, "no write has been seen yet")
-    times = [w.time for w in writes]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    current = max(0.0, now - times[-1])
-    if rule.direction != "drop":
-        rule = AnomalyRule(
-            rule.min_training,
-            rule.threshold,
-            "spike",
-            rule.min_abs_change,
-            rule.min_rel_change,
-            rule.seasonality,
-        )
-    result = score(gaps, current, rule, at=_dt(now), history_times=[_dt(t) for t in times[1:]])
-    return Monitored(FRESHNESS, current, result, tuple(gaps))
+class TableMonitor:
+    """The volume and freshness models of one table (either may be switched off).
+
+    Volume is judged per write while writes are at least a quarter of an hour apart (typical
+    loads), and per hour of rows while they come more often (micro-batches, streams), where the
+    size of one write says little: :attr:`volume` is the model in use.
+    """
+
+    def __init__(self, volume: AnomalyRule | None, freshness: AnomalyRule | None) -> None:
+        self.per_write = VolumeModel(volume) if volume is not None else None
+        self.per_hour = VolumeModel(volume) if volume is not None else None
+        self.freshness = FreshnessModel(freshness) if freshness is not None else None
+        self._recent_rows: deque[float] = deque(maxlen=_SHOWN)
+        self._recent_gaps: deque[float] = deque(maxlen=_SHOWN)
+        self._last: float | None = None
+        self._frequent = False
+        self._writes = 0
+        self._hour: int | None = None  # the epoch hour whose rows are being summed
+        self._hour_rows = 0.0
+        self.accepted_at: float | None = None
+
+    @property
+    def volume(self) -> VolumeModel | None:
+        return self.per_hour if self._frequent else self.per_write
+
+    @property
+    def per(self) -> str:
+        return "hour" if self._frequent else "write"
+
+    def add(self, write: WriteRecord) -> None:
+        rows = volume_of(write)
+        if self.per_write is not None:
+            self.per_write.add(write.time, rows)
+        if self.freshness is not None:
+            self.freshness.add(write.time)
+        self._recent_rows.append(rows)
+        if self._last is not None:
+            self._recent_gaps.append(max(0.0, write.time - self._last))
+            self._writes += 1
+            # A first burst of writes says nothing about the pace: decide on eight gaps or more.
+            if self._writes % 8 == 0:
+                self._frequent = statistics.median(self._recent_gaps) < _FREQUENT_S
+        self._last = write.time
+        self._add_to_hour(write.time, rows)
+
+    def _add_to_hour(self, at: float, rows: float) -> None:
+        hour = int(at // _HOUR_S)
+        if self._hour is not None and hour > self._hour:
+            # Only tables written often pay for the hourly model: it is judged when an hour closes.
+            if self.per_hour is not None and self._frequent:
+                self.per_hour.add((self._hour + 1) * _HOUR_S - 1, self._hour_rows)
+            self._hour_rows = 0.0
+        if self._hour is None or hour > self._hour:
+            self._hour = hour
+        self._hour_rows += rows
+
+    def accept(self, at: float) -> bool:
+        """Take the current level (and pace) as the new normal; False when nothing changed."""
+        self.accepted_at = at
+        changed = False
+        for model in (self.per_write, self.per_hour):
+            if model is not None:
+                changed |= model.accept()
+        if self.freshness is not None:
+            fresh = self.freshness.evaluate(at)[1]
+            if fresh.anomalous:
+                changed |= self.freshness.accept()
+        return changed
+
+    def evaluate(self, now: float) -> dict[str, Monitored]:
+        out: dict[str, Monitored] = {}
+        if self.volume is not None:
+            model = self.volume
+            out[VOLUME] = Monitored(
+                VOLUME,
+                model.latest_value,
+                model.latest,
+                tuple(self._recent_rows),
+                model.expected_at(now) if model.latest_time is not None else None,
+                self.per,
+            )
+        if self.freshness is not None:
+            current, result = self.freshness.evaluate(now)
+            out[FRESHNESS] = Monitored(FRESHNESS, current, result, tuple(self._recent_gaps))
+        return out
 
 
-def _nothing(signal: str, reason: str) -> Monitored:
-    return Monitored(signal, None, AnomalyScore(None, False, None, None, None, 0, reason), ())
-
-
-def _dt(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
+def replay(
+    writes: list[WriteRecord],
+    volume: AnomalyRule | None,
+    freshness: AnomalyRule | None,
+    accepts: Sequence[float] = (),
+) -> TableMonitor:
+    """A monitor fed ``writes`` oldest-first, each accept applied after the writes before it."""
+    monitor = TableMonitor(volume, freshness)
+    pending = sorted(accepts)
+    for write in writes:
+        while pending and pending[0] < write.time:
+            monitor.accept(pending.pop(0))
+        monitor.add(write)
+    for at in pending:
+        monitor.accept(at)
+    return monitor

@@ -2,6 +2,10 @@
 
 The state lives in its own small DuckDB file beside the lake and records the lake snapshot it is
 true at; after a restart only the snapshots since then are replayed from the change feed.
+
+The anomaly models keep no state of their own here: they are rebuilt by replaying ``history()``
+with the times a table's new level was accepted (``accepts``/``add_accept``). Those three methods
+are the whole persisted interface of the models.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from lakewarden.store.engine import STATE_ALIAS
 _TABLES = f"{STATE_ALIAS}.main.table_state"
 _META = f"{STATE_ALIAS}.main.meta"
 _HISTORY = f"{STATE_ALIAS}.main.history"
+_ACCEPTS = f"{STATE_ALIAS}.main.anomaly_accepts"
+ACCEPTS_KEEP = 20  # per table: older accepts lie before the kept history anyway
 HISTORY_KEEP = 5000  # writes per table kept for anomaly training (about 7 months of hourly loads)
 
 
@@ -28,6 +34,18 @@ class StateStore:
             f"CREATE TABLE IF NOT EXISTS {_HISTORY} (name VARCHAR, time DOUBLE, "
             "rows_added BIGINT, rows_removed BIGINT, writer VARCHAR, snapshot_id BIGINT)"
         )
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {_ACCEPTS} (name VARCHAR, time DOUBLE)")
+
+    def accepts(self, name: str) -> list[float]:
+        """When the table's anomalous level was accepted as its new normal, oldest first."""
+        rows = self._cur.execute(
+            f"SELECT time FROM {_ACCEPTS} WHERE name = ? ORDER BY time DESC LIMIT {ACCEPTS_KEEP}",
+            [name],
+        ).fetchall()
+        return sorted(t for (t,) in rows)
+
+    def add_accept(self, name: str, at: float) -> None:
+        self._cur.execute(f"INSERT INTO {_ACCEPTS} VALUES (?, ?)", [name, at])
 
     def load(self) -> tuple[dict[str, TableState], int | None]:
         """All table states and the snapshot they are true at (None: no state yet)."""
@@ -72,6 +90,7 @@ class StateStore:
             for name in removed:
                 cur.execute(f"DELETE FROM {_TABLES} WHERE name = ?", [name])
                 cur.execute(f"DELETE FROM {_HISTORY} WHERE name = ?", [name])
+                cur.execute(f"DELETE FROM {_ACCEPTS} WHERE name = ?", [name])
             if writes:
                 cur.executemany(
                     f"INSERT INTO {_HISTORY} VALUES (?, ?, ?, ?, ?, ?)",
