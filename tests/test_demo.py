@@ -110,8 +110,15 @@ def test_demo_shows_what_lakewarden_is_for(tmp_path: Path) -> None:
                     server = f"http://127.0.0.1:{port}"
                     for args in (
                         ["check", "orders", "--lake", "lakewarden-demo", "--server", server],
-                        ["snapshots", "--lake", "lakewarden-demo", "--server", server]
-                        + ["--limit", "200"],
+                        [
+                            "snapshots",
+                            "--lake",
+                            "lakewarden-demo",
+                            "--server",
+                            server,
+                            "--limit",
+                            "200",
+                        ],
                     ):
                         during.append(cli(args, tmp_path, env))
                 if set(FAMILIES) <= seen and during and _story_told(metrics):
