@@ -9,9 +9,8 @@ with warden.session(agent="etl-agent") as s:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
-
 import os as _os
+from typing import TYPE_CHECKING, Any
 
 # DuckDB's allocator (its own jemalloc) keeps the address space of freed memory mapped for
 # reuse ("retain"). Under a server's address-space cap (LAKEWARDEN_ADDRESS_SPACE_LIMIT) that
