@@ -120,18 +120,24 @@ def test_policy_problems_are_printed_once(tmp_path: Path) -> None:
     assert result.output.count("unknown key 'bogus'") == 1
 
 
-def test_check_says_the_same_through_a_server(lake: Path, tmp_path: Path) -> None:
+def test_check_says_the_same_through_a_server(
+    lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from server_helpers import serve
 
+    monkeypatch.setenv("LW_TEST_OPS", "ops-secret-token")
     policy = tmp_path / "policy.yaml"
     policy.write_text(
-        "version: 1\ntables:\n  orders:\n    freshness_sla: 70m\n"
+        "version: 1\nagents: {ops: {token_env: LW_TEST_OPS, read: ['*']}}\n"
+        "tables:\n  orders:\n    freshness_sla: 70m\n"
         "    columns: {email: {max_null_ratio: 0.05}}\n"
     )
     local = runner.invoke(app, ["check", "orders", "--lake", str(lake), "--policy", str(policy)])
     assert local.exit_code == 0, local.output
     with serve(lake, policy=policy) as served:
-        remote = runner.invoke(app, ["check", "orders", "--server", served.url])
+        remote = runner.invoke(
+            app, ["check", "orders", "--server", served.url, "--token", "ops-secret-token"]
+        )
     assert remote.exit_code == 0, remote.output
 
     def expected(output: str) -> list[str]:
