@@ -7,10 +7,11 @@ broke this: it keeps its position in the text on itself, so concurrent statement
 spurious parse errors and IndexErrors.
 
 Audited module-level objects reached from request threads, and why each is safe:
-- analysis: the statement cache (functools.lru_cache, locked internally), the DuckDB parser
+- analysis: the statement cache (a byte-bounded LRU with its own lock), the DuckDB parser
   connection (one per thread), sqlglot (a new tokenizer and parser per call);
-- governance: the policy (immutable once loaded), the warden's verdict and limit caches (plain
-  dict reads and writes, atomic; a cleared entry is recomputed, never half-read);
+- governance: the policy (immutable once loaded), the warden's verdict cache (the same locked
+  LRU) and limit cache (plain dict reads and writes, atomic); plans are made on the calling
+  session's own cursor;
 - store: the watchdog (its own lock), cursors (one per session, sessions never shared);
 - telemetry: the recorder's queue (thread-safe), the trace-context propagator (stateless);
 - intake: the JSON renderer (pure functions).
@@ -135,11 +136,11 @@ def assert_same(reference: dict[Any, Any], results: list[dict[Any, Any]]) -> Non
 @pytest.mark.slow
 def test_analysis_is_the_same_from_8_threads() -> None:
     statements = corpus()
-    analysis._analyze.cache_clear()
+    analysis._CACHE.clear()
     reference = {sql: analyse(sql) for sql in statements}
     unexpected = [v for v in reference.values() for part in v if _unexpected(part)]
     assert not unexpected, unexpected[:3]
-    analysis._analyze.cache_clear()
+    analysis._CACHE.clear()
     assert_same(reference, in_threads(statements, analyse))
 
 
@@ -160,15 +161,19 @@ def test_policy_decisions_are_the_same_from_8_threads(tmp_path: Path) -> None:
     statements = corpus(1500)
     pairs = list(itertools.product(("analyst", "etl", "admin", "stranger"), statements))
 
+    cursors = threading.local()  # the engine plans on the caller's cursor: one per thread
+
     def decide(warden: lakewarden.Warden, pair: tuple[str, str]) -> Any:
         agent, sql = pair
-        return outcome(lambda: (warden.govern(agent, analysis.analyze(sql)),))
+        if getattr(cursors, "warden", None) is not warden:
+            cursors.warden, cursors.cur = warden, warden.engine.cursor()
+        return outcome(lambda: (warden.govern(agent, analysis.analyze(sql), cursors.cur),))
 
     with lakewarden.open(tmp_path / "lake", policy=policy_file) as warden:
         reference = {pair: decide(warden, pair) for pair in pairs}
     # A fresh warden: its verdict cache starts empty, so the threads decide for real.
     with lakewarden.open(tmp_path / "lake", policy=policy_file) as warden:
-        analysis._analyze.cache_clear()
+        analysis._CACHE.clear()
         assert_same(reference, in_threads(pairs, lambda pair: decide(warden, pair)))
 
 
