@@ -130,8 +130,16 @@ class Session:
             # Inside a transaction that changed the catalog, plans differ from the committed
             # catalog's: such verdicts are neither taken from nor put into the cache.
             shape_changed = self._tx is not None and self._tx.shape_changed
-            flagged = warden.govern(self.agent, stmt, self._cur, cacheable=not shape_changed)
             timeout = warden.timeout(self.agent)
+            # Planning is part of the statement's time: a statement built to be slow to plan
+            # is stopped like one slow to run.
+            with WATCHDOG.guard(self._cur, timeout) as deadline:
+                try:
+                    flagged = warden.govern(
+                        self.agent, stmt, self._cur, cacheable=not shape_changed
+                    )
+                except duckdb.Error as exc:
+                    raise _engine_error(exc, deadline.expired, timeout) from exc
             if stmt.kind == "read":
                 result = self._read(
                     stmt, params, warden.row_limit(self.agent, max_rows), timeout, event.trace_hex
