@@ -9,6 +9,7 @@ text (bounded in bytes) because parsing costs far more than a governed read of a
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ _KINDS = {
 }
 
 _parser = threading.local()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,16 @@ def analyze(sql: str, max_chars: int = MAX_SQL_CHARS) -> Statement:
             raise InvalidSQL(
                 "the statement is nested too deeply to analyse; flatten it",
                 [Violation("nesting", "expressions nested too deeply")],
+            ) from exc
+        except InvalidSQL:
+            raise
+        except Exception as exc:
+            # A statement the text analyser trips over (an input it has no case for) is the
+            # agent's to rewrite, and must never surface as a server error.
+            log.warning("analysis failed on a statement: %s: %s", type(exc).__name__, exc)
+            raise InvalidSQL(
+                f"the statement could not be analysed ({type(exc).__name__}); rewrite it",
+                [Violation("unanalysable", "the text analyser failed on this statement")],
             ) from exc
         _CACHE.put(sql, found)
     return found
