@@ -227,6 +227,24 @@ def _stored_query(tree: exp.Expr) -> str | None:
     kind = str(tree.args.get("kind") or "").upper()
     query = tree.args.get("expression")
     if kind in {"VIEW", "MACRO", "FUNCTION"} and isinstance(query, exp.Query):
+        func = tree.this
+        params = (
+            {str(p.name).lower() for p in func.expressions}
+            if isinstance(func, exp.UserDefinedFunction)
+            else set()
+        )
+        if params:
+            # A table macro's parameters are columns of nothing on their own: planned as NULLs,
+            # like statement parameters, the stored query shows the same scans and calls.
+            query = query.transform(
+                lambda node: (
+                    exp.Null()
+                    if isinstance(node, exp.Column)
+                    and not node.table
+                    and node.name.lower() in params
+                    else node
+                )
+            )
         return query.sql(dialect="duckdb")
     return None
 
