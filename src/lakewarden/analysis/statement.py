@@ -43,6 +43,12 @@ _KINDS = {
     "CREATE_FUNC": "ddl",
 }
 
+# Words DuckDB's binder calls as functions when no column has the name (measured with 1.5.5;
+# ``user`` too, left out because it is a common column name and only answers a constant).
+KEYWORD_CALLS = frozenset(
+    {"current_user", "current_role", "session_user", "current_schema", "current_catalog"}
+)
+
 _parser = threading.local()
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,8 @@ class Statement:
     tables_written: tuple[str, ...]
     functions: tuple[str, ...]  # table functions, as written
     calls: tuple[str, ...]  # calls of functions sqlglot does not know, as written
+    # Calls sqlglot knows by its own name, and keywords the binder calls (``current_role``).
+    implicit_calls: tuple[str, ...]
     qualifiers: tuple[str, ...]  # catalog and schema parts of every table reference
     keyword: str  # first word of the statement, comments skipped
     summary: str
@@ -169,6 +177,7 @@ def _analyze(sql: str) -> Statement:
         written: tuple[str, ...] = ()
         functions: tuple[str, ...] = ()
         calls: tuple[str, ...] = ()
+        implicit_calls: tuple[str, ...] = ()
         qualifiers: tuple[str, ...] = ()
         body = None
         operation = stmt_type.replace("_INTO", "")
@@ -179,6 +188,20 @@ def _analyze(sql: str) -> Statement:
                 str(node.name).lower()
                 for node in tree.find_all(exp.Anonymous)
                 if str(node.name).lower() not in functions
+            )
+        )
+        implicit_calls = tuple(
+            dict.fromkeys(
+                [
+                    _function_name(node)
+                    for node in tree.find_all(exp.Func)
+                    if not isinstance(node, exp.Anonymous)
+                ]
+                + [
+                    str(col.name).lower()
+                    for col in tree.find_all(exp.Column)
+                    if not col.table and str(col.name).lower() in KEYWORD_CALLS
+                ]
             )
         )
         qualifiers = tuple(
@@ -201,6 +224,7 @@ def _analyze(sql: str) -> Statement:
         tables_written=written,
         functions=functions,
         calls=calls,
+        implicit_calls=implicit_calls,
         qualifiers=qualifiers,
         keyword=first_keyword(sql),
         summary=summary,
