@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lakewarden import InvalidSQL
 from lakewarden.analysis import analyze
@@ -106,3 +108,66 @@ def test_deep_nesting_is_invalid_sql_not_a_crash(sql: str) -> None:
     with pytest.raises(InvalidSQL) as info:
         analyze(sql)
     assert len(info.value.message) < 300
+
+
+_FRAGMENTS = [
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "(",
+    ")",
+    "NOT",
+    "1",
+    "'x'",
+    ",",
+    "t",
+    "CREATE",
+    "SCHEMA",
+    "DROP",
+    "TABLE",
+    "MACRO",
+    "AS",
+    "WITH",
+    "LATERAL",
+    "query",
+    "TRUNCATE",
+    "COMMENT",
+    "ON",
+    "COLUMN",
+    "IS",
+    "+",
+    "-",
+    "*",
+    ".",
+    "?",
+    "$1",
+    "::",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    ";",
+    "--",
+    "/*",
+    "*/",
+    '"',
+    "PIVOT",
+    "USING",
+    "INSERT",
+    "INTO",
+    "VALUES",
+    "DESCRIBE",
+    "SUMMARIZE",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), min_size=1, max_size=40), st.integers(0, 80))
+def test_analysis_fails_only_with_invalid_sql(words: list[str], depth: int) -> None:
+    """Whatever the text, analysis answers a Statement or InvalidSQL, never another error."""
+    sql = "(" * depth + " ".join(words) + ")" * depth
+    try:
+        analyze(sql)
+    except InvalidSQL as exc:
+        assert exc.message

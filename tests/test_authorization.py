@@ -213,3 +213,26 @@ def test_truncate_is_a_gated_write_with_fresh_signals(open_lake: lakewarden.Ward
     assert result.kind == "write" and result.snapshot_id is not None
     assert result.signals["public_orders"]["rows"] == 0
     assert result.signals["public_orders"]["rows_deleted"] == 20
+
+
+def test_planning_counts_against_the_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning runs under the statement's deadline (here made slow on purpose)."""
+    from lakewarden.store import plan
+
+    def slow(cur: Any, text: str) -> Any:
+        cur.execute("SELECT count(*) FROM range(100000000000) a").fetchall()
+        raise AssertionError("not interrupted")
+
+    monkeypatch.setattr(plan, "bound_plan", slow)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nagents:\n  quick: {read: ['*'], timeout_s: 0.5}\n")
+    with (
+        lakewarden.open(
+            tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})
+        ) as w,
+        w.session("quick") as s,
+        pytest.raises(lakewarden.StatementTimeout),
+    ):
+        s.sql("SELECT 1")

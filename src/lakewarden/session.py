@@ -135,8 +135,16 @@ class Session:
             # Inside a transaction that changed the catalog, plans differ from the committed
             # catalog's: such verdicts are neither taken from nor put into the cache.
             shape_changed = self._tx is not None and self._tx.shape_changed
-            flagged = warden.govern(self.agent, stmt, self._cur, cacheable=not shape_changed)
             limit = warden.timeout(self.agent)
+            # Planning is part of the statement's time: a statement built to be slow to plan
+            # is stopped like one slow to run, from the same budget.
+            with WATCHDOG.guard(self._cur, _remaining(limit, started)) as deadline:
+                try:
+                    flagged = warden.govern(
+                        self.agent, stmt, self._cur, cacheable=not shape_changed
+                    )
+                except duckdb.Error as exc:
+                    raise _engine_error(exc, deadline.expired, limit) from exc
             budget = _remaining(limit, started)
 
             def engine_error(exc: Exception, expired: bool, _budget: float | None) -> Exception:

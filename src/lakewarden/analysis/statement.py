@@ -9,6 +9,7 @@ text (bounded in bytes) because parsing costs far more than a governed read of a
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -42,7 +43,14 @@ _KINDS = {
     "CREATE_FUNC": "ddl",
 }
 
+# Words DuckDB's binder calls as functions when no column has the name (measured with 1.5.5;
+# ``user`` too, left out because it is a common column name and only answers a constant).
+KEYWORD_CALLS = frozenset(
+    {"current_user", "current_role", "session_user", "current_schema", "current_catalog"}
+)
+
 _parser = threading.local()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class Statement:
     tables_written: tuple[str, ...]
     functions: tuple[str, ...]  # table functions, as written
     calls: tuple[str, ...]  # calls of functions sqlglot does not know, as written
+    # Calls sqlglot knows by its own name, and keywords the binder calls (``current_role``).
+    implicit_calls: tuple[str, ...]
     qualifiers: tuple[str, ...]  # catalog and schema parts of every table reference
     keyword: str  # first word of the statement, comments skipped
     summary: str
@@ -123,6 +133,16 @@ def analyze(sql: str, max_chars: int = MAX_SQL_CHARS) -> Statement:
                 "the statement is nested too deeply to analyse; flatten it",
                 [Violation("nesting", "expressions nested too deeply")],
             ) from exc
+        except InvalidSQL:
+            raise
+        except Exception as exc:
+            # A statement the text analyser trips over (an input it has no case for) is the
+            # agent's to rewrite, and must never surface as a server error.
+            log.warning("analysis failed on a statement: %s: %s", type(exc).__name__, exc)
+            raise InvalidSQL(
+                f"the statement could not be analysed ({type(exc).__name__}); rewrite it",
+                [Violation("unanalysable", "the text analyser failed on this statement")],
+            ) from exc
         _CACHE.put(sql, found)
     return found
 
@@ -157,6 +177,7 @@ def _analyze(sql: str) -> Statement:
         written: tuple[str, ...] = ()
         functions: tuple[str, ...] = ()
         calls: tuple[str, ...] = ()
+        implicit_calls: tuple[str, ...] = ()
         qualifiers: tuple[str, ...] = ()
         body = None
         operation = stmt_type.replace("_INTO", "")
@@ -167,6 +188,20 @@ def _analyze(sql: str) -> Statement:
                 str(node.name).lower()
                 for node in tree.find_all(exp.Anonymous)
                 if str(node.name).lower() not in functions
+            )
+        )
+        implicit_calls = tuple(
+            dict.fromkeys(
+                [
+                    _function_name(node)
+                    for node in tree.find_all(exp.Func)
+                    if not isinstance(node, exp.Anonymous)
+                ]
+                + [
+                    str(col.name).lower()
+                    for col in tree.find_all(exp.Column)
+                    if not col.table and str(col.name).lower() in KEYWORD_CALLS
+                ]
             )
         )
         qualifiers = tuple(
@@ -189,6 +224,7 @@ def _analyze(sql: str) -> Statement:
         tables_written=written,
         functions=functions,
         calls=calls,
+        implicit_calls=implicit_calls,
         qualifiers=qualifiers,
         keyword=first_keyword(sql),
         summary=summary,
@@ -215,6 +251,24 @@ def _stored_query(tree: exp.Expr) -> str | None:
     kind = str(tree.args.get("kind") or "").upper()
     query = tree.args.get("expression")
     if kind in {"VIEW", "MACRO", "FUNCTION"} and isinstance(query, exp.Query):
+        func = tree.this
+        params = (
+            {str(p.name).lower() for p in func.expressions}
+            if isinstance(func, exp.UserDefinedFunction)
+            else set()
+        )
+        if params:
+            # A table macro's parameters are columns of nothing on their own: planned as NULLs,
+            # like statement parameters, the stored query shows the same scans and calls.
+            query = query.transform(
+                lambda node: (
+                    exp.Null()
+                    if isinstance(node, exp.Column)
+                    and not node.table
+                    and node.name.lower() in params
+                    else node
+                )
+            )
         return query.sql(dialect="duckdb")
     return None
 

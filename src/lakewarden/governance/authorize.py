@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lakewarden.analysis.names import INTERNAL_SCHEMA
-from lakewarden.analysis.statement import Statement
+from lakewarden.analysis.statement import KEYWORD_CALLS, Statement
 from lakewarden.errors import Violation
 from lakewarden.governance.allowlists import (
     ALLOWED_FUNCTIONS,
@@ -55,13 +55,16 @@ def before_binding(stmt: Statement, parse: ParseTree | None) -> list[Violation]:
         )
     table_functions = set(stmt.functions)
     calls = set(stmt.calls)
+    implicit = set(stmt.implicit_calls)
     if parse is not None:
         table_functions |= set(parse.table_functions)
         calls |= set(parse.functions)
         # ``SELECT current_role`` calls current_role(); a column of that name would win, but
-        # the plan cannot tell the two apart once the call is folded into a constant. ``user``
-        # is spared: it is a common column name and the call only answers a constant.
-        calls |= {n for n in parse.bare_names if n in REFUSED_FUNCTIONS and n != "user"}
+        # the plan cannot tell the two apart once the call is folded into a constant.
+        implicit |= set(parse.bare_names) & KEYWORD_CALLS
+    # sqlglot's own names of calls it knows: only a refusal can come of them, as its names
+    # are not DuckDB's (the plan and DuckDB's parse tree judge the rest by the allow-list).
+    calls |= {n for n in implicit if n in REFUSED_FUNCTIONS}
     out += table_function_refusals(table_functions)
     out += function_refusals(calls)
     return out

@@ -164,6 +164,8 @@ def bound_plan(cur: duckdb.DuckDBPyConnection, sql: str) -> BoundPlan:
 def _ask(cur: duckdb.DuckDBPyConnection, query: str, sql: str) -> dict[str, Any]:
     try:
         row = cur.execute(query, [sql]).fetchone()
+    except duckdb.InterruptException:
+        raise  # the statement's time limit, which covers planning too: the caller reports it
     except duckdb.Error as exc:
         kind = type(exc).__name__.removesuffix("Exception").lower()
         raise PlanUnavailable(_first_line(str(exc)), binding=True, error_type=kind) from exc
