@@ -4,10 +4,12 @@
   plus headers. httptools (llhttp) has none and builds each header value by repeated
   concatenation, so a 50 MB header held a core for half a minute and 1.7 GB of memory; here the
   raw bytes of an unfinished head are counted as they arrive and the connection is answered 431
-  and closed once they pass the cap.
+  and closed once they pass the cap; a head that has not arrived within its time limit is
+  answered 408 and the connection closed.
 - :func:`bounded_body`: every request body (REST, the ``POST /v1/sql`` fast path and ``/mcp``)
   is refused with 413 when its Content-Length is over the cap, or read while counting, chunked
-  or not, and refused as soon as it passes the cap.
+  or not, and refused as soon as it passes the cap; one that takes longer than its time limit
+  to arrive is refused with 408.
 - :func:`token_gate`: when the policy has tokens, nothing reaches the MCP app (no session, no
   ``tools/list``) without a valid bearer token.
 - :func:`cap_address_space`: the server process's address-space limit, the hard memory bound
@@ -56,7 +58,7 @@ def _error_bytes(status: int, reason: str, error: LakewardenError) -> bytes:
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """httptools with a cap on the head of each request (``h11_max_incomplete_event_size``
     of uvicorn's config, the same knob uvicorn gives h11) and a time limit on receiving it:
-    uvicorn has none, so a client sending a byte now and then held a connection for ever.
+    uvicorn has none, so a client sending a byte now and then held a connection forever.
     :func:`bounded_protocol` sets the time limit."""
 
     head_timeout_s: ClassVar[float] = 10.0
