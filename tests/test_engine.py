@@ -59,3 +59,28 @@ def test_sqlite_catalog_lake(tmp_path: Path) -> None:
     with lakewarden.open(lake, telemetry=lakewarden.Telemetry(env={})) as w:
         assert w.engine.location.catalog == "sqlite"
         assert w.table("t").rows == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM lw_state.main.table_state",
+        "SELECT * FROM lw_state.main.refusals",
+        "DELETE FROM lw_state.main.history",
+        "USE lw_state",
+    ],
+    ids=["table-state", "refusals", "history-delete", "use"],
+)
+def test_agent_cursors_cannot_reach_the_state_database(warden: lakewarden.Warden, sql: str) -> None:
+    """The second wall: even a statement that got past authorization runs on a cursor of the
+    lake's DuckDB instance, which does not hold lakewarden's state database at all."""
+    cur = warden.engine.cursor()
+    with pytest.raises(duckdb.Error, match=r"(?i)catalog|does not exist|not found"):
+        cur.execute(sql)
+    databases = {
+        row[0] for row in cur.execute("SELECT database_name FROM duckdb_databases()").fetchall()
+    }
+    assert "lw_state" not in databases
+    # lakewarden itself still keeps its state there
+    state = warden.engine.state_cursor()
+    assert state.execute("SELECT count(*) FROM lw_state.main.refusals").fetchone() == (0,)

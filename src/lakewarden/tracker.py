@@ -67,7 +67,7 @@ class Tracker:
         self._timer = timer
         self._lock = threading.RLock()
         self._cur = engine.cursor()
-        self._store = StateStore(self._cur)
+        self._store = StateStore(engine.state_cursor())
         self.states, self.snapshot_id = self._store.load()
         self._store.prune_history()
         self.history: dict[str, list[WriteRecord]] = self._store.history()

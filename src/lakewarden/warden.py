@@ -107,8 +107,9 @@ class Warden:
             self._bookkeeping(
                 lambda cur: audit.prune(cur, self.settings.audit_retention_days), "audit retention"
             )
-        audit.ensure_refusals(self._audit_cur)
-        audit.prune(self._audit_cur, self.settings.audit_retention_days, audit.REFUSALS)
+        self._refusals_cur = self.engine.state_cursor()
+        audit.ensure_refusals(self._refusals_cur)
+        audit.prune(self._refusals_cur, self.settings.audit_retention_days, audit.REFUSALS)
         self.tracker = Tracker(self.engine, self._event_time, self._time_signal)
         self.tracker.sync()
 
@@ -462,7 +463,7 @@ class Warden:
         """Record a decision that committed nothing (denied, blocked, failed)."""
         try:
             with self._lock:
-                audit.insert(self._audit_cur, [record], audit.REFUSALS)
+                audit.insert(self._refusals_cur, [record], audit.REFUSALS)
         except Exception:
             log.exception("could not write the audit record of a refused statement")
 
@@ -478,13 +479,14 @@ class Warden:
                 )
             agent = caller
         with self._lock:
-            cur = self.engine.cursor()
+            cur, refusals = self.engine.cursor(), self.engine.state_cursor()
             try:
                 return audit.read(
-                    cur, agent=agent, limit=limit, is_lake=self.engine.location.is_lake
+                    cur, refusals, agent=agent, limit=limit, is_lake=self.engine.location.is_lake
                 )
             finally:
                 cur.close()
+                refusals.close()
 
     def restore(
         self, table: str, snapshot_id: int, *, agent: str, traceparent: str | None = None

@@ -91,9 +91,15 @@ def prune(cur: duckdb.DuckDBPyConnection, older_than_days: float, table: str = T
 
 
 def read(
-    cur: duckdb.DuckDBPyConnection, *, agent: str | None, limit: int, is_lake: bool
+    cur: duckdb.DuckDBPyConnection,
+    refusals: duckdb.DuckDBPyConnection,
+    *,
+    agent: str | None,
+    limit: int,
+    is_lake: bool,
 ) -> list[dict[str, Any]]:
-    """Newest first; a committed write's record carries the snapshot that holds it."""
+    """Newest first; a committed write's record carries the snapshot that holds it. Records of
+    refused statements live in the state database (``refusals``, another DuckDB instance)."""
     snap = (
         f"(SELECT snapshot_id FROM {LAKE_ALIAS}.snapshots() s "
         "WHERE json_extract_string(s.commit_extra_info, '$.commit_id') = a.commit_id "
@@ -103,13 +109,20 @@ def read(
     )
     where = "WHERE a.agent = ?" if agent else ""
     params: list[Any] = [agent] if agent else []
+    columns = (
+        "a.time, a.agent, a.decision, a.operation, a.summary, a.statement_hash, a.tables, "
+        "a.violations, {snap} AS snapshot_id, a.trace_id"
+    )
     rows = cur.execute(
-        f"SELECT a.time, a.agent, a.decision, a.operation, a.summary, a.statement_hash, "
-        f"a.tables, a.violations, {snap} AS snapshot_id, a.trace_id "
-        f"FROM (FROM {TABLE} UNION ALL BY NAME FROM {REFUSALS}) a {where} "
+        f"SELECT {columns.format(snap=snap)} FROM {TABLE} a {where} ORDER BY a.time DESC LIMIT ?",
+        [*params, int(limit)],
+    ).fetchall()
+    rows += refusals.execute(
+        f"SELECT {columns.format(snap='NULL')} FROM {REFUSALS} a {where} "
         "ORDER BY a.time DESC LIMIT ?",
         [*params, int(limit)],
     ).fetchall()
+    rows = sorted(rows, key=lambda row: row[0], reverse=True)[: int(limit)]
     out = []
     for when, who, decision, op, summary, digest, tables, violations, sid, trace in rows:
         out.append(

@@ -81,6 +81,7 @@ class Engine:
         self.database = LAKE_ALIAS if location.is_lake else _file_alias(location.path)
         try:
             self._con = self._connect()
+            self._state = self._connect_state()
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open the lake at {location.path}: {exc}") from exc
 
@@ -112,7 +113,6 @@ class Engine:
             loc.path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(loc.path), config=config)
             allowed = []
-        self._attach_state(con)
         tmp = (loc.path if loc.is_lake else loc.path.parent) / ".lakewarden-tmp"
         con.execute(f"SET temp_directory = {_quote(str(tmp))}")
         con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in allowed)}]")
@@ -122,7 +122,18 @@ class Engine:
         con.execute("SET lock_configuration = true")
         return con
 
-    def _attach_state(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _connect_state(self) -> duckdb.DuckDBPyConnection:
+        """lakewarden's own state (table state, write history, refusals) in a DuckDB instance
+        of its own: agents' cursors belong to the lake's instance, so no statement of theirs can
+        name, read or change it, whatever got past authorization."""
+        con = duckdb.connect(
+            ":memory:",
+            config={
+                "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False,
+                "threads": 1,
+            },
+        )
         path = self.location.state_path
         try:
             con.execute(f"ATTACH {_quote(str(path))} AS {STATE_ALIAS}")
@@ -131,6 +142,13 @@ class Engine:
             # state in memory; it is re-based from the lake itself.
             log.warning("state file %s is in use (%s); keeping state in memory", path, exc)
             con.execute(f"ATTACH ':memory:' AS {STATE_ALIAS}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con
+
+    def state_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on lakewarden's state database (never handed to agents)."""
+        return self._state.cursor()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor (its own DuckDB connection) whose default database is the lake."""
@@ -165,6 +183,7 @@ class Engine:
 
     def close(self) -> None:
         self._con.close()
+        self._state.close()
 
 
 def _file_alias(path: Path) -> str:
