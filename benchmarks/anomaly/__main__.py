@@ -128,7 +128,7 @@ def warden_tick_ms(tables: int = 100, days: int = 60, repeats: int = 20) -> floa
                     (f"t{i}", WriteRecord(at + shift, rows, 0, "etl", None))
                     for at, rows in zip(s.write_times, s.write_rows, strict=True)
                 ]
-            StateStore(w.engine.cursor()).save([], [], None, writes)
+            StateStore(w.engine.state_cursor()).save([], [], None, writes)
         warden = lakewarden.open(lake, telemetry=lakewarden.Telemetry(env={}))
         try:
             monitor = Monitor(warden)
