@@ -48,6 +48,7 @@ from lakewarden.signals.anomaly import (
     AnomalyRule,
     AnomalyScore,
     _change_text,
+    _median,
     _num,
     _range_text,
 )
@@ -111,14 +112,6 @@ class _Ring:
         self._data[: len(kept)] = kept
         self._n = len(kept)
         self._i = self._n % self._data.size
-
-
-def _median(points: npt.NDArray[np.float64]) -> float:
-    mid = points.size // 2
-    if points.size % 2:
-        return float(np.partition(points, mid)[mid])
-    low, high = np.partition(points, (mid - 1, mid))[mid - 1 : mid + 1]
-    return 0.5 * (float(low) + float(high))
 
 
 def _spread(errors: npt.NDArray[np.float64]) -> float:
