@@ -4,6 +4,7 @@ open mode for the dangerous classes, and lets admins run schema DDL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,22 @@ def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lakewarden.Wa
     lake = tmp_path_factory.mktemp("authorized") / "lake"
     _seed(lake)
     with lakewarden.open(lake, policy=POLICY, telemetry=lakewarden.Telemetry(env={})) as w:
+        yield w
+
+
+@contextmanager
+def _admin_and_analyst(tmp_path: Path) -> Iterator[lakewarden.Warden]:
+    """A seeded lake where admin may do anything and analyst may read public_* only."""
+    _seed(tmp_path / "lake")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nagents:\n"
+        "  admin: {read: ['*'], write: ['*'], ddl: true}\n"
+        "  analyst: {read: ['public_*']}\n"
+    )
+    with lakewarden.open(
+        tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})
+    ) as w:
         yield w
 
 
@@ -91,16 +108,7 @@ def test_admin_creates_and_drops_schemas(open_lake: lakewarden.Warden) -> None:
 
 def test_a_view_cannot_widen_another_agents_reads(tmp_path: Path) -> None:
     """A view readable by name still reads what it reads: the plan shows the real table."""
-    _seed(tmp_path / "lake")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "version: 1\nagents:\n"
-        "  admin: {read: ['*'], write: ['*'], ddl: true}\n"
-        "  analyst: {read: ['public_*']}\n"
-    )
-    with lakewarden.open(
-        tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})
-    ) as w:
+    with _admin_and_analyst(tmp_path) as w:
         with w.session("admin") as s:
             s.sql("CREATE VIEW public_window AS SELECT * FROM secret_salaries")
             s.sql("CREATE MACRO public_peek() AS TABLE SELECT * FROM secret_salaries")
@@ -120,16 +128,7 @@ def test_a_view_cannot_widen_another_agents_reads(tmp_path: Path) -> None:
 
 def test_verdicts_follow_catalog_changes(tmp_path: Path) -> None:
     """A remembered verdict is not reused after DDL changed what a name means."""
-    _seed(tmp_path / "lake")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "version: 1\nagents:\n"
-        "  admin: {read: ['*'], write: ['*'], ddl: true}\n"
-        "  analyst: {read: ['public_*']}\n"
-    )
-    with lakewarden.open(
-        tmp_path / "lake", policy=policy, telemetry=lakewarden.Telemetry(env={})
-    ) as w:
+    with _admin_and_analyst(tmp_path) as w:
         with w.session("admin") as s:
             s.sql("CREATE VIEW public_later AS SELECT * FROM public_orders")
         with w.session("analyst") as s:

@@ -459,7 +459,7 @@ def run_demo(
                 time.sleep(0.5)
                 live.update(_view(view, board))
     except KeyboardInterrupt:
-        console.print("stopping (Ctrl-C)")
+        console.print("\nstopping (Ctrl-C)")
     finally:
         stop.set()
         for thread in threads:
