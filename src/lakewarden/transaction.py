@@ -38,6 +38,24 @@ class _Counts:
     merged: bool = False  # a MERGE may insert, update and delete: its split is unknown
 
 
+def _merge_split(touched: int, net: int, actions: tuple[str, ...]) -> tuple[int, int, int]:
+    """Rows a MERGE inserted, deleted and updated, as far as the gate can know: the engine
+    reports only ``touched`` (each row once) and the row count moves by ``net``. Without a
+    DELETE clause the split is exact; with one, each kind is counted at the most it can be, so
+    a MERGE is never judged more leniently than the DELETE or INSERT it could stand for."""
+    if "delete" not in actions:
+        inserted = max(net, 0)
+        return inserted, 0, touched - inserted
+    if "insert" not in actions:
+        deleted = max(-net, 0)
+        return 0, deleted, touched - deleted
+    # touched = I + D + U and net = I - D: each bound is reached when U = 0
+    upper_deleted = max((touched - net) // 2, max(-net, 0))
+    upper_inserted = max((touched + net) // 2, max(net, 0))
+    updated = touched - upper_deleted - upper_inserted if "update" in actions else 0
+    return upper_inserted, upper_deleted, max(updated, 0)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the gate found, and the state each contracted table would be left in."""
@@ -74,10 +92,13 @@ class Transaction:
         """Execute one statement inside the transaction; return the rows it affected."""
         for table in stmt.tables_written:
             self.register(table)
+        merge = stmt.statement_type == "MERGE_INTO" and stmt.target is not None
         with WATCHDOG.guard(self.cur, timeout) as deadline:
             try:
+                rows_before = self._rows(stmt.target) if merge and stmt.target else 0
                 self.cur.execute(stmt.text, params)
                 rows = self.cur.fetchall() if self.cur.description else None
+                rows_after = self._rows(stmt.target) if merge and stmt.target else 0
             except duckdb.Error as exc:
                 raise on_error(exc, deadline.expired, timeout) from exc
         self.statements.append(stmt)
@@ -91,10 +112,20 @@ class Transaction:
                 counts.inserted += affected
             elif stmt.statement_type == "DELETE":
                 counts.deleted += affected
-            else:  # UPDATE, and MERGE (whose split the engine does not report)
+            elif merge:
+                inserted, deleted, updated = _merge_split(
+                    affected, rows_after - rows_before, stmt.merge_actions
+                )
+                counts.inserted += inserted
+                counts.deleted += deleted
+                counts.updated += updated
+                counts.merged = True
+            else:
                 counts.updated += affected
-                counts.merged = counts.merged or stmt.statement_type == "MERGE_INTO"
         return affected
+
+    def _rows(self, table: str) -> int:
+        return catalog.profile(self.cur, table, [], None).rows
 
     def register(self, table: str) -> None:
         """Note that the transaction writes ``table`` outside :meth:`run` (e.g. a restore)."""

@@ -77,6 +77,9 @@ class Statement:
     body: str | None = None
     # The text the engine plans: parameters replaced by NULL (see text.without_parameters).
     plan_text: str = ""
+    # What a MERGE's WHEN clauses may do (insert, update, delete): the engine reports only the
+    # total of rows touched, so the gate bounds each kind from these and the row counts.
+    merge_actions: tuple[str, ...] = ()
 
     @property
     def target(self) -> str | None:
@@ -232,7 +235,21 @@ def _analyze(sql: str) -> Statement:
         parsed=tree is not None,
         body=body,
         plan_text=without_parameters(sql) or sql,
+        merge_actions=_merge_actions(tree) if tree is not None else (),
     )
+
+
+def _merge_actions(tree: exp.Expr) -> tuple[str, ...]:
+    actions = []
+    for when in tree.find_all(exp.When):
+        then = when.args.get("then")
+        if isinstance(then, exp.Insert):
+            actions.append("insert")
+        elif isinstance(then, exp.Update):
+            actions.append("update")
+        else:  # DELETE, DO NOTHING, ERROR, or anything sqlglot spells another way: assume delete
+            actions.append("delete" if "NOTHING" not in str(then).upper() else "nothing")
+    return tuple(dict.fromkeys(actions))
 
 
 def _parse(sql: str) -> exp.Expr | None:
