@@ -20,7 +20,7 @@ import duckdb
 
 import lakewarden
 from benchmarks import common
-from lakewarden.monitor import Monitor
+from lakewarden.core.monitor import Monitor
 from lakewarden.store import extensions
 
 TARGET = 1.5

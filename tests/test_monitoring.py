@@ -16,7 +16,7 @@ import pytest
 from opentelemetry.trace import StatusCode
 
 import lakewarden
-from lakewarden.monitor import Monitor
+from lakewarden.core.monitor import Monitor
 from lakewarden.signals.table_state import WriteRecord
 from lakewarden.store.state import StateStore
 

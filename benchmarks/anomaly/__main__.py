@@ -110,7 +110,7 @@ def warden_tick_ms(tables: int = 100, days: int = 60, repeats: int = 20) -> floa
     """Median ms of ``Monitor.tick()`` over ``tables`` idle tables of a real lake, each with 60
     days of hourly write history in its state store (the server's poll when nothing changed)."""
     import lakewarden
-    from lakewarden.monitor import Monitor
+    from lakewarden.core.monitor import Monitor
     from lakewarden.store.state import StateStore
 
     series = generator.generate(tables, seed=4, shape=generator.Shape(days=days))

@@ -38,10 +38,10 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from lakewarden.governance.policy import Policy, load_policy
     from lakewarden.result import Result
-    from lakewarden.session import Session
+    from lakewarden.core.session import Session
     from lakewarden.settings import Settings
     from lakewarden.telemetry import Telemetry
-    from lakewarden.warden import Warden, open
+    from lakewarden.core.warden import Warden, open
 
 # The engine, Polars and the OTel SDK take about a second to import: the CLI's --help and the
 # light commands must not pay for them, so the heavy part of the API loads on first use.
@@ -49,11 +49,11 @@ _LAZY = {
     "Policy": "lakewarden.governance.policy",
     "load_policy": "lakewarden.governance.policy",
     "Result": "lakewarden.result",
-    "Session": "lakewarden.session",
+    "Session": "lakewarden.core.session",
     "Settings": "lakewarden.settings",
     "Telemetry": "lakewarden.telemetry",
-    "Warden": "lakewarden.warden",
-    "open": "lakewarden.warden",
+    "Warden": "lakewarden.core.warden",
+    "open": "lakewarden.core.warden",
 }
 
 

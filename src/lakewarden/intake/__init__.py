@@ -1,1 +1,1 @@
-"""Intakes: thin adapters (CLI, REST, MCP) over one core :class:`~lakewarden.warden.Warden`."""
+"""Intakes: thin adapters (CLI, REST, MCP) over one core :class:`~lakewarden.core.warden.Warden`."""

@@ -563,7 +563,7 @@ def watch(
     once: Annotated[bool, typer.Option(help="Evaluate once and exit.")] = False,
 ) -> None:
     """Watch a lake: pick up commits made by any writer and re-judge every check on a clock."""
-    from lakewarden.monitor import Monitor
+    from lakewarden.core.monitor import Monitor
 
     warden = _open_warden(lake, policy)
     if interval <= 0:

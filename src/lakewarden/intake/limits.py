@@ -31,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from lakewarden.errors import LakewardenError, StatementTimeout, TooLarge, Violation
 from lakewarden.intake.rest import STATUS, error_body, identify
-from lakewarden.warden import Warden
+from lakewarden.core.warden import Warden
 
 __all__ = [
     "BoundedHttpToolsProtocol",

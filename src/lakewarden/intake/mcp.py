@@ -37,7 +37,7 @@ from lakewarden.intake.rest import (
     request_violations,
     sql_request,
 )
-from lakewarden.warden import Warden
+from lakewarden.core.warden import Warden
 
 __all__ = ["build_mcp"]
 

@@ -34,9 +34,9 @@ from lakewarden.intake.limits import (
 )
 from lakewarden.intake.mcp import build_mcp
 from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
-from lakewarden.monitor import Monitor, interval_from_env
+from lakewarden.core.monitor import Monitor, interval_from_env
 from lakewarden.store.deadline import WATCHDOG
-from lakewarden.warden import Warden
+from lakewarden.core.warden import Warden
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerThread", "check_bind", "create_app", "run"]
 

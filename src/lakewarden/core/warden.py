@@ -21,7 +21,7 @@ from lakewarden.governance import authorize
 from lakewarden.governance.policy import OPEN_POLICY, AnomalySettings, Policy, load_policy
 from lakewarden.governance.policy import AnomalyRule as PolicyAnomalyRule
 from lakewarden.governance.refusals import refusals
-from lakewarden.session import Session
+from lakewarden.core.session import Session
 from lakewarden.settings import Settings
 from lakewarden.signals import checks, monitoring
 from lakewarden.signals.anomaly import AnomalyRule
@@ -30,7 +30,7 @@ from lakewarden.store import audit, catalog, plan
 from lakewarden.store.engine import LAKE_ALIAS, Engine, locate
 from lakewarden.telemetry import Telemetry
 from lakewarden.telemetry.instruments import Instruments
-from lakewarden.tracker import Tracker
+from lakewarden.core.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ class Warden:
         self, table: str, snapshot_id: int, *, agent: str, traceparent: str | None = None
     ) -> Any:
         """Make ``table`` equal to its content at ``snapshot_id``, as one new commit."""
-        from lakewarden.restore import restore
+        from lakewarden.core.restore import restore
 
         return restore(self, normalize(table), int(snapshot_id), agent, traceparent)
 

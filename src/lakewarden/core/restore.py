@@ -19,10 +19,10 @@ from lakewarden.result import Result
 from lakewarden.store import audit, catalog
 from lakewarden.store.catalog import ident, table_ref
 from lakewarden.telemetry.recorder import Event, new_ids, parent_of
-from lakewarden.transaction import Transaction
+from lakewarden.store.transaction import Transaction
 
 if TYPE_CHECKING:
-    from lakewarden.warden import Warden
+    from lakewarden.core.warden import Warden
 
 DECISION_RESTORED = "restored"
 

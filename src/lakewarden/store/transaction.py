@@ -24,10 +24,10 @@ from lakewarden.signals.table_state import ColumnState, TableState
 from lakewarden.store import audit, catalog
 from lakewarden.store.deadline import WATCHDOG
 from lakewarden.store.engine import LAKE_ALIAS
-from lakewarden.tracker import TableUpdate
+from lakewarden.core.tracker import TableUpdate
 
 if TYPE_CHECKING:
-    from lakewarden.warden import Warden
+    from lakewarden.core.warden import Warden
 
 
 @dataclass

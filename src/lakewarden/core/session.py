@@ -34,10 +34,10 @@ from lakewarden.result import Result
 from lakewarden.store import audit
 from lakewarden.store.deadline import WATCHDOG
 from lakewarden.telemetry.recorder import Event, child_of, new_ids, parent_of
-from lakewarden.transaction import Transaction
+from lakewarden.store.transaction import Transaction
 
 if TYPE_CHECKING:
-    from lakewarden.warden import Warden
+    from lakewarden.core.warden import Warden
 
 DECISION_ALLOWED = "allowed"
 DECISION_DENIED = "denied"

@@ -18,7 +18,7 @@ from lakewarden.errors import ConfigurationError
 from lakewarden.telemetry.recorder import Event, new_ids
 
 if TYPE_CHECKING:
-    from lakewarden.warden import Warden
+    from lakewarden.core.warden import Warden
 
 log = logging.getLogger(__name__)
 
