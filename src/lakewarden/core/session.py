@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanContext
 from lakewarden.analysis import Statement, analyze
 from lakewarden.errors import (
     ExecutionError,
+    InvalidRequest,
     InvalidSQL,
     LakewardenError,
     PolicyDenied,
@@ -109,11 +110,14 @@ class Session:
         max_rows: int | None = None,
         traceparent: str | None = None,
         dry_run: bool = False,
+        expect: str | None = None,
     ) -> Result:
         """Run one statement under governance; raise a :class:`LakewardenError` if refused.
 
         With ``dry_run`` a write runs inside a transaction that is always rolled back: the
         result carries its signals and the gate's violations, and nothing is committed.
+        ``expect`` ("read" or "write") refuses a statement of the other kind, as an intake
+        with one door for reads and one for writes needs (MCP's ``query`` and ``execute``).
         """
         if self._closed:
             raise ExecutionError("the session is closed; open a new one with warden.session()")
@@ -128,6 +132,13 @@ class Session:
             self._refused(event, exc, None, sql if isinstance(sql, str) else "")
             raise
         event.name, event.operation = stmt.summary, stmt.operation
+        if expect is not None and (stmt.kind == "read") != (expect == "read"):
+            error = InvalidRequest(
+                f"this call runs {expect} statements, not {stmt.kind} statements",
+                [Violation("wrong_tool", f"a {stmt.kind} statement where a {expect} was expected")],
+            )
+            self._refused(event, error, stmt, stmt.text)
+            raise error
         event.collection = _collection(stmt)
         event.attributes = self._attributes(stmt)
         flagged: list[Violation] = []
