@@ -34,7 +34,7 @@ def run(quick: bool = False) -> list[common.Outcome]:
 
             def governed(table: str) -> None:
                 result = session.sql(f"INSERT INTO {table} {insert}")
-                if result.signals[table]["rows_inserted"] != INSERT_ROWS:
+                if result.signals[table].rows_inserted != INSERT_ROWS:
                     raise RuntimeError(f"no signals for the insert into {table}: {result}")
 
             def raw(table: str) -> None:

@@ -289,8 +289,8 @@ def test_accept_is_restricted_persisted_and_replayed(shifted_lake: tuple[Path, P
     with lakewarden.open(lake, policy=policy, telemetry=lakewarden.Telemetry(env={})) as w:
         # Reopened: the models are rebuilt from the history with the accept replayed.
         assert w.tracker.anomaly_accepts("loads") == [accepted["accepted_at"]]
-        assert w._monitor("loads").volume is not None
-        assert w._monitor("loads").volume._shift > 0.3  # type: ignore[union-attr]
+        assert w.health._monitor("loads").volume is not None
+        assert w.health._monitor("loads").volume._shift > 0.3  # type: ignore[union-attr]
 
 
 def test_cli_check_shows_the_expected_range_and_accept_works(

@@ -109,7 +109,7 @@ def test_restore_undoes_a_careless_delete(seeded) -> None:  # type: ignore[no-un
     result = warden.restore("orders", prior_snapshot, agent="ops")
     with warden.session("ops") as s:
         assert s.sql("SELECT * FROM orders ORDER BY ALL").rows == prior
-    assert result.signals["orders"]["rows"] == 20
+    assert result.signals["orders"].rows == 20
     assert warden.table("orders").last_writer == "ops"
     newest = warden.snapshots("orders", limit=1)[0]
     assert (newest.snapshot_id, newest.agent) == (result.snapshot_id, "ops")

@@ -210,8 +210,8 @@ def test_truncate_is_a_gated_write_with_fresh_signals(open_lake: lakewarden.Ward
     with open_lake.session("admin") as s:
         result = s.sql("TRUNCATE public_orders")
     assert result.kind == "write" and result.snapshot_id is not None
-    assert result.signals["public_orders"]["rows"] == 0
-    assert result.signals["public_orders"]["rows_deleted"] == 20
+    assert result.signals["public_orders"].rows == 0
+    assert result.signals["public_orders"].rows_deleted == 20
 
 
 def test_planning_counts_against_the_time_limit(

@@ -48,23 +48,23 @@ def test_results_report_kind_rows_and_snapshots(story: dict[str, lakewarden.Resu
 
 def test_write_signals_come_from_the_delta(story: dict[str, lakewarden.Result]) -> None:
     ins = story["insert"].signals["orders"]
-    assert (ins["rows_inserted"], ins["rows_deleted"], ins["rows"]) == (40, 0, 40)
-    nulls = {c["name"]: c["null_count"] for c in ins["columns"]}
+    assert (ins.rows_inserted, ins.rows_deleted, ins.rows) == (40, 0, 40)
+    nulls = {c.name: c.null_count for c in ins.columns}
     assert nulls == {"id": 0, "email": 10, "amount": 5, "updated_at": 0}
     alter = story["alter"].signals["orders"]
-    assert alter["schema_diff"] == [
+    assert alter.to_dict()["schema_diff"] == [
         {"column": "note", "change": "column_added", "old_type": None, "new_type": "VARCHAR"}
     ]
     dele = story["delete"].signals["orders"]
-    assert (dele["rows_deleted"], dele["rows"]) == (10, 30)
-    assert {c["name"]: c["null_count"] for c in dele["columns"]} == {
+    assert (dele.rows_deleted, dele.rows) == (10, 30)
+    assert {c.name: c.null_count for c in dele.columns} == {
         "id": 0,
         "email": 8,
         "amount": 5,
         "updated_at": 0,
         "note": 30,
     }
-    assert dele["last_writer"] == "agent-c"
+    assert dele.state.last_writer == "agent-c"
 
 
 def test_spans_carry_the_contract_attributes(

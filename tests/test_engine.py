@@ -38,7 +38,7 @@ def test_plain_duckdb_file(tmp_path: Path) -> None:
         s.sql("CREATE TABLE items (id INT, name VARCHAR)")
         r = s.sql("INSERT INTO items VALUES (1, NULL), (2, 'b'), (3, NULL)")
         assert r.snapshot_id is None
-        assert r.signals["items"]["rows"] == 3
+        assert r.signals["items"].rows == 3
         assert w.table("items").null_ratio("name") == pytest.approx(2 / 3)
         assert w.snapshots() == []
     with lakewarden.open(path, telemetry=lakewarden.Telemetry(env={})) as w:

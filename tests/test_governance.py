@@ -78,7 +78,7 @@ def test_governance_case(
     with governed.session(case["agent"]) as s:
         if expect == "allowed":
             result = s.sql(case["sql"])
-            assert rules == {v["rule"] for v in result.violations}
+            assert rules == {v.rule for v in result.violations}
             if result.kind != "read":
                 assert catalog.current_snapshot(cur) == before_snapshot + 1
             return
@@ -136,7 +136,7 @@ def test_batch_commits_as_one_snapshot(
         )
     assert len(result.statements) == 3 and result.snapshot_id is not None
     sig = result.signals["orders"]
-    assert (sig["rows_inserted"], sig["rows_updated"], sig["rows_deleted"]) == (1, 1, 1)
+    assert (sig.rows_inserted, sig.rows_updated, sig.rows_deleted) == (1, 1, 1)
     snap = governed.snapshots("orders", limit=1)[0]
     assert (snap.snapshot_id, snap.agent, snap.trace_id) == (
         result.snapshot_id,
@@ -184,8 +184,8 @@ def test_dry_run_matches_the_real_write(governed: lakewarden.Warden, sql: str) -
         assert (_fingerprint(governed), catalog.current_snapshot(cur)) == (before, snap)
         try:
             real = s.sql(sql)
-            real_rules = {v["rule"] for v in real.violations}
+            real_rules = {v.rule for v in real.violations}
         except lakewarden.QualityGateFailed as exc:
             real_rules = {v.rule for v in exc.violations}
-    assert {v["rule"] for v in dry.violations} == real_rules
-    assert dry.signals["orders"]["rows"] == 10 + (5 if "range" in sql else 1)
+    assert {v.rule for v in dry.violations} == real_rules
+    assert dry.signals["orders"].rows == 10 + (5 if "range" in sql else 1)

@@ -36,12 +36,12 @@ from lakewarden.errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from lakewarden.core.session import Session
+    from lakewarden.core.warden import Warden, open
     from lakewarden.governance.policy import Policy, load_policy
     from lakewarden.result import Result
-    from lakewarden.core.session import Session
     from lakewarden.settings import Settings
     from lakewarden.telemetry import Telemetry
-    from lakewarden.core.warden import Warden, open
 
 # The engine, Polars and the OTel SDK take about a second to import: the CLI's --help and the
 # light commands must not pay for them, so the heavy part of the API loads on first use.

@@ -73,6 +73,14 @@ class StatementTimeout(LakewardenError):
 
     code = "timeout"
 
+    @classmethod
+    def after(cls, limit: float | None) -> StatementTimeout:
+        return cls(
+            f"the statement ran longer than its limit of {limit or 0:g} s and was stopped; "
+            "nothing was committed",
+            [Violation("timeout", "statement time limit", limit=limit)],
+        )
+
 
 class ExecutionError(LakewardenError):
     """The engine refused or failed the statement (unknown table, type error, ...)."""

@@ -8,6 +8,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from lakewarden.errors import Violation
+from lakewarden.signals.update import TableSignals
+
 
 @dataclass(frozen=True)
 class Result:
@@ -25,8 +28,8 @@ class Result:
     truncated: bool = False
     rows_affected: int | None = None
     snapshot_id: int | None = None
-    signals: dict[str, dict[str, Any]] = field(default_factory=dict)
-    violations: tuple[dict[str, Any], ...] = ()  # flagged but allowed (warn/observe modes)
+    signals: dict[str, TableSignals] = field(default_factory=dict)
+    violations: tuple[Violation, ...] = ()  # flagged but allowed (warn/observe modes)
     dry_run: bool = False  # judged and rolled back: signals are what the write would leave
     statements: tuple[Result, ...] = ()  # of an atomic batch, one per statement
 

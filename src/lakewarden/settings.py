@@ -20,6 +20,11 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_REQUEST_READ_TIMEOUT_S | 10 | seconds to receive a request head, then its body |
 | LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
 | LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 6GB) |
+| LAKEWARDEN_POLL_INTERVAL_S | 5 | seconds between monitoring evaluations (server, ``watch``) |
+
+Read by the CLI as defaults of its options (typer reads them): ``LAKEWARDEN_LAKE`` (--lake),
+``LAKEWARDEN_POLICY`` (--policy), ``LAKEWARDEN_SERVER`` (--server), ``LAKEWARDEN_TOKEN``
+(--token); their names are the ``ENV_*`` constants below.
 
 Sizes are bytes, or a number with a unit (512KB, 1MB, 4GiB).
 """
@@ -66,6 +71,13 @@ def parse_size(name: str, raw: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+ENV_LAKE = "LAKEWARDEN_LAKE"
+ENV_POLICY = "LAKEWARDEN_POLICY"
+ENV_SERVER = "LAKEWARDEN_SERVER"
+ENV_TOKEN = "LAKEWARDEN_TOKEN"
+ENV_POLL_INTERVAL = "LAKEWARDEN_POLL_INTERVAL_S"
+
+
 @dataclass(frozen=True)
 class Settings:
     statement_timeout_s: float = 30.0
@@ -83,6 +95,7 @@ class Settings:
     max_connections: int = 256
     request_read_timeout_s: float = 10.0
     address_space_limit: str = "auto"
+    poll_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.statement_timeout_s < 0:
@@ -109,6 +122,8 @@ class Settings:
         ):
             if value < least:
                 raise ConfigurationError(f"{name}={value} must be at least {least}")
+        if not self.poll_interval_s > 0:
+            raise ConfigurationError(f"{ENV_POLL_INTERVAL} must be > 0")
         if not self.request_read_timeout_s > 0:
             raise ConfigurationError("LAKEWARDEN_REQUEST_READ_TIMEOUT_S must be > 0")
         self.address_space_bytes()  # fails here, at start-up, when malformed
@@ -175,4 +190,5 @@ class Settings:
                 "LAKEWARDEN_ADDRESS_SPACE_LIMIT", cls.address_space_limit
             ).strip()
             or cls.address_space_limit,
+            poll_interval_s=number(ENV_POLL_INTERVAL, cls.poll_interval_s),
         )

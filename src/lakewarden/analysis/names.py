@@ -25,3 +25,8 @@ def split_name(name: str) -> tuple[str, str]:
 def normalize(name: str) -> str:
     """Any spelling of a table name (``lake.main.Orders``, ``main.orders``) -> its display name."""
     return display_name(*split_name(name))
+
+
+def is_internal(name: str) -> bool:
+    """Whether a table (any spelling) is lakewarden's own, in the lake's internal schema."""
+    return split_name(name)[0] == INTERNAL_SCHEMA

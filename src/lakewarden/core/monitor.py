@@ -9,34 +9,13 @@ line. The warden's clock is injectable, so tests move time instead of sleeping.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from lakewarden.errors import ConfigurationError
-from lakewarden.telemetry.recorder import Event, new_ids
-
-if TYPE_CHECKING:
-    from lakewarden.core.warden import Warden
+from lakewarden.core.warden import Warden
+from lakewarden.telemetry import spans
 
 log = logging.getLogger(__name__)
-
-DEFAULT_INTERVAL_S = 5.0
-
-
-def interval_from_env() -> float:
-    """``LAKEWARDEN_POLL_INTERVAL_S``: seconds between evaluations (default 5)."""
-    raw = os.environ.get("LAKEWARDEN_POLL_INTERVAL_S", "").strip()
-    if not raw:
-        return DEFAULT_INTERVAL_S
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"LAKEWARDEN_POLL_INTERVAL_S={raw!r} is not a number") from exc
-    if value <= 0:
-        raise ConfigurationError("LAKEWARDEN_POLL_INTERVAL_S must be > 0")
-    return value
 
 
 @dataclass(frozen=True)
@@ -49,9 +28,9 @@ class Transition:
 
 
 class Monitor:
-    def __init__(self, warden: Warden, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    def __init__(self, warden: Warden, interval_s: float | None = None) -> None:
         self.warden = warden
-        self.interval_s = interval_s
+        self.interval_s = interval_s or warden.settings.poll_interval_s
         self._states: dict[tuple[str, str], bool] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,30 +59,8 @@ class Monitor:
         (log.info if flip.passing else log.warning)(
             "check %s of %s is %s: %s", flip.check, flip.table, state, flip.detail
         )
-        trace_id, span_id = new_ids(None)
-        stamp = int(flip.at * 1e9)
         self.warden.recorder.submit(
-            Event(
-                name=f"CHECK {flip.table}",
-                agent="lakewarden",
-                operation="CHECK",
-                trace_id=trace_id,
-                span_id=span_id,
-                parent=None,
-                start_ns=stamp,
-                end_ns=stamp,
-                collection=flip.table,
-                decision="",
-                record_metrics=False,
-                attributes={
-                    "db.collection.name": flip.table,
-                    "lakewarden.check.name": flip.check,
-                    "lakewarden.check.passing": flip.passing,
-                    "lakewarden.check.detail": flip.detail,
-                },
-                error_type=None if flip.passing else "check_failed",
-                error_message=None if flip.passing else f"{flip.check}: {flip.detail}",
-            )
+            spans.check(flip.table, flip.check, flip.passing, flip.detail, flip.at)
         )
 
     def start(self) -> Monitor:

@@ -1,61 +1,36 @@
 """A governed session: one agent's statements, each analysed, checked, run, traced and measured.
 
-The pipeline of one statement, in order: analysis -> governance -> store -> signals -> telemetry.
-Telemetry is handed to a background recorder as plain data: it never slows an agent down and its
-failures never reach one.
+The path of one statement, in order: analyse (``analysis``) -> govern (``governance.grants``) ->
+execute (``store``) -> gate (``governance.gate``) -> commit and measure (``core.commit``) ->
+record (``telemetry``, off the agent's path, and the audit trail).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-
-import duckdb
-import pyarrow as pa
-from opentelemetry.trace import SpanContext
+from typing import Any
 
 from lakewarden.analysis import Statement, analyze
+from lakewarden.core.commit import commit
+from lakewarden.core.stages import Stages
 from lakewarden.errors import (
     ExecutionError,
     InvalidRequest,
     InvalidSQL,
-    LakewardenError,
-    PolicyDenied,
-    QualityGateFailed,
     StatementTimeout,
-    TooLarge,
     Violation,
 )
 from lakewarden.result import Result
-from lakewarden.store import audit
-from lakewarden.store.deadline import WATCHDOG
-from lakewarden.telemetry.recorder import Event, child_of, new_ids, parent_of
+from lakewarden.store import execute
+from lakewarden.store.audit import AuditRecord
+from lakewarden.store.plan import Planner
 from lakewarden.store.transaction import Transaction
-
-if TYPE_CHECKING:
-    from lakewarden.core.warden import Warden
-
-DECISION_ALLOWED = "allowed"
-DECISION_DENIED = "denied"
-DECISION_BLOCKED = "blocked"
-DECISION_FAILED = "failed"
-
-
-def decision_of(error: BaseException) -> str:
-    if isinstance(error, PolicyDenied):
-        return DECISION_DENIED
-    if isinstance(error, QualityGateFailed):
-        return DECISION_BLOCKED
-    return DECISION_FAILED
-
-
-def error_type(error: BaseException) -> str:
-    return error.code if isinstance(error, LakewardenError) else type(error).__qualname__
+from lakewarden.telemetry import spans
+from lakewarden.telemetry.recorder import Event
 
 
 class Session:
@@ -65,17 +40,17 @@ class Session:
     every statement up to the end of the block commits together, gated as a unit, or not at all.
     """
 
-    def __init__(self, warden: Warden, agent: str) -> None:
+    def __init__(self, stages: Stages, agent: str) -> None:
         if not agent or not isinstance(agent, str):
             raise ValueError("a session needs an agent name")
-        self.warden = warden
         self.agent = agent
-        self._cur = warden.engine.cursor()
+        self._stages = stages
+        self._cur = stages.engine.cursor()
+        self._planner = Planner(self._cur)
         self._closed = False
         self._tx: Transaction | None = None
-        self._tx_span: SpanContext | None = None
+        self._tx_span: spans.Parent | None = None
         self._batch_started: float | None = None  # an atomic batch spends one time budget
-        self._namespace = warden.engine.location.namespace
 
     def __enter__(self) -> Session:
         return self
@@ -95,7 +70,7 @@ class Session:
     def close(self) -> None:
         if not self._closed:
             if self._tx is not None:
-                self._tx.rollback()
+                self._tx.close()
                 self._tx = None
             self._closed = True
             self._cur.close()
@@ -121,60 +96,28 @@ class Session:
         """
         if self._closed:
             raise ExecutionError("the session is closed; open a new one with warden.session()")
+        stages = self._stages
         # One deadline for the whole statement: analysis and governance spend from the same
         # budget as execution and fetching, so a slow analysis cannot buy more engine time.
         started = self._batch_started or time.monotonic()
-        event = self._event(traceparent)
-        warden = self.warden
+        event = spans.statement(self.agent, stages.namespace, traceparent, self._tx_span)
         try:
-            stmt = analyze(sql, warden.settings.max_statement_chars)
+            stmt = analyze(sql, stages.settings.max_statement_chars)
         except InvalidSQL as exc:
             self._refused(event, exc, None, sql if isinstance(sql, str) else "")
             raise
-        event.name, event.operation = stmt.summary, stmt.operation
-        if expect is not None and (stmt.kind == "read") != (expect == "read"):
-            error = InvalidRequest(
-                f"this call runs {expect} statements, not {stmt.kind} statements",
-                [Violation("wrong_tool", f"a {stmt.kind} statement where a {expect} was expected")],
-            )
-            self._refused(event, error, stmt, stmt.text)
-            raise error
-        event.collection = _collection(stmt)
-        event.attributes = self._attributes(stmt)
-        flagged: list[Violation] = []
+        spans.analysed(event, stmt, stages.namespace)
         try:
-            # Inside a transaction that changed the catalog, plans differ from the committed
-            # catalog's: such verdicts are neither taken from nor put into the cache.
-            shape_changed = self._tx is not None and self._tx.shape_changed
-            limit = warden.timeout(self.agent)
-            # Planning is part of the statement's time: a statement built to be slow to plan
-            # is stopped like one slow to run, from the same budget.
-            with WATCHDOG.guard(self._cur, _remaining(limit, started)) as deadline:
-                try:
-                    flagged = warden.govern(
-                        self.agent, stmt, self._cur, cacheable=not shape_changed
-                    )
-                except duckdb.Error as exc:
-                    raise _engine_error(exc, deadline.expired, limit) from exc
+            _check_kind(stmt, expect)
+            limit = stages.grants.timeout(self.agent)
+            flagged = self._govern(stmt, _remaining(limit, started), limit)
             budget = _remaining(limit, started)
-
-            def engine_error(exc: Exception, expired: bool, _budget: float | None) -> Exception:
-                return _engine_error(exc, expired, limit)
-
             if stmt.kind == "read":
-                result = self._read(
-                    stmt,
-                    params,
-                    warden.row_limit(self.agent, max_rows),
-                    budget,
-                    limit,
-                    event.trace_hex,
-                )
-                event.returned_rows = result.row_count
+                result = self._read(stmt, params, max_rows, budget, limit, event)
             elif self._tx is not None:
                 if dry_run:
                     raise InvalidSQL("dry_run applies to a whole transaction, not one statement")
-                affected = self._tx.run(stmt, params, budget, engine_error)
+                affected = self._tx.run(stmt, params, budget, limit)
                 result = Result(
                     kind=stmt.kind,
                     summary=stmt.summary,
@@ -182,21 +125,24 @@ class Session:
                     rows_affected=affected,
                 )
             else:
-                result = self._write(stmt, params, budget, engine_error, event, dry_run)
-            if flagged:
-                result = replace(
-                    result, violations=result.violations + tuple(v.to_dict() for v in flagged)
-                )
+                with Transaction(
+                    self._cur,
+                    stages.engine.write_lock,
+                    is_lake=stages.engine.location.is_lake,
+                    database=stages.engine.database,
+                ) as tx:
+                    affected = tx.run(stmt, params, budget, limit)
+                    result = self._conclude(tx, event, dry_run)
+                result = replace(result, rows_affected=affected)
         except Exception as exc:
-            error = _as_lakewarden_error(exc)
-            self._refused(event, error, stmt, stmt.text)
-            if error is exc:
-                raise
-            raise error from exc
-        event.violations = tuple(flagged) + tuple(
-            Violation(**v) for v in result.violations if Violation(**v) not in flagged
-        )
-        self._done(event, result)
+            # Engine errors were mapped by the store; anything else is a bug, traced and
+            # audited as a failure, then left to the intake to report as an internal error.
+            self._refused(event, exc, stmt, stmt.text)
+            raise
+        event.violations = tuple(flagged) + tuple(v for v in result.violations if v not in flagged)
+        if flagged:
+            result = replace(result, violations=result.violations + tuple(flagged))
+        self._recorded(event)
         return result
 
     def batch(
@@ -224,101 +170,96 @@ class Session:
         children of one ``BATCH`` span."""
         if self._tx is not None:
             raise InvalidSQL("a transaction is already open in this session")
-        event = self._event(traceparent)
-        event.name = event.operation = "BATCH"
+        stages = self._stages
+        event = spans.statement(self.agent, stages.namespace, traceparent)
+        spans.batch(event, (), stages.namespace)
         handle = TransactionHandle(trace_id=event.trace_hex)
-        tx = Transaction(self.warden, self._cur, self.agent)
-        tx.begin()
-        self._tx, self._tx_span = tx, child_of(event.trace_id, event.span_id)
-        try:
-            yield handle
-            handle.result = self._conclude(tx, event, dry_run)
-        except BaseException as exc:
-            tx.rollback()
-            if isinstance(exc, Exception):
-                event.attributes = self._batch_attributes(tx)
-                error = _as_lakewarden_error(exc)
+        tx = Transaction(
+            self._cur,
+            stages.engine.write_lock,
+            is_lake=stages.engine.location.is_lake,
+            database=stages.engine.database,
+        )
+        with tx:
+            self._tx, self._tx_span = tx, spans.child(event)
+            try:
+                yield handle
+                handle.result = self._conclude(tx, event, dry_run)
+            except Exception as exc:
+                tx.rollback()
+                spans.batch(event, tx.tables_written, stages.namespace)
                 self._refused(
                     event,
-                    error,
+                    exc,
                     None,
                     "\n".join(s.text for s in tx.statements),
                     summary="BATCH " + " ".join(tx.tables_written),
                     tables=tx.tables_written,
                 )
-            raise
-        finally:
-            self._tx, self._tx_span = None, None
-        event.attributes = self._batch_attributes(tx)
-        self._done(event, handle.result)
+                raise
+            finally:
+                self._tx, self._tx_span = None, None
+        spans.batch(event, tx.tables_written, stages.namespace)
+        self._recorded(event)
 
-    # -- execution -------------------------------------------------------------------------
+    # -- the steps -------------------------------------------------------------------------
+
+    def _govern(
+        self, stmt: Statement, budget: float | None, limit: float | None
+    ) -> list[Violation]:
+        """The grants' decision, taken on the engine's plan of the statement. Planning is
+        part of the statement's time: a statement built to be slow to plan is stopped like
+        one slow to run, from the same budget."""
+        stages = self._stages
+        # Inside a transaction that changed the catalog, plans differ from the committed
+        # catalog's: such verdicts are neither taken from nor put into the cache.
+        shape_changed = self._tx is not None and self._tx.shape_changed
+        version = None if shape_changed else (stages.tracker.snapshot_id,)
+        with execute.guarded(self._cur, budget, limit):
+            return stages.grants.check(self.agent, stmt, self._planner, version)
 
     def _read(
         self,
         stmt: Statement,
         params: Sequence[Any] | None,
-        limit: int | None,
+        max_rows: int | None,
         budget: float | None,
-        timeout: float | None,
-        trace_id: str,
-    ) -> Result:
-        cur = self._cur
-        # Second wall: an agent that may not write reads inside a transaction that is always
-        # rolled back, so a statement that got past authorization still cannot commit a change
-        # to the lake (DuckDB has no read-only connection to a database attached read-write, and
-        # the catalog file cannot be attached a second time read-only in the same process).
-        contained = self._tx is None and self.warden.read_only(self.agent)
-        try:
-            with WATCHDOG.guard(cur, budget) as deadline:
-                try:
-                    if contained:
-                        cur.begin()
-                    cur.execute(stmt.text, params)
-                    table, truncated = _fetch(cur, limit, self.warden.settings.max_result_bytes)
-                except (duckdb.Error, OSError, MemoryError, pa.ArrowException) as exc:
-                    # An interrupt that lands while Arrow batches are being fetched surfaces from
-                    # pyarrow as an OSError, not as a duckdb error: the deadline decides what it
-                    # was.
-                    raise _engine_error(exc, deadline.expired, timeout) from exc
-        finally:
-            if contained:
-                with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
-                    cur.rollback()
-        return Result(
-            kind="read", summary=stmt.summary, trace_id=trace_id, table=table, truncated=truncated
-        )
-
-    def _write(
-        self,
-        stmt: Statement,
-        params: Sequence[Any] | None,
-        budget: float | None,
-        on_error: Any,
+        limit: float | None,
         event: Event,
-        dry_run: bool,
     ) -> Result:
-        tx = Transaction(self.warden, self._cur, self.agent)
-        tx.begin()
-        try:
-            affected = tx.run(stmt, params, budget, on_error)
-            result = self._conclude(tx, event, dry_run)
-        except BaseException:
-            tx.rollback()
-            raise
-        return replace(result, rows_affected=affected)
+        stages = self._stages
+        table, truncated = execute.read(
+            self._cur,
+            stmt.text,
+            params,
+            max_rows=stages.grants.row_limit(self.agent, max_rows),
+            max_bytes=stages.settings.max_result_bytes,
+            budget=budget,
+            limit=limit,
+            # Second wall for an agent that may not write (see execute.read).
+            contained=self._tx is None and stages.grants.read_only(self.agent),
+        )
+        event.returned_rows = table.num_rows
+        return Result(
+            kind="read",
+            summary=stmt.summary,
+            trace_id=event.trace_hex,
+            table=table,
+            truncated=truncated,
+        )
 
     def _conclude(self, tx: Transaction, event: Event, dry_run: bool) -> Result:
         """Gate, then commit (or roll back for a dry run or a blocked write)."""
+        stages = self._stages
         kinds = {s.kind for s in tx.statements}
         kind = "ddl" if kinds == {"ddl"} else ("write" if kinds - {"read"} else "read")
         summary = (
             tx.statements[0].summary
             if len(tx.statements) == 1
-            else "BATCH "
-            + " ".join(dict.fromkeys(t for s in tx.statements for t in s.tables_written))
+            else "BATCH " + " ".join(tx.tables_written)
         )
-        verdict = tx.verdict()
+        before = {t: stages.tracker.get(t) for t in tx.tables_written}
+        verdict = stages.gate.judge(tx.tables_written, before, tx)
         if dry_run:
             tx.rollback()
             event.dry_run = True
@@ -327,103 +268,46 @@ class Session:
                 summary=summary,
                 trace_id=event.trace_hex,
                 dry_run=True,
-                signals={t: s.summary() for t, s in verdict.projected.items()},
-                violations=tuple(v.to_dict() for v in verdict.violations),
+                signals=verdict.projected,
+                violations=verdict.violations,
             )
-        if verdict.violations and self.warden.policy.effective_mode(self.agent) == "enforce":
-            tx.rollback()
-            raise QualityGateFailed(
-                f"{summary} was rolled back by the quality gate: "
-                + "; ".join(v.detail for v in verdict.violations)
-                + ". Nothing was committed.",
-                verdict.violations,
-            )
+        if verdict.violations and stages.grants.enforced(self.agent):
+            raise stages.gate.refusal(summary, verdict)
         records = [
-            audit.AuditRecord(
+            AuditRecord(
                 agent=self.agent,
-                decision=DECISION_ALLOWED,
+                decision=spans.ALLOWED,
                 operation=s.operation,
                 summary=s.summary,
                 statement=s.text,
                 tables=s.tables,
-                violations=tuple(verdict.violations),
+                violations=verdict.violations,
                 trace_id=event.trace_hex,
                 span_id=event.span_hex,
             )
             for s in tx.statements
         ]
-        snapshot_id, updates = tx.commit(summary, event.trace_hex, event.span_hex, records)
-        if tx.shape_changed:
-            self.warden.catalog_changed()
-        signals = {name: u.to_dict() for name, u in updates.items()}
-        event.snapshot_id = snapshot_id
-        event.rows_written = {
-            t: s["rows_inserted"] + s["rows_deleted"] + s["rows_updated"]
-            for t, s in signals.items()
-        }
+        snapshot_id, signals = commit(
+            stages, tx, event, agent=self.agent, summary=summary, records=records
+        )
         return Result(
             kind=kind,
             summary=summary,
             trace_id=event.trace_hex,
             snapshot_id=snapshot_id,
             signals=signals,
-            violations=tuple(v.to_dict() for v in verdict.violations),
+            violations=verdict.violations,
         )
 
     # -- telemetry and audit -----------------------------------------------------------------
 
-    def _event(self, traceparent: str | None) -> Event:
-        parent = self._tx_span or parent_of(traceparent)
-        trace_id, span_id = new_ids(parent)
-        return Event(
-            name="duckdb",
-            agent=self.agent,
-            operation="UNKNOWN",
-            trace_id=trace_id,
-            span_id=span_id,
-            parent=parent,
-            start_ns=time.time_ns(),
-            attributes=self._base_attributes(),
-        )
-
-    def _base_attributes(self) -> dict[str, Any]:
-        return {
-            "db.system.name": "duckdb",
-            "db.namespace": self._namespace,
-            "gen_ai.agent.name": self.agent,
-        }
-
-    def _attributes(self, stmt: Statement) -> dict[str, Any]:
-        attrs = self._base_attributes()
-        attrs.update(
-            {
-                "db.operation.name": stmt.operation,
-                "db.query.summary": stmt.summary,
-                "db.query.text": stmt.query_text,
-                "lakewarden.tables.read": list(stmt.tables_read),
-                "lakewarden.tables.written": list(stmt.tables_written),
-            }
-        )
-        collection = _collection(stmt)
-        if collection:
-            attrs["db.collection.name"] = collection
-        return attrs
-
-    def _batch_attributes(self, tx: Transaction) -> dict[str, Any]:
-        attrs = self._base_attributes()
-        attrs.update(
-            {"db.operation.name": "BATCH", "lakewarden.tables.written": list(tx.tables_written)}
-        )
-        return attrs
-
-    def _done(self, event: Event, result: Result) -> None:
-        event.end_ns = time.time_ns()
-        self.warden.recorder.submit(event)
+    def _recorded(self, event: Event) -> None:
+        self._stages.recorder.submit(spans.ended(event))
 
     def _refused(
         self,
         event: Event,
-        error: LakewardenError,
+        error: BaseException,
         stmt: Statement | None,
         text: str,
         *,
@@ -431,24 +315,19 @@ class Session:
         tables: tuple[str, ...] = (),
     ) -> None:
         """Trace, count and audit a statement that committed nothing."""
-        error.trace_id = event.trace_hex
-        event.end_ns = time.time_ns()
-        event.decision = decision_of(error)
-        event.error_type = error_type(error)
-        event.error_message = error.message
-        event.violations = tuple(error.violations)
-        self.warden.recorder.submit(event)
+        spans.refused(event, error)
+        self._stages.recorder.submit(event)
         if self._tx is not None and stmt is not None:
             return  # inside a transaction, the transaction's outcome is audited
-        self.warden.audit_refused(
-            audit.AuditRecord(
+        self._stages.audit.refused(
+            AuditRecord(
                 agent=self.agent,
                 decision=event.decision,
                 operation=stmt.operation if stmt else event.operation,
                 summary=summary or (stmt.summary if stmt else "invalid SQL"),
                 statement=text,
                 tables=stmt.tables if stmt else tables,
-                violations=tuple(error.violations),
+                violations=event.violations,
                 trace_id=event.trace_hex,
             )
         )
@@ -464,10 +343,12 @@ class TransactionHandle:
     )
 
 
-def _collection(stmt: Statement) -> str | None:
-    if stmt.tables_written:
-        return stmt.target
-    return stmt.tables_read[0] if len(stmt.tables_read) == 1 else None
+def _check_kind(stmt: Statement, expect: str | None) -> None:
+    if expect is not None and (stmt.kind == "read") != (expect == "read"):
+        raise InvalidRequest(
+            f"this call runs {expect} statements, not {stmt.kind} statements",
+            [Violation("wrong_tool", f"a {stmt.kind} statement where a {expect} was expected")],
+        )
 
 
 def _remaining(limit: float | None, started: float) -> float | None:
@@ -476,90 +357,5 @@ def _remaining(limit: float | None, started: float) -> float | None:
         return None
     left = limit - (time.monotonic() - started)
     if left <= 0:
-        raise _timeout(limit)
+        raise StatementTimeout.after(limit)
     return left
-
-
-_BATCH_ROWS = 100_000
-
-
-def _fetch(
-    cur: duckdb.DuckDBPyConnection, limit: int | None, max_bytes: int
-) -> tuple[pa.Table, bool]:
-    """The result, at most ``limit`` rows; :class:`TooLarge` past ``max_bytes`` (0 = no cap).
-
-    Batches are counted as they arrive, so a result over the cap stops being fetched there
-    instead of being materialised whole first.
-    """
-    reader = cur.to_arrow_reader(_BATCH_ROWS if limit is None else min(limit + 1, _BATCH_ROWS))
-    batches: list[pa.RecordBatch] = []
-    count = size = 0
-    over = False
-    for batch in reader:
-        batches.append(batch)
-        count += batch.num_rows
-        size += batch.get_total_buffer_size()
-        if max_bytes and size > max_bytes:
-            over = True
-            break
-        if limit is not None and count > limit:
-            break
-    if over or (limit is not None and count > limit):
-        # Finish the half-read result: left open it keeps the cursor's transaction (and, with a
-        # SQLite catalog, a lock that blocks every other writer) alive.
-        reader.close()
-        cur.execute("SELECT 1").fetchall()
-    if over:
-        raise TooLarge(
-            f"the result is larger than the limit of {max_bytes} bytes and was not returned: "
-            "select fewer rows or columns (max_rows), or aggregate in SQL",
-            [Violation("result_size", "result bytes limit", measured=size, limit=max_bytes)],
-        )
-    table = pa.Table.from_batches(batches, schema=reader.schema)
-    if limit is not None and table.num_rows > limit:
-        return table.slice(0, limit), True
-    return table, False
-
-
-def _timeout(limit: float | None) -> StatementTimeout:
-    return StatementTimeout(
-        f"the statement ran longer than its limit of {limit or 0:g} s and was stopped; "
-        "nothing was committed",
-        [Violation("timeout", "statement time limit", limit=limit)],
-    )
-
-
-def _engine_error(exc: Exception, expired: bool, timeout: float | None) -> LakewardenError:
-    if expired or isinstance(exc, duckdb.InterruptException):
-        return _timeout(timeout)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, duckdb.OutOfMemoryException | MemoryError) or first.startswith(
-        "Out of Memory Error"  # the engine's own, passed on through an Arrow stream
-    ):
-        # The engine's memory limit, or the server's address-space cap, stopped the statement.
-        return TooLarge(
-            f"the statement needs more memory than the engine may use: {first}; "
-            "nothing was committed",
-            [Violation("memory_limit", first)],
-        )
-    if isinstance(exc, duckdb.PermissionException):
-        return PolicyDenied(
-            f"the engine refused file access: {first}", [Violation("engine_hardening", first)]
-        )
-    if isinstance(exc, duckdb.ParserException):
-        return InvalidSQL(f"the statement does not parse: {first}")
-    rule = _snake(type(exc).__name__.replace("Exception", "_error"))
-    return ExecutionError(f"{first}; nothing was committed", [Violation(rule, first)])
-
-
-def _snake(name: str) -> str:
-    out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
-    return out.replace("__", "_")
-
-
-def _as_lakewarden_error(exc: BaseException) -> LakewardenError:
-    if isinstance(exc, LakewardenError):
-        return exc
-    if isinstance(exc, duckdb.Error):
-        return _engine_error(exc, False, None)
-    return ExecutionError(f"internal error: {type(exc).__name__}: {exc}")

@@ -11,18 +11,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from lakewarden.analysis.names import normalize
+from lakewarden.analysis.names import is_internal, normalize
 from lakewarden.signals import delta as deltas
-from lakewarden.signals.schema import SchemaChange, diff
+from lakewarden.signals.schema import diff
 from lakewarden.signals.table_state import ColumnState, TableState, WriteRecord
-from lakewarden.store import audit, catalog
+from lakewarden.signals.update import TableSignals
+from lakewarden.store import catalog
 from lakewarden.store.engine import Engine
 from lakewarden.store.state import HISTORY_KEEP, StateStore
+from lakewarden.store.transaction import Commit
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +33,6 @@ _SHAPE_KEYS = ("tables_created", "tables_altered", "tables_dropped")
 _INSERT_KEYS = ("tables_inserted_into", "inlined_insert")
 # Replaying more snapshots than this after a restart costs more than re-profiling every table.
 MAX_REPLAY = 500
-
-
-@dataclass(frozen=True)
-class TableUpdate:
-    """The signals of one table after one write: what changed and where the table now stands."""
-
-    state: TableState
-    delta: deltas.Delta = field(default_factory=deltas.Delta)
-    schema_changes: tuple[SchemaChange, ...] = ()
-    dropped: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.state.summary()
-        out.update(
-            rows_inserted=self.delta.inserted,
-            rows_deleted=self.delta.deleted,
-            rows_updated=self.delta.updated,
-            schema_diff=[c.__dict__ for c in self.schema_changes],
-            dropped=self.dropped,
-        )
-        return out
 
 
 class Tracker:
@@ -113,7 +93,7 @@ class Tracker:
 
     # -- bringing state up to date ---------------------------------------------------------
 
-    def sync(self) -> dict[str, TableUpdate]:
+    def sync(self) -> dict[str, TableSignals]:
         """Catch up with everything committed since the state was last true."""
         with self._lock:
             if not self._engine.location.is_lake:
@@ -121,7 +101,7 @@ class Tracker:
             current = catalog.current_snapshot(self._cur)
             if self.snapshot_id is None or current - self.snapshot_id > MAX_REPLAY:
                 return self._rebase_all(current)
-            updates: dict[str, TableUpdate] = {}
+            updates: dict[str, TableSignals] = {}
             # DuckLake's snapshots() lists the lake's whole history before any filter applies
             # (~25 us per snapshot): skip it when nothing was committed, as on most polls.
             if current != self.snapshot_id:
@@ -130,47 +110,71 @@ class Tracker:
             updates.update(self._rebase_stale())
             return updates
 
+    def invalidate(self) -> None:
+        """Forget what is known to be true: the next sync re-bases every table."""
+        with self._lock:
+            self.snapshot_id = None
+
     def record(
         self,
-        snapshot_id: int | None,
+        commit: Commit,
         tables: tuple[str, ...],
         writer: str,
         shape_changed: bool,
         *,
-        when: float | None = None,
         insert_only: frozenset[str] = frozenset(),
-    ) -> dict[str, TableUpdate]:
-        """Signals of a write this process just committed as ``snapshot_id`` at ``when``.
+    ) -> tuple[int | None, dict[str, TableSignals]]:
+        """The snapshot id and signals of a write this process just committed.
 
         ``insert_only`` names the tables the write only inserted into: their delta is read
         from DuckLake's insertion feed, several times cheaper than the full change feed.
         """
         with self._lock:
             if not self._engine.location.is_lake:
-                return self._reprofile(tables, writer, time.time(), None)
-            if snapshot_id is None:  # the write changed nothing, so DuckLake made no snapshot
-                return {}
-            if self.snapshot_id is not None and snapshot_id == self.snapshot_id + 1:
-                if when is None:
-                    commit_time = catalog.snapshot_time(self._cur, snapshot_id)
-                    when = commit_time.timestamp() if commit_time else time.time()
-                if shape_changed:
-                    return self._reprofile(tables, writer, when, snapshot_id)
-                updates = {
-                    t: self._apply_delta(
-                        t, snapshot_id, snapshot_id, writer, when, inserts_only=t in insert_only
-                    )
-                    for t in tables
-                    if t in self.states
-                }
-                self._save(updates, snapshot_id)
-                return updates
-            # Someone else committed in between: replay everything in order, ours included.
-            return {k: v for k, v in self.sync().items() if k in tables}
+                return None, self._reprofile(tables, writer, time.time(), None)
+            snapshot_id = commit.snapshot_id
+            known = self.snapshot_id
+            if snapshot_id is not None and known is not None and snapshot_id <= known:
+                # DuckLake made no snapshot (the transaction changed nothing): this id is an
+                # older commit of this cursor, already applied; never claim it.
+                snapshot_id = None
+            if snapshot_id is None:
+                return None, {}
+            signals = self._record(
+                snapshot_id, commit.time, tables, writer, shape_changed, insert_only
+            )
+            return snapshot_id, signals
+
+    def _record(
+        self,
+        snapshot_id: int,
+        when: float | None,
+        tables: tuple[str, ...],
+        writer: str,
+        shape_changed: bool,
+        insert_only: frozenset[str],
+    ) -> dict[str, TableSignals]:
+        if self.snapshot_id is not None and snapshot_id == self.snapshot_id + 1:
+            if when is None:
+                commit_time = catalog.snapshot_time(self._cur, snapshot_id)
+                when = commit_time.timestamp() if commit_time else time.time()
+            if shape_changed:
+                return self._reprofile(tables, writer, when, snapshot_id)
+            updates = {
+                t: self._apply_delta(
+                    t, snapshot_id, snapshot_id, writer, when, inserts_only=t in insert_only
+                )
+                for t in tables
+                if t in self.states
+            }
+            self._save(updates, snapshot_id)
+            return updates
+        # Someone else committed in between: replay everything in order, ours included.
+        return {k: v for k, v in self.sync().items() if k in tables}
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _apply_snapshot(self, snap: catalog.Snapshot) -> dict[str, TableUpdate]:
+    def _apply_snapshot(self, snap: catalog.Snapshot) -> dict[str, TableSignals]:
         ids = catalog.table_ids(self._cur)
         touched: set[str] = set()
         reshaped: set[str] = set()
@@ -179,7 +183,7 @@ class Tracker:
             if not key.startswith(("tables_", "inlined_")):
                 continue
             names = [v if key == "tables_created" else ids.get(v, "") for v in values]
-            names = [normalize(n) for n in names if n and not _internal(n)]
+            names = [normalize(n) for n in names if n and not is_internal(n)]
             touched.update(names)
             if key in _SHAPE_KEYS:
                 reshaped.update(names)
@@ -187,7 +191,7 @@ class Tracker:
                 removed.update(names)
         writer = snap.agent or "unknown"
         stamp = snap.time.timestamp()
-        updates: dict[str, TableUpdate] = {}
+        updates: dict[str, TableSignals] = {}
         updates.update(
             self._reprofile(tuple(reshaped), writer, stamp, snap.snapshot_id, save=False)
         )
@@ -217,7 +221,7 @@ class Tracker:
         stamp: float,
         *,
         inserts_only: bool = False,
-    ) -> TableUpdate:
+    ) -> TableSignals:
         started = time.perf_counter()
         state = self.states[name]
         if inserts_only:
@@ -235,7 +239,7 @@ class Tracker:
                 WriteRecord(stamp, delta.inserted + delta.updated, delta.deleted, writer, last),
             )
         self._timer("delta", time.perf_counter() - started)
-        return TableUpdate(new, delta)
+        return TableSignals(new, delta)
 
     def _reprofile(
         self,
@@ -245,19 +249,19 @@ class Tracker:
         snapshot_id: int | None,
         *,
         save: bool = True,
-    ) -> dict[str, TableUpdate]:
+    ) -> dict[str, TableSignals]:
         """Re-base ``tables`` from the catalog and one aggregate query each."""
         if not tables:
             return {}
         started = time.perf_counter()
         schemas = catalog.schemas(self._cur, self._engine.database)
-        updates: dict[str, TableUpdate] = {}
+        updates: dict[str, TableSignals] = {}
         for name in tables:
             old = self.states.get(name)
             if name not in schemas:
                 if old is not None:
                     del self.states[name]
-                    updates[name] = TableUpdate(old, dropped=True)
+                    updates[name] = TableSignals(old, dropped=True)
                 continue
             new = self._profile(name, schemas[name], old, snapshot_id)
             changes = tuple(diff(old.schema, new.schema)) if old else ()
@@ -274,7 +278,7 @@ class Tracker:
                 last_writer=writer or (old.last_writer if old else None),
             )
             self.states[name] = new
-            updates[name] = TableUpdate(new, delta, changes)
+            updates[name] = TableSignals(new, delta, changes)
             if writer is not None and delta.rows_written:
                 self._remember(
                     name, WriteRecord(stamp, delta.inserted, delta.deleted, writer, snapshot_id)
@@ -299,7 +303,7 @@ class Tracker:
             profiled_at=time.time(),
         )
 
-    def _rebase_all(self, current: int | None) -> dict[str, TableUpdate]:
+    def _rebase_all(self, current: int | None) -> dict[str, TableSignals]:
         schemas = catalog.schemas(self._cur, self._engine.database)
         names = tuple(set(schemas) | set(self.states))
         updates = self._reprofile(names, None, time.time(), current, save=False)
@@ -311,11 +315,11 @@ class Tracker:
                 if last is not None:
                     old = old.with_changes(last_modified=last[0], last_writer=last[1])
                 self.states[name] = old
-                updates[name] = TableUpdate(old, update.delta, update.schema_changes)
+                updates[name] = TableSignals(old, update.delta, update.schema_changes)
         self._save(updates, current)
         return updates
 
-    def _rebase_stale(self) -> dict[str, TableUpdate]:
+    def _rebase_stale(self) -> dict[str, TableSignals]:
         max_age = self._engine.settings.profile_max_age_s
         now = time.time()
         stale = [
@@ -332,11 +336,11 @@ class Tracker:
             schema = state.schema
             new = self._profile(state.name, schema, state, self.snapshot_id)
             self.states[state.name] = new
-            updates[state.name] = TableUpdate(new)
+            updates[state.name] = TableSignals(new)
         self._save(updates, self.snapshot_id)
         return updates
 
-    def _sync_file(self) -> dict[str, TableUpdate]:
+    def _sync_file(self) -> dict[str, TableSignals]:
         """Plain DuckDB file: no change feed, so compare cheap metadata and re-profile changes."""
         schemas = catalog.schemas(self._cur, self._engine.database)
         sizes = catalog.estimated_rows(self._cur, self._engine.database)
@@ -358,7 +362,7 @@ class Tracker:
             del writes[: len(writes) - HISTORY_KEEP]
         self._new_writes.append((name, record))
 
-    def _save(self, updates: dict[str, TableUpdate], snapshot_id: int | None) -> None:
+    def _save(self, updates: dict[str, TableSignals], snapshot_id: int | None) -> None:
         if snapshot_id is not None:
             self.snapshot_id = snapshot_id
         for name, update in updates.items():
@@ -376,10 +380,6 @@ class Tracker:
         except Exception:
             # The lake is the truth and the state only a cache: a failed save re-bases later.
             log.exception("could not persist table state")
-
-
-def _internal(name: str) -> bool:
-    return name.lower().startswith((f"{audit.SCHEMA}.", f"main.{audit.SCHEMA}."))
 
 
 def _last_write(cur: Any, name: str) -> tuple[float, str | None] | None:

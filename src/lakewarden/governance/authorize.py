@@ -3,7 +3,8 @@
 The text analyser (sqlglot) names tables for summaries and a first check, but text can hide what
 runs: ``query('...')`` carries SQL in a string, a CTE can be named like the table it reads, a
 view or macro expands to other tables, ``TRUNCATE`` is a delete. So the decision is taken on the
-engine's own descriptions (:mod:`lakewarden.store.plan`), in two steps:
+engine's own descriptions (asked by :mod:`lakewarden.store.plan`, read into typed values by
+:mod:`lakewarden.analysis.plan`), in two steps:
 
 1. :func:`before_binding` -- from DuckDB's parse tree (SELECT) or the text analysis (other
    statements): every table function and every function call must be on an allow-list. This runs
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lakewarden.analysis.names import INTERNAL_SCHEMA
+from lakewarden.analysis.plan import BoundPlan, ParseTree, TableRef
 from lakewarden.analysis.statement import KEYWORD_CALLS, Statement
 from lakewarden.errors import Violation
 from lakewarden.governance.allowlists import (
@@ -33,7 +35,6 @@ from lakewarden.governance.allowlists import (
     SCAN_FUNCTIONS,
 )
 from lakewarden.governance.policy import AgentPolicy
-from lakewarden.store.plan import BoundPlan, ParseTree, TableRef
 
 _SYSTEM_SCHEMAS = {INTERNAL_SCHEMA, "information_schema", "pg_catalog"}
 _WRITES = {"LOGICAL_INSERT", "LOGICAL_UPDATE", "LOGICAL_DELETE", "LOGICAL_MERGE_INTO"}

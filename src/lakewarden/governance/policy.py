@@ -297,6 +297,9 @@ class TableContract(_Model):
     def column(self, name: str) -> ColumnContract | None:
         return self.columns.get(name.lower())
 
+    def has_column(self, name: str) -> bool:
+        return name.lower() in self.columns
+
 
 class Policy(_Model):
     """A whole policy file; :meth:`open` is the policy used when there is no file."""
@@ -359,6 +362,11 @@ class Policy(_Model):
 
     def contract(self, table: str) -> TableContract | None:
         return self.tables.get(normalize(table.strip()))
+
+    def event_time(self, table: str) -> str | None:
+        """The event-time column the table's contract declares, if any."""
+        contract = self.contract(table)
+        return contract.event_time if contract is not None else None
 
     @property
     def requires_tokens(self) -> bool:

@@ -18,6 +18,7 @@ from rich.table import Table
 from lakewarden import __version__
 from lakewarden.errors import LakewardenError
 from lakewarden.intake import lakefiles
+from lakewarden.settings import ENV_LAKE, ENV_POLICY, ENV_POLL_INTERVAL, ENV_SERVER, ENV_TOKEN
 from lakewarden.wording import plural
 
 app = typer.Typer(
@@ -37,10 +38,10 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 LakeOption = Annotated[
-    Path, typer.Option("--lake", help="DuckLake folder or .duckdb file.", envvar="LAKEWARDEN_LAKE")
+    Path, typer.Option("--lake", help="DuckLake folder or .duckdb file.", envvar=ENV_LAKE)
 ]
 PolicyOption = Annotated[
-    Path | None, typer.Option("--policy", help="Policy file (YAML).", envvar="LAKEWARDEN_POLICY")
+    Path | None, typer.Option("--policy", help="Policy file (YAML).", envvar=ENV_POLICY)
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -62,12 +63,12 @@ ServerOption = Annotated[
     typer.Option(
         "--server",
         help="Ask a running lakewarden server (its REST API) instead of opening the lake.",
-        envvar="LAKEWARDEN_SERVER",
+        envvar=ENV_SERVER,
     ),
 ]
 TokenOption = Annotated[
     str | None,
-    typer.Option("--token", help="Bearer token for --server.", envvar="LAKEWARDEN_TOKEN"),
+    typer.Option("--token", help="Bearer token for --server.", envvar=ENV_TOKEN),
 ]
 AgentOption = Annotated[
     str, typer.Option("--agent", help="Who is acting (the policy decides what it may do).")
@@ -446,7 +447,7 @@ def policy_validate(file: Annotated[Path, typer.Argument(help="Policy file to ch
 @app.command()
 def serve(
     lake: Annotated[
-        Path | None, typer.Option("--lake", help="DuckLake folder.", envvar="LAKEWARDEN_LAKE")
+        Path | None, typer.Option("--lake", help="DuckLake folder.", envvar=ENV_LAKE)
     ] = None,
     duckdb_file: Annotated[Path | None, typer.Option("--duckdb", help="DuckDB file.")] = None,
     policy: PolicyOption = None,
@@ -555,7 +556,7 @@ def watch(
     policy: PolicyOption = None,
     interval: Annotated[
         float,
-        typer.Option(help="Seconds between evaluations.", envvar="LAKEWARDEN_POLL_INTERVAL_S"),
+        typer.Option(help="Seconds between evaluations.", envvar=ENV_POLL_INTERVAL),
     ] = 5.0,
     metrics_port: Annotated[
         int | None, typer.Option(help="Also serve Prometheus /metrics on 127.0.0.1:PORT.")

@@ -87,8 +87,12 @@ def result_json(result: Result) -> dict[str, Any]:
         "rows_affected": result.rows_affected,
         "snapshot_id": result.snapshot_id,
         "trace_id": result.trace_id,
-        "signals": json_value(result.signals),
-        **({"violations": list(result.violations)} if result.violations else {}),
+        "signals": {t: json_value(s.to_dict()) for t, s in result.signals.items()},
+        **(
+            {"violations": [json_value(v.to_dict()) for v in result.violations]}
+            if result.violations
+            else {}
+        ),
         **({"dry_run": True} if result.dry_run else {}),
         **(
             {"statements": [result_json(r) for r in result.statements]} if result.statements else {}

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakewarden.errors import ConfigurationError
+from lakewarden.settings import ENV_TOKEN
 
 POLICY_FILE = "policy.yaml"
 TOKEN_FILE = "tokens.env"
-CLI_TOKEN = "LAKEWARDEN_TOKEN"
+CLI_TOKEN = ENV_TOKEN
 
 _LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 

@@ -29,9 +29,9 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from lakewarden.core.warden import Warden
 from lakewarden.errors import LakewardenError, StatementTimeout, TooLarge, Violation
 from lakewarden.intake.rest import STATUS, error_body, identify
-from lakewarden.core.warden import Warden
 
 __all__ = [
     "BoundedHttpToolsProtocol",

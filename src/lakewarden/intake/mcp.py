@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from lakewarden import __version__
 from lakewarden.analysis import analyze
+from lakewarden.core.warden import Warden
 from lakewarden.errors import InvalidRequest, InvalidSQL, LakewardenError, Violation
 from lakewarden.intake.jsonvalues import json_value, result_json
 from lakewarden.intake.rest import (
@@ -37,7 +38,6 @@ from lakewarden.intake.rest import (
     request_violations,
     sql_request,
 )
-from lakewarden.core.warden import Warden
 
 __all__ = ["build_mcp"]
 

@@ -1,4 +1,4 @@
-"""REST intake: FastAPI routes over one :class:`~lakewarden.core.warden.Warden` (see DESIGN.md, REST).
+"""REST intake: FastAPI routes over one :class:`~lakewarden.core.warden.Warden` (DESIGN.md, REST).
 
 Every route is a thin adapter: identify the caller, hand the statement to a core ``Session`` and
 map the outcome to JSON. Statements run on a pool of worker threads, each on a session lent by
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lakewarden.core.warden import Warden
 from lakewarden.errors import (
     InvalidRequest,
     LakewardenError,
@@ -34,7 +35,6 @@ from lakewarden.errors import (
 from lakewarden.intake.jsonvalues import json_value, result_json
 from lakewarden.result import Result
 from lakewarden.settings import Settings
-from lakewarden.core.warden import Warden
 
 __all__ = [
     "ARROW_STREAM",

@@ -25,6 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp
 
 from lakewarden import __version__
+from lakewarden.core.monitor import Monitor
+from lakewarden.core.warden import Warden
 from lakewarden.errors import ConfigurationError
 from lakewarden.intake.limits import (
     bounded_body,
@@ -34,9 +36,7 @@ from lakewarden.intake.limits import (
 )
 from lakewarden.intake.mcp import build_mcp
 from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
-from lakewarden.core.monitor import Monitor, interval_from_env
 from lakewarden.store.deadline import WATCHDOG
-from lakewarden.core.warden import Warden
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerThread", "check_bind", "create_app", "run"]
 
@@ -72,7 +72,6 @@ def prestarted(threads: int, name: str) -> ThreadPoolExecutor:
 
 
 def create_app(warden: Warden) -> ASGIApp:
-    poll_interval = interval_from_env()  # a bad value stops start-up, not the first tick
     workers = prestarted(STATEMENT_WORKERS, "lakewarden-sql")
     prober = prestarted(1, "lakewarden-ready")  # /readyz answers even when workers are busy
     WATCHDOG.start()
@@ -81,7 +80,7 @@ def create_app(warden: Warden) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        monitor = Monitor(warden, poll_interval).start()
+        monitor = Monitor(warden).start()
         try:
             async with mcp_server.session_manager.run():
                 app.state.ready = True

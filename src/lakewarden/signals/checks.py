@@ -61,6 +61,16 @@ class Finding:
     limit: Any = None
     expected: str = ""  # the limit as people read it: "≤ 1 h", "≤ 5%", "BIGINT"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "passing": self.passing,
+            "detail": self.detail,
+            "measured": self.measured,
+            "limit": self.limit,
+            "expected": self.expected,
+        }
+
 
 @dataclass(frozen=True)
 class WriteCounts:

@@ -11,8 +11,12 @@ Reading the trail reads both.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +25,9 @@ import duckdb
 
 from lakewarden.analysis.names import INTERNAL_SCHEMA
 from lakewarden.errors import Violation
-from lakewarden.store.engine import LAKE_ALIAS, STATE_ALIAS
+from lakewarden.store.engine import LAKE_ALIAS, STATE_ALIAS, Engine
+
+log = logging.getLogger(__name__)
 
 SCHEMA = INTERNAL_SCHEMA
 TABLE = f"{SCHEMA}.audit"
@@ -140,3 +146,64 @@ def read(
             }
         )
     return out
+
+
+class AuditLog:
+    """The audit trail of one engine: its tables made ready, refusals recorded, records read.
+
+    It has a lock of its own, held only while it writes or reads refusals (a DuckDB cursor
+    is not safe to share between threads), so no agent's session waits on it.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        retention = engine.settings.audit_retention_days
+        with engine.write_lock:
+            self._bookkeeping(ensure, "audit trail")
+            self._bookkeeping(lambda cur: prune(cur, retention), "audit retention")
+        self._refusals = engine.state_cursor()
+        ensure_refusals(self._refusals)
+        prune(self._refusals, retention, REFUSALS)
+
+    def _bookkeeping(
+        self, work: Callable[[duckdb.DuckDBPyConnection], object], message: str
+    ) -> None:
+        """Run lakewarden's own change in a commit authored by lakewarden."""
+        cur = self._engine.cursor()
+        try:
+            cur.begin()
+            try:
+                work(cur)
+                if self._engine.location.is_lake:
+                    cur.execute(f"CALL {LAKE_ALIAS}.set_commit_message(?, ?)", [AUTHOR, message])
+                cur.commit()
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cur.rollback()
+                raise
+        finally:
+            cur.close()
+
+    def refused(self, record: AuditRecord) -> None:
+        """Record a decision that committed nothing (denied, blocked, failed); never raises."""
+        try:
+            with self._lock:
+                insert(self._refusals, [record], REFUSALS)
+        except Exception:
+            log.exception("could not write the audit record of a refused statement")
+
+    def read(self, agent: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first, committed and refused records together."""
+        cur = self._engine.cursor()
+        try:
+            with self._lock:
+                return read(
+                    cur,
+                    self._refusals,
+                    agent=agent,
+                    limit=limit,
+                    is_lake=self._engine.location.is_lake,
+                )
+        finally:
+            cur.close()

@@ -11,7 +11,13 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from lakewarden.analysis.names import INTERNAL_SCHEMA, display_name, normalize, split_name
+from lakewarden.analysis.names import (
+    INTERNAL_SCHEMA,
+    display_name,
+    is_internal,
+    normalize,
+    split_name,
+)
 from lakewarden.store.engine import LAKE_ALIAS
 
 _INTERNAL_SCHEMAS = ("information_schema", "pg_catalog", INTERNAL_SCHEMA)
@@ -205,7 +211,7 @@ def describe_changes(changes: Mapping[str, list[str]], names: Mapping[str, str])
         for value in values:
             # ids for most keys; "schema.table" text for tables_created
             name = names.get(value) or (normalize(value) if key.startswith("tables") else value)
-            if name.split(".", 1)[0] == INTERNAL_SCHEMA:
+            if is_internal(name):
                 continue
             targets = said.setdefault(verb, [])
             if name not in targets:

@@ -1,33 +1,30 @@
-"""One lake transaction of a session: its statements, the quality gate, the commit and its marks.
+"""One lake transaction: its statements, what they wrote, and the commit with its marks.
 
-A single write is a transaction of one statement; an atomic batch is one of several. Either way
-the gate judges the state the transaction would leave, before anything is visible to anyone,
-and a commit is one DuckLake snapshot whose author is the agent and whose extra info names the
-trace that made it.
+A single write is a transaction of one statement; an atomic batch is one of several. The write
+lock is held from :meth:`Transaction.begin` until the transaction is closed, so the state the
+gate judges is the state the commit lands on. A commit is one DuckLake snapshot whose author is
+the agent and whose extra info names the trace that made it, with its audit records inside.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
 
 import duckdb
 
 from lakewarden.analysis import Statement
-from lakewarden.errors import Violation
-from lakewarden.signals import checks
+from lakewarden.signals.checks import WriteCounts
 from lakewarden.signals.table_state import ColumnState, TableState
 from lakewarden.store import audit, catalog
-from lakewarden.store.deadline import WATCHDOG
 from lakewarden.store.engine import LAKE_ALIAS
-from lakewarden.core.tracker import TableUpdate
-
-if TYPE_CHECKING:
-    from lakewarden.core.warden import Warden
+from lakewarden.store.execute import guarded
 
 
 @dataclass
@@ -57,50 +54,75 @@ def _merge_split(touched: int, net: int, actions: tuple[str, ...]) -> tuple[int,
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """What the gate found, and the state each contracted table would be left in."""
+class Commit:
+    """What a commit made: the snapshot (None on a plain DuckDB file) and when."""
 
-    violations: list[Violation] = field(default_factory=list)
-    projected: dict[str, TableState] = field(default_factory=dict)
+    snapshot_id: int | None
+    time: float | None
+    commit_id: str
 
 
 class Transaction:
-    def __init__(self, warden: Warden, cur: duckdb.DuckDBPyConnection, agent: str) -> None:
-        self.warden = warden
+    """Use as a context manager: leaving the block rolls back what was not committed and
+    releases the write lock."""
+
+    def __init__(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        write_lock: threading.RLock,
+        *,
+        is_lake: bool,
+        database: str,
+    ) -> None:
         self.cur = cur
-        self.agent = agent
         self.statements: list[Statement] = []
         self.shape_changed = False
-        self._before: dict[str, TableState | None] = {}
+        self._lock = write_lock
+        self._is_lake = is_lake
+        self._database = database
+        self._written: dict[str, None] = {}
         self._counts: dict[str, _Counts] = {}
         self._open = False
         self._locked = False
 
+    def __enter__(self) -> Transaction:
+        self.begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def begin(self) -> None:
-        self.warden.engine.write_lock.acquire()
+        self._lock.acquire()
         self._locked = True
         try:
             self.cur.begin()
         except BaseException:
-            self._release()
+            self.close()
             raise
         self._open = True
 
     def run(
-        self, stmt: Statement, params: Sequence[Any] | None, timeout: float | None, on_error: Any
+        self,
+        stmt: Statement,
+        params: Sequence[Any] | None,
+        budget: float | None,
+        limit: float | None,
     ) -> int | None:
         """Execute one statement inside the transaction; return the rows it affected."""
         for table in stmt.tables_written:
             self.register(table)
         merge = stmt.statement_type == "MERGE_INTO" and stmt.target is not None
-        with WATCHDOG.guard(self.cur, timeout) as deadline:
-            try:
-                rows_before = self._rows(stmt.target) if merge and stmt.target else 0
-                self.cur.execute(stmt.text, params)
-                rows = self.cur.fetchall() if self.cur.description else None
-                rows_after = self._rows(stmt.target) if merge and stmt.target else 0
-            except duckdb.Error as exc:
-                raise on_error(exc, deadline.expired, timeout) from exc
+        with guarded(self.cur, budget, limit):
+            rows_before = self._rows(stmt.target) if merge and stmt.target else 0
+            self.cur.execute(stmt.text, params)
+            rows = self.cur.fetchall() if self.cur.description else None
+            rows_after = self._rows(stmt.target) if merge and stmt.target else 0
         self.statements.append(stmt)
         if stmt.kind == "ddl":
             self.shape_changed = True
@@ -129,113 +151,87 @@ class Transaction:
 
     def register(self, table: str) -> None:
         """Note that the transaction writes ``table`` outside :meth:`run` (e.g. a restore)."""
-        if table not in self._before:
-            self._before[table] = self.warden.tracker.get(table)
+        self._written.setdefault(table)
 
     @property
     def tables_written(self) -> tuple[str, ...]:
-        return tuple(self._before)
+        return tuple(self._written)
 
-    def verdict(self) -> Verdict:
-        """Judge every written table that has a contract, as the transaction would leave it.
+    @property
+    def insert_only(self) -> frozenset[str]:
+        """Tables this transaction only inserted into."""
+        return frozenset(
+            t for t, c in self._counts.items() if not (c.deleted or c.updated or c.merged)
+        )
 
-        Measured inside the transaction with one aggregate over the contracted columns, so what
-        is judged is exactly what would be committed.
-        """
-        policy = self.warden.policy
-        contracted = {t: c for t in self._before if (c := policy.contract(t)) is not None}
-        if not contracted:
-            return Verdict()
-        schemas = catalog.schemas(self.cur, self.warden.engine.database)
-        out = Verdict()
-        for table, contract in contracted.items():
-            before = self._before[table]
-            schema = schemas.get(table)
-            if schema is None:
-                continue  # dropped in this transaction: nothing left to judge
-            wanted = [c for c in schema if contract.column(c) is not None]
-            prof = catalog.profile(self.cur, table, wanted, None)
-            old = {c.name: c.null_count for c in before.columns} if before else {}
-            after = (before or TableState(name=table)).with_changes(
-                rows=prof.rows,
-                columns=tuple(
-                    ColumnState(name, dtype, prof.null_counts.get(name, old.get(name, 0)))
-                    for name, dtype in schema.items()
-                ),
-            )
-            counts = self._counts.get(table, _Counts())
-            findings = checks.gate(
-                before,
-                after,
-                checks.WriteCounts(counts.inserted, counts.deleted, counts.updated),
-                contract,
-            )
-            out.projected[table] = after
-            out.violations.extend(
-                Violation(f.check, f"{table}: {f.detail}", f.measured, f.limit, table)
-                for f in findings
-            )
-        return out
+    # -- what the gate sees (lakewarden.governance.gate.Projector) ---------------------------
+
+    def counts(self, table: str) -> WriteCounts:
+        c = self._counts.get(table, _Counts())
+        return WriteCounts(c.inserted, c.deleted, c.updated)
+
+    def project(
+        self, table: str, before: TableState | None, columns: Callable[[str], bool]
+    ) -> TableState | None:
+        """The state ``table`` would be committed in, measured inside the transaction with
+        one aggregate over the chosen columns (the others keep their known null counts)."""
+        schema = catalog.schemas(self.cur, self._database).get(table)
+        if schema is None:
+            return None
+        prof = catalog.profile(self.cur, table, [c for c in schema if columns(c)], None)
+        old = {c.name: c.null_count for c in before.columns} if before else {}
+        return (before or TableState(name=table)).with_changes(
+            rows=prof.rows,
+            columns=tuple(
+                ColumnState(name, dtype, prof.null_counts.get(name, old.get(name, 0)))
+                for name, dtype in schema.items()
+            ),
+        )
+
+    # -- the end ---------------------------------------------------------------------------
 
     def commit(
         self,
+        agent: str,
         summary: str,
         trace_id: str | None,
         span_id: str | None,
-        records: list[audit.AuditRecord],
-    ) -> tuple[int | None, dict[str, TableUpdate]]:
-        """Commit as one snapshot, its audit records inside it, and update the table signals."""
-        warden = self.warden
-        is_lake = warden.engine.location.is_lake
+        records: Sequence[audit.AuditRecord],
+    ) -> Commit:
+        """Commit as one snapshot with its audit records inside; the write lock stays held
+        until the transaction is closed, so the caller applies the commit's signals in order."""
         commit_id = uuid.uuid4().hex
         try:
             audit.insert(self.cur, [replace(r, commit_id=commit_id) for r in records])
-            if is_lake:
+            if self._is_lake:
                 extra = json.dumps(
                     {"trace_id": trace_id, "span_id": span_id, "commit_id": commit_id}
                 )
                 self.cur.execute(
                     f"CALL {LAKE_ALIAS}.set_commit_message(?, ?, extra_info => ?)",
-                    [self.agent, summary, extra],
+                    [agent, summary, extra],
                 )
             self.cur.commit()
         except BaseException:
             self.rollback()
             raise
         self._open = False
-        try:
-            last = catalog.last_commit(self.cur) if is_lake else None
-            snapshot_id, when = (last[0], last[1].timestamp()) if last else (None, None)
-            known = warden.tracker.snapshot_id
-            if snapshot_id is not None and known is not None and snapshot_id <= known:
-                # DuckLake made no snapshot (the transaction changed nothing): this id is an
-                # older commit of this cursor, already applied; never claim it.
-                snapshot_id = None
-            insert_only = frozenset(
-                t for t, c in self._counts.items() if not (c.deleted or c.updated or c.merged)
-            )
-            updates = warden.tracker.record(
-                snapshot_id,
-                self.tables_written,
-                self.agent,
-                shape_changed=self.shape_changed,
-                when=when,
-                insert_only=insert_only,
-            )
-            return snapshot_id, updates
-        finally:
-            self._release()
+        last = catalog.last_commit(self.cur) if self._is_lake else None
+        if last is None:
+            return Commit(None, None, commit_id)
+        return Commit(last[0], last[1].timestamp(), commit_id)
 
     def rollback(self) -> None:
-        try:
-            if self._open:
-                self._open = False
-                with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
-                    self.cur.rollback()
-        finally:
-            self._release()
+        if self._open:
+            self._open = False
+            with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
+                self.cur.rollback()
 
-    def _release(self) -> None:
-        if self._locked:
-            self._locked = False
-            self.warden.engine.write_lock.release()
+    def close(self) -> None:
+        """Roll back what was not committed and release the write lock."""
+        try:
+            self.rollback()
+        finally:
+            if self._locked:
+                self._locked = False
+                self._lock.release()

@@ -8,34 +8,46 @@ Schema changes are an observable counter over the persisted per-table counts for
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from lakewarden import __version__
 from lakewarden.signals.table_state import TableState
 
-TableSource = Callable[[], Iterable[TableState]]
-# (table, check name, passing) for every check of every table with a contract
-CheckSource = Callable[[], Iterable[tuple[str, str, bool]]]
-# (table, signal "volume"|"freshness", signed score) for every table with a verdict
-AnomalySource = Callable[[], Iterable[tuple[str, str, float]]]
-# (table, freshness SLA seconds | None, {column: max null ratio})
-ContractSource = Callable[[], Iterable[tuple[str, float | None, dict[str, float]]]]
+
+class Gauges(Protocol):
+    """Where the table gauges read their values, at each collection."""
+
+    def tables(self) -> Iterable[TableState]: ...
+
+    def check_states(self) -> Iterable[tuple[str, str, bool]]:
+        """(table, check name, passing) for every check of every table with a contract."""
+
+    def contract_limits(self) -> Iterable[tuple[str, float | None, dict[str, float]]]:
+        """(table, freshness SLA seconds | None, {column: max null ratio})."""
+
+    def anomaly_scores(self) -> Iterable[tuple[str, str, float]]:
+        """(table, signal "volume"|"freshness", signed score) for every table with a verdict."""
+
+
+class _NoTables:
+    def tables(self) -> Iterable[TableState]:
+        return ()
+
+    def check_states(self) -> Iterable[tuple[str, str, bool]]:
+        return ()
+
+    def contract_limits(self) -> Iterable[tuple[str, float | None, dict[str, float]]]:
+        return ()
+
+    def anomaly_scores(self) -> Iterable[tuple[str, str, float]]:
+        return ()
 
 
 class Instruments:
-    def __init__(
-        self,
-        meter: Meter,
-        tables: TableSource,
-        checks: CheckSource,
-        contracts: ContractSource,
-        anomalies: AnomalySource,
-    ) -> None:
-        self._tables = tables
-        self._checks = checks
-        self._contracts = contracts
-        self._anomalies = anomalies
+    def __init__(self, meter: Meter, gauges: Gauges | None = None) -> None:
+        self.gauges: Gauges = gauges or _NoTables()
         self.duration = meter.create_histogram(
             "db.client.operation.duration",
             unit="s",
@@ -135,7 +147,7 @@ class Instruments:
         )
 
     def _each(self) -> Iterable[TableState]:
-        return list(self._tables())
+        return list(self.gauges.tables())
 
     def _rows(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(t.rows, {"db.collection.name": t.name}) for t in self._each()]
@@ -177,14 +189,14 @@ class Instruments:
     def _freshness_sla(self, _: CallbackOptions) -> Iterable[Observation]:
         return [
             Observation(sla, {"db.collection.name": table})
-            for table, sla, _ in self._contracts()
+            for table, sla, _ in self.gauges.contract_limits()
             if sla is not None
         ]
 
     def _null_ratio_max(self, _: CallbackOptions) -> Iterable[Observation]:
         return [
             Observation(limit, {"db.collection.name": table, "lakewarden.column.name": column})
-            for table, _, columns in self._contracts()
+            for table, _, columns in self.gauges.contract_limits()
             for column, limit in columns.items()
         ]
 
@@ -193,14 +205,14 @@ class Instruments:
             Observation(
                 1 if passing else 0, {"db.collection.name": table, "lakewarden.check.name": check}
             )
-            for table, check, passing in self._checks()
+            for table, check, passing in self.gauges.check_states()
         ]
 
     def _score(self, signal: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(_: CallbackOptions) -> Iterable[Observation]:
             return [
                 Observation(value, {"db.collection.name": table})
-                for table, which, value in self._anomalies()
+                for table, which, value in self.gauges.anomaly_scores()
                 if which == signal
             ]
 

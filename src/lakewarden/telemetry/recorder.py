@@ -153,6 +153,10 @@ class Recorder:
         self._idle.clear()
         self._pending.append(event)
 
+    def signal_time(self, signal: str, seconds: float) -> None:
+        """Time spent computing one data-quality signal (a histogram point costs little)."""
+        self._instruments.signal_duration.record(seconds, {"lakewarden.signal": signal})
+
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Record everything submitted so far, now; False on timeout."""
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,139 @@
+"""Running statements on the engine: under the statement's deadline, with DuckDB's errors
+mapped to :class:`~lakewarden.errors.LakewardenError` and results bounded as they are fetched."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from lakewarden.errors import (
+    ExecutionError,
+    InvalidSQL,
+    LakewardenError,
+    PolicyDenied,
+    StatementTimeout,
+    TooLarge,
+    Violation,
+)
+from lakewarden.store.deadline import WATCHDOG
+
+_BATCH_ROWS = 100_000
+# What an engine failure can surface as: an interrupt that lands while Arrow batches are being
+# fetched comes out of pyarrow as an OSError, not as a duckdb error.
+ENGINE_ERRORS = (duckdb.Error, OSError, MemoryError, pa.ArrowException)
+
+
+@contextlib.contextmanager
+def guarded(
+    cur: duckdb.DuckDBPyConnection, budget: float | None, limit: float | None
+) -> Iterator[None]:
+    """Interrupt ``cur`` after ``budget`` seconds; engine errors inside become lakewarden's.
+
+    ``limit`` is the statement's whole time limit, the figure a timeout error names.
+    """
+    with WATCHDOG.guard(cur, budget) as deadline:
+        try:
+            yield
+        except ENGINE_ERRORS as exc:
+            raise engine_error(exc, deadline.expired, limit) from exc
+
+
+def read(
+    cur: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Sequence[Any] | None,
+    *,
+    max_rows: int | None,
+    max_bytes: int,
+    budget: float | None,
+    limit: float | None,
+    contained: bool,
+) -> tuple[pa.Table, bool]:
+    """Run a read; its rows (at most ``max_rows``) and whether there were more.
+
+    ``contained`` runs it inside a transaction that is always rolled back: for an agent that
+    may not write, a statement that got past authorization still cannot commit a change
+    (DuckDB has no read-only connection to a database attached read-write, and the catalog
+    file cannot be attached a second time read-only in the same process).
+    """
+    try:
+        with guarded(cur, budget, limit):
+            if contained:
+                cur.begin()
+            cur.execute(sql, params)
+            return _fetch(cur, max_rows, max_bytes)
+    finally:
+        if contained:
+            with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
+                cur.rollback()
+
+
+def _fetch(
+    cur: duckdb.DuckDBPyConnection, limit: int | None, max_bytes: int
+) -> tuple[pa.Table, bool]:
+    """The result, at most ``limit`` rows; :class:`TooLarge` past ``max_bytes`` (0 = no cap).
+
+    Batches are counted as they arrive, so a result over the cap stops being fetched there
+    instead of being materialised whole first.
+    """
+    reader = cur.to_arrow_reader(_BATCH_ROWS if limit is None else min(limit + 1, _BATCH_ROWS))
+    batches: list[pa.RecordBatch] = []
+    count = size = 0
+    over = False
+    for batch in reader:
+        batches.append(batch)
+        count += batch.num_rows
+        size += batch.get_total_buffer_size()
+        if max_bytes and size > max_bytes:
+            over = True
+            break
+        if limit is not None and count > limit:
+            break
+    if over or (limit is not None and count > limit):
+        # Finish the half-read result: left open it keeps the cursor's transaction (and, with a
+        # SQLite catalog, a lock that blocks every other writer) alive.
+        reader.close()
+        cur.execute("SELECT 1").fetchall()
+    if over:
+        raise TooLarge(
+            f"the result is larger than the limit of {max_bytes} bytes and was not returned: "
+            "select fewer rows or columns (max_rows), or aggregate in SQL",
+            [Violation("result_size", "result bytes limit", measured=size, limit=max_bytes)],
+        )
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    if limit is not None and table.num_rows > limit:
+        return table.slice(0, limit), True
+    return table, False
+
+
+def engine_error(exc: BaseException, expired: bool, timeout: float | None) -> LakewardenError:
+    """The lakewarden error an engine failure stands for."""
+    if expired or isinstance(exc, duckdb.InterruptException):
+        return StatementTimeout.after(timeout)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, duckdb.OutOfMemoryException | MemoryError) or first.startswith(
+        "Out of Memory Error"  # the engine's own, passed on through an Arrow stream
+    ):
+        # The engine's memory limit, or the server's address-space cap, stopped the statement.
+        return TooLarge(
+            f"the statement needs more memory than the engine may use: {first}; "
+            "nothing was committed",
+            [Violation("memory_limit", first)],
+        )
+    if isinstance(exc, duckdb.PermissionException):
+        return PolicyDenied(
+            f"the engine refused file access: {first}", [Violation("engine_hardening", first)]
+        )
+    if isinstance(exc, duckdb.ParserException):
+        return InvalidSQL(f"the statement does not parse: {first}")
+    rule = _snake(type(exc).__name__.replace("Exception", "_error"))
+    return ExecutionError(f"{first}; nothing was committed", [Violation(rule, first)])
+
+
+def _snake(name: str) -> str:
+    out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    return out.replace("__", "_")
