@@ -144,6 +144,7 @@ class PanelQuery:
     panel: str  # title
     ref: str
     expr: str
+    legend: str = ""
 
     @property
     def id(self) -> str:
@@ -152,7 +153,13 @@ class PanelQuery:
 
 def panel_queries() -> list[PanelQuery]:
     return [
-        PanelQuery(board["uid"], panel["title"], target["refId"], target["expr"])
+        PanelQuery(
+            board["uid"],
+            panel["title"],
+            target["refId"],
+            target["expr"],
+            target.get("legendFormat", ""),
+        )
         for board in dashboards().values()
         for panel in panels(board)
         for target in panel["targets"]
