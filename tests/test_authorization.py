@@ -156,7 +156,7 @@ def test_second_wall_rolls_back_what_a_reader_got_past_authorization(
     with lakewarden.open(
         tmp_path / "lake", policy=POLICY, telemetry=lakewarden.Telemetry(env={})
     ) as w:
-        monkeypatch.setattr(w, "govern", lambda *args, **kwargs: [])
+        monkeypatch.setattr(w.grants, "check", lambda *args, **kwargs: [])
         cur = w.engine.cursor()
         before = catalog.current_snapshot(cur)
         with w.session(agent) as s:

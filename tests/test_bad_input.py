@@ -117,3 +117,36 @@ def test_telemetry_failure_never_breaks_a_query(seeded: lakewarden.Warden) -> No
     seeded.instruments.statements = Broken()  # type: ignore[assignment]
     with seeded.session("a") as s:
         assert s.sql("SELECT count(*) FROM orders").rows == [(2,)]
+
+
+def test_a_bug_is_not_dressed_as_an_engine_error(
+    seeded: lakewarden.Warden,
+    spans: InMemorySpanExporter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only engine errors become ``execution_failed``: a bug in lakewarden keeps its own type
+    (the intakes answer it as a 500 internal_error), is traced as failed and audited, and the
+    write it interrupted is rolled back."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the gate")
+
+    monkeypatch.setattr(seeded.stages.gate, "judge", broken)
+    with seeded.session("a") as s:
+        with pytest.raises(RuntimeError, match="a bug in the gate"):
+            s.sql("INSERT INTO orders VALUES (3, 'c')")
+        monkeypatch.undo()
+        assert s.sql("SELECT count(*) FROM orders").rows == [(2,)]  # nothing was committed
+        s.sql("INSERT INTO orders VALUES (3, 'c')")  # and the write lock was released
+    (failed,) = [
+        sp
+        for sp in spans.get_finished_spans()
+        if sp.name == "INSERT orders" and sp.status.status_code is StatusCode.ERROR
+    ]
+    assert (failed.attributes or {})["error.type"] == "RuntimeError"
+    assert (failed.attributes or {})["lakewarden.decision"] == "failed"
+    records = seeded.audit("a")
+    assert [r["decision"] for r in records if r["operation"] == "INSERT"] == [
+        "allowed",
+        "failed",
+    ]

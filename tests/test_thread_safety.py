@@ -40,6 +40,7 @@ from lakewarden.analysis.text import first_keyword, sanitize
 from lakewarden.errors import LakewardenError
 from lakewarden.intake.jsonvalues import result_json
 from lakewarden.result import Result
+from lakewarden.store.plan import Planner
 
 THREADS = 8
 
@@ -166,8 +167,9 @@ def test_policy_decisions_are_the_same_from_8_threads(tmp_path: Path) -> None:
     def decide(warden: lakewarden.Warden, pair: tuple[str, str]) -> Any:
         agent, sql = pair
         if getattr(cursors, "warden", None) is not warden:
-            cursors.warden, cursors.cur = warden, warden.engine.cursor()
-        return outcome(lambda: (warden.govern(agent, analysis.analyze(sql), cursors.cur),))
+            cursors.warden, cursors.planner = warden, Planner(warden.engine.cursor())
+        planner = cursors.planner
+        return outcome(lambda: (warden.grants.check(agent, analysis.analyze(sql), planner, (0,)),))
 
     with lakewarden.open(tmp_path / "lake", policy=policy_file) as warden:
         reference = {pair: decide(warden, pair) for pair in pairs}
