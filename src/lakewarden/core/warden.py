@@ -75,7 +75,12 @@ class Warden:
 
     @property
     def clock(self) -> Callable[[], float]:
+        """What "now" is for checks and anomaly verdicts (tests move it instead of sleeping)."""
         return self.health.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.health.clock = clock
 
     @property
     def grants(self) -> Grants:
