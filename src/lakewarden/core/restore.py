@@ -36,7 +36,7 @@ def restore(
         stages.grants.require_restore(agent, table)
         cur = engine.cursor()
         try:
-            with Transaction(cur, engine.write_lock, is_lake=True, database=engine.database) as tx:
+            with Transaction.on(engine, cur) as tx:
                 rewrite.check_target(cur, table, snapshot_id)
                 rewrite.rewrite(tx, table, snapshot_id)
                 record = AuditRecord(

@@ -125,12 +125,7 @@ class Session:
                     rows_affected=affected,
                 )
             else:
-                with Transaction(
-                    self._cur,
-                    stages.engine.write_lock,
-                    is_lake=stages.engine.location.is_lake,
-                    database=stages.engine.database,
-                ) as tx:
+                with Transaction.on(stages.engine, self._cur) as tx:
                     affected = tx.run(stmt, params, budget, limit)
                     result = self._conclude(tx, event, dry_run)
                 result = replace(result, rows_affected=affected)
@@ -174,13 +169,7 @@ class Session:
         event = spans.statement(self.agent, stages.namespace, traceparent)
         spans.batch(event, (), stages.namespace)
         handle = TransactionHandle(trace_id=event.trace_hex)
-        tx = Transaction(
-            self._cur,
-            stages.engine.write_lock,
-            is_lake=stages.engine.location.is_lake,
-            database=stages.engine.database,
-        )
-        with tx:
+        with Transaction.on(stages.engine, self._cur) as tx:
             self._tx, self._tx_span = tx, spans.child(event)
             try:
                 yield handle

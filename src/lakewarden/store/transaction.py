@@ -23,7 +23,7 @@ from lakewarden.analysis import Statement
 from lakewarden.signals.checks import WriteCounts
 from lakewarden.signals.table_state import ColumnState, TableState
 from lakewarden.store import audit, catalog
-from lakewarden.store.engine import LAKE_ALIAS
+from lakewarden.store.engine import LAKE_ALIAS, Engine
 from lakewarden.store.execute import guarded
 
 
@@ -84,6 +84,13 @@ class Transaction:
         self._counts: dict[str, _Counts] = {}
         self._open = False
         self._locked = False
+
+    @classmethod
+    def on(cls, engine: Engine, cur: duckdb.DuckDBPyConnection) -> Transaction:
+        """A transaction of ``engine`` on the caller's cursor ``cur``."""
+        return cls(
+            cur, engine.write_lock, is_lake=engine.location.is_lake, database=engine.database
+        )
 
     def __enter__(self) -> Transaction:
         self.begin()
