@@ -85,8 +85,16 @@ async def exercise(client: Client, agent: str) -> None:
     assert tool_error(await client.call_tool("describe_table", {"name": "nope"}))["code"] == (
         "not_found"
     )
-    wrong = tool_error(await client.call_tool("query", {"sql": "DELETE FROM orders"}))
-    assert wrong["violations"][0]["rule"] == "wrong_tool"
+    for tool, sql, other in (
+        ("query", "DELETE FROM orders", "execute"),
+        ("execute", "SELECT * FROM orders", "query"),
+    ):
+        wrong = tool_error(await client.call_tool(tool, {"sql": sql}))
+        assert wrong["code"] == "invalid_request"
+        assert wrong["violations"][0]["rule"] == "wrong_tool"
+        assert f"call {other}" in wrong["message"]  # the agent learns which tool to use
+    count = ok(await client.call_tool("query", {"sql": "SELECT count(*) FROM orders"}))
+    assert count["rows"] == [[2]]  # the DELETE sent to query ran nowhere
 
 
 def test_streamable_http_open_mode_with_traceparent(tmp_path: Path) -> None:
@@ -100,6 +108,12 @@ def test_streamable_http_open_mode_with_traceparent(tmp_path: Path) -> None:
                 Client(streamable_http_client(f"{served.url}/mcp/", http_client=http)) as client,
             ):
                 await exercise(client, "mcp-agent")
+                # The wrong-tool refusal is the session's: traced like every refused statement.
+                refused = {
+                    (s.name, (s.attributes or {}).get("error.type"))
+                    for s in served.spans.get_finished_spans()
+                }
+                assert ("DELETE orders", "invalid_request") in refused
                 trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
                 served.spans.clear()
                 result = ok(

@@ -24,9 +24,8 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import ValidationError
 
 from lakewarden import __version__
-from lakewarden.analysis import analyze
 from lakewarden.core.warden import Warden
-from lakewarden.errors import InvalidRequest, InvalidSQL, LakewardenError, Violation
+from lakewarden.errors import InvalidRequest, LakewardenError, Violation
 from lakewarden.intake.jsonvalues import json_value, result_json
 from lakewarden.intake.rest import (
     ANONYMOUS,
@@ -64,6 +63,22 @@ def _headers(ctx: Context) -> Mapping[str, str] | None:
     request = ctx.request_context.request
     headers = getattr(request, "headers", None)
     return headers if isinstance(headers, Mapping) else None
+
+
+# The tool that runs what the other one refuses: the session's wrong-kind refusal names kinds,
+# an agent needs the tool to call instead.
+_OTHER_TOOL = {"query": "execute", "execute": "query"}
+_RUNS = {"query": "read statements (SELECT)", "execute": "writes and DDL"}
+
+
+def _other_tool(error: InvalidRequest, tool: str) -> InvalidRequest:
+    """The session's ``wrong_tool`` refusal, worded for an MCP agent: what to call instead."""
+    reworded = InvalidRequest(
+        f"{tool} runs {_RUNS[tool]} only: call {_OTHER_TOOL[tool]} for this one",
+        error.violations,
+    )
+    reworded.trace_id = error.trace_id
+    return reworded
 
 
 class _Server(MCPServer):
@@ -143,25 +158,24 @@ def build_mcp(
             traceparent = traceparent_of(ctx)
 
             def run(agent: str) -> dict[str, Any]:
-                # Analysed here, on a worker thread, not on the event loop that every other
-                # request shares (the session finds the analysis cached).
-                try:
-                    kind = analyze(sql).kind
-                except InvalidSQL:
-                    kind = None  # let the session refuse it, so the refusal is traced, counted
-                if kind is not None and (kind == "read") != reads:
-                    tool, other = ("query", "execute") if reads else ("execute", "query")
-                    raise InvalidRequest(
-                        f"{tool} does not run {kind} statements: use {other}",
-                        [Violation("wrong_tool", f"a {kind} statement was sent to {tool}")],
-                    )
                 cap = max_rows
                 if cap is None and warden.row_limit(agent, None) is None:
                     cap = default_max_rows(warden)
                 with warden.pooled_session(agent) as s:
-                    return result_json(
-                        s.sql(sql, params, max_rows=cap, traceparent=traceparent, dry_run=dry_run)
-                    )
+                    try:
+                        result = s.sql(
+                            sql,
+                            params,
+                            max_rows=cap,
+                            traceparent=traceparent,
+                            dry_run=dry_run,
+                            expect="read" if reads else "write",
+                        )
+                    except InvalidRequest as exc:
+                        if any(v.rule == "wrong_tool" for v in exc.violations):
+                            raise _other_tool(exc, "query" if reads else "execute") from exc
+                        raise
+                    return result_json(result)
 
             return _ok(await call(ctx, run))
         except LakewardenError as exc:
