@@ -44,8 +44,8 @@ from starlette.types import Receive, Scope, Send
 import lakewarden
 from benchmarks import common
 from lakewarden.intake.jsonvalues import result_json
-from lakewarden.intake.rest import AgentHeader
 from lakewarden.intake.server import ServerThread
+from lakewarden.wire import AGENT_HEADER
 
 ADDED_TARGET_S = 1e-3
 THROUGHPUT_TARGET = 1.0
@@ -64,7 +64,7 @@ ROUNDS, QUICK_ROUNDS = (5, 2.0), (2, 0.5)
 
 
 def _client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, headers={AgentHeader: common.BENCH_AGENT}, timeout=60.0)
+    return httpx.Client(base_url=url, headers={AGENT_HEADER: common.BENCH_AGENT}, timeout=60.0)
 
 
 def _post(http: httpx.Client, sql: str, params: list[Any]) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def latency(warden: lakewarden.Warden, url: str, quick: bool) -> common.Outcome:
     repeats, warmup = QUICK_LATENCY if quick else LATENCY
     session = warden.session(common.BENCH_AGENT)
     sdk_result = session.sql(READ, [POINT_ID])
-    with httpx.Client(base_url=url, headers={AgentHeader: common.BENCH_AGENT}) as http:
+    with httpx.Client(base_url=url, headers={AGENT_HEADER: common.BENCH_AGENT}) as http:
         answer = http.post("/v1/sql", json={"sql": READ, "params": [POINT_ID]}).content
     if json.loads(answer)["rows"] != result_json(sdk_result)["rows"]:
         raise RuntimeError(f"REST and SDK disagree: {answer!r} vs {sdk_result}")

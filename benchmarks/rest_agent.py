@@ -24,6 +24,7 @@ from collections.abc import Callable
 import httpx
 
 from lakewarden.client import Client
+from lakewarden.wire import AGENT_HEADER
 
 
 def main(argv: list[str]) -> int:
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> int:
     session = client.session()
     floor_client = Client(floor_url, agent=agent)
     floor_session = floor_client.session()
-    other = httpx.Client(base_url=url, headers={"X-Lakewarden-Agent": agent}, timeout=60)
+    other = httpx.Client(base_url=url, headers={AGENT_HEADER: agent}, timeout=60)
     address = httpx.URL(url)
     bare = http.client.HTTPConnection(address.host, address.port)
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import lakewarden
 from lakewarden.intake.cli import app
 from lakewarden.store import catalog
+from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import Served, serve
 
@@ -163,7 +164,7 @@ def served(lake_dir: Path, policy: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 
 def test_rest_batch_dry_run_restore_and_audit(served: Served) -> None:
-    with httpx.Client(base_url=served.url, headers={"X-Lakewarden-Agent": "etl"}) as http:
+    with httpx.Client(base_url=served.url, headers={AGENT_HEADER: "etl"}) as http:
         batch = http.post(
             "/v1/sql",
             json={

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from lakewarden.wire import AGENT_HEADER
 from prom_helpers import (
     DESIGN_METRICS,
     GROUPING,
@@ -131,9 +132,7 @@ class Agents:
         self.http = http
 
     def sql(self, agent: str, statement: str, expect: int | None = 200) -> int:
-        response = self.http.post(
-            "/v1/sql", json={"sql": statement}, headers={"X-Lakewarden-Agent": agent}
-        )
+        response = self.http.post("/v1/sql", json={"sql": statement}, headers={AGENT_HEADER: agent})
         if expect is not None:
             assert response.status_code == expect, f"{agent}: {statement}: {response.text}"
         return response.status_code

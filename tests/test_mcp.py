@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+
+from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import serve
 
@@ -99,7 +102,7 @@ async def exercise(client: Client, agent: str) -> None:
 
 def test_streamable_http_open_mode_with_traceparent(tmp_path: Path) -> None:
     with serve(tmp_path / "lake") as served:
-        headers = {"X-Lakewarden-Agent": "mcp-agent"}
+        headers = {AGENT_HEADER: "mcp-agent"}
 
         async def main() -> None:
             http = create_mcp_http_client(headers=headers)
@@ -129,6 +132,57 @@ def test_streamable_http_open_mode_with_traceparent(tmp_path: Path) -> None:
                 assert f"{span.parent.span_id:016x}" == parent
 
         run(main)
+
+
+# Every tool, with the Warden method its work calls; None: the failure is outside the tool's
+# work, in the intake itself (finding the call's traceparent).
+BROKEN_TOOLS = [
+    ("query", {"sql": "SELECT 1"}, "pooled_session"),
+    ("execute", {"sql": "CREATE TABLE t (i INT)"}, "pooled_session"),
+    ("execute", {"sql": ["CREATE TABLE t (i INT)"]}, "pooled_session"),
+    ("list_tables", {}, "tables"),
+    ("describe_table", {"name": "orders"}, "describe"),
+    ("list_snapshots", {}, "snapshots"),
+    ("restore_table", {"name": "orders", "snapshot_id": 1}, "restore"),
+    ("list_tables", {}, None),
+]
+
+
+def test_a_server_failure_is_an_internal_error_tool_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug, not the agent's fault")
+
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            http = create_mcp_http_client(headers={AGENT_HEADER: "mcp-agent"})
+            async with (
+                http,
+                Client(streamable_http_client(f"{served.url}/mcp/", http_client=http)) as client,
+            ):
+                for tool, args, broken in BROKEN_TOOLS:
+                    with monkeypatch.context() as patch:
+                        if broken is None:
+                            patch.setattr("lakewarden.intake.mcp._traceparent", fail)
+                        else:
+                            patch.setattr(served.warden, broken, fail)
+                        caplog.clear()
+                        result = await client.call_tool(tool, args)
+                    error = tool_error(result)
+                    assert error["code"] == "internal_error", (tool, error)
+                    assert "a bug" not in result.content[0].text  # type: ignore[union-attr]
+                    # the id the agent was given finds the traceback in the server's log
+                    incident = json.loads(result.content[0].text)["trace_id"]  # type: ignore[union-attr]
+                    assert incident in error["message"]
+                    (record,) = [r for r in caplog.records if incident in r.getMessage()]
+                    assert record.exc_info is not None, tool
+                    assert "a bug" in "".join(logging.Formatter().formatException(record.exc_info))
+                ok(await client.call_tool("query", {"sql": "SELECT 1"}))  # still serving
+
+        with caplog.at_level("ERROR", logger="lakewarden.intake.caller"):
+            run(main)
 
 
 @pytest.mark.parametrize(

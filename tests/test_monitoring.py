@@ -19,6 +19,7 @@ import lakewarden
 from lakewarden.core.monitor import Monitor
 from lakewarden.signals.table_state import WriteRecord
 from lakewarden.store.state import StateStore
+from lakewarden.wire import AGENT_HEADER
 
 from conftest import SyncedSpans, sample, samples
 from server_helpers import serve
@@ -239,7 +240,7 @@ def test_external_writer_is_picked_up_within_one_poll(
     with serve(lake_dir, policy=policy) as served:
         # A governed write and a truncated read first: neither may leave a lock on the shared
         # catalog that would make the other process's commit fail.
-        agent = {"X-Lakewarden-Agent": "etl"}
+        agent = {AGENT_HEADER: "etl"}
         wrote = httpx.post(
             f"{served.url}/v1/sql",
             headers=agent,

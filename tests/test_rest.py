@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import lakewarden
 from lakewarden.client import Client, Unauthenticated
 from lakewarden.intake.server import check_bind
+from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import Served, serve
 
@@ -122,11 +123,21 @@ def test_errors_have_one_shape(
     assert_error(http.post("/v1/sql", json=body), status, code)
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "broken"),
-    [("POST", "/v1/sql", "pooled_session"), ("GET", "/v1/tables", "tables")],
-    ids=["sql-fast-path", "framework-route"],
-)
+# Every route, each with the Warden method its work calls made to fail the way a bug would.
+BROKEN_ROUTES = [
+    pytest.param("POST", "/v1/sql", {"sql": "SELECT 1"}, "pooled_session", id="sql-fast-path"),
+    pytest.param("GET", "/v1/tables", None, "tables", id="tables"),
+    pytest.param("GET", "/v1/tables/orders", None, "describe", id="table"),
+    pytest.param("GET", "/v1/snapshots", None, "snapshots", id="snapshots"),
+    pytest.param("POST", "/v1/tables/orders/restore", {"snapshot_id": 1}, "restore", id="restore"),
+    pytest.param(
+        "POST", "/v1/tables/orders/anomaly/accept", None, "accept_anomaly", id="accept-anomaly"
+    ),
+    pytest.param("GET", "/v1/audit", None, "audit", id="audit"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "broken"), BROKEN_ROUTES)
 def test_a_server_failure_is_a_structured_500(
     served: Served,
     http: httpx.Client,
@@ -134,19 +145,22 @@ def test_a_server_failure_is_a_structured_500(
     caplog: pytest.LogCaptureFixture,
     method: str,
     path: str,
+    body: dict[str, Any] | None,
     broken: str,
 ) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug, not the agent's fault")
 
     monkeypatch.setattr(served.warden, broken, fail)
-    with caplog.at_level("ERROR", logger="lakewarden.intake.rest"):
-        response = http.request(
-            method, path, json={"sql": "SELECT 1"} if method == "POST" else None
-        )
-    body = assert_error(response, 500, "internal_error")
+    with caplog.at_level("ERROR", logger="lakewarden.intake.caller"):
+        response = http.request(method, path, json=body)
+    answer = assert_error(response, 500, "internal_error")
     assert "a bug" not in response.text  # internals stay in the server's log
-    assert body["trace_id"] in caplog.text  # ... under the id the caller was given
+    incident = answer["trace_id"]
+    assert incident in answer["error"]["message"]
+    # ... under the id the caller was given, with the traceback
+    (record,) = [r for r in caplog.records if incident in r.getMessage()]
+    assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
     monkeypatch.undo()
     assert http.post("/v1/sql", json={"sql": "SELECT 1"}).status_code == 200  # still serving
 
@@ -295,7 +309,7 @@ def test_concurrent_agents_lose_nothing(served: Served, http: httpx.Client) -> N
 
     def agent(n: int) -> None:
         rng = random.Random(n)
-        headers = {"X-Lakewarden-Agent": f"agent-{n}"}
+        headers = {AGENT_HEADER: f"agent-{n}"}
         with httpx.Client(base_url=served.url, timeout=120, headers=headers) as client:
             for i in range(per_agent):
                 if rng.random() < 0.6:
@@ -341,7 +355,29 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
     assert http.get("/healthz").status_code == 200
     assert http.get("/readyz").json() == {"ready": True}
     assert _metric_sum(http.get("/metrics").text, "lakewarden_statements_total") >= 1
-    assert "/v1/sql" in http.get("/openapi.json").json()["paths"]
+    paths = http.get("/openapi.json").json()["paths"]
+    documented = {
+        (method.upper(), path): sorted(p["name"] for p in operation.get("parameters", []))
+        for path, methods in paths.items()
+        for method, operation in methods.items()
+    }
+    assert documented == {
+        ("POST", "/v1/sql"): [],
+        ("GET", "/v1/tables"): [],
+        ("GET", "/v1/tables/{name}"): ["name"],
+        ("GET", "/v1/snapshots"): ["limit", "table"],
+        ("POST", "/v1/tables/{name}/restore"): ["name"],
+        ("POST", "/v1/tables/{name}/anomaly/accept"): ["name"],
+        ("GET", "/v1/audit"): ["agent", "limit"],
+    }
+    restore = paths["/v1/tables/{name}/restore"]["post"]
+    assert "requestBody" in restore
+
+
+def test_the_readme_names_the_agent_header() -> None:
+    # The header is a contract with every agent in open mode: renaming it is a documented act.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"`{AGENT_HEADER}`" in readme
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from lakewarden.errors import (
     Violation,
 )
 from lakewarden.transport import ServerUnavailable, Transport
+from lakewarden.wire import AGENT_HEADER
 
 __all__ = ["Client", "ClientSession", "RemoteResult", "ServerUnavailable", "Unauthenticated"]
 
@@ -177,7 +178,7 @@ class Client:
             out["Authorization"] = f"Bearer {self.token}"
         name = agent or self.agent
         if name:
-            out["X-Lakewarden-Agent"] = name
+            out[AGENT_HEADER] = name
         return out
 
     def request(

@@ -19,6 +19,7 @@ from lakewarden import __version__
 from lakewarden.errors import LakewardenError
 from lakewarden.intake import lakefiles
 from lakewarden.settings import ENV_LAKE, ENV_POLICY, ENV_POLL_INTERVAL, ENV_SERVER, ENV_TOKEN
+from lakewarden.wire import AGENT_HEADER
 from lakewarden.wording import plural
 
 app = typer.Typer(
@@ -485,7 +486,7 @@ def serve(
 
 OPEN_MODE_WARNING = (
     "[bold yellow]warning[/]: no policy, so the server runs in open mode: any process on this "
-    "machine can act as any agent (header X-Lakewarden-Agent), with DDL rights, and nothing is "
+    f"machine can act as any agent (header {AGENT_HEADER}), with DDL rights, and nothing is "
     "refused but the security defaults. Fine for trying lakewarden on your own machine; before "
     "agents you do not fully trust connect, give --policy FILE (`lakewarden init DIR` writes one "
     "with tokens)."

@@ -31,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from lakewarden.core.warden import Warden
 from lakewarden.errors import LakewardenError, StatementTimeout, TooLarge, Violation
-from lakewarden.intake.rest import STATUS, error_body, identify
+from lakewarden.intake.caller import STATUS, error_body, identify
 
 __all__ = [
     "BoundedHttpToolsProtocol",
@@ -234,7 +234,7 @@ def token_gate(app: ASGIApp, warden: Warden) -> ASGIApp:
     async def gate(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and warden.policy.requires_tokens:
             try:
-                identify(warden, Headers(scope=scope).get("authorization"), None)
+                identify(warden, Headers(scope=scope))
             except LakewardenError as exc:
                 await _send_error(send, STATUS[exc.code], exc)
                 return

@@ -1,103 +1,164 @@
 """MCP intake: an ``MCPServer`` whose tools are thin adapters over one Warden.
 
 Tools: ``query`` (reads), ``execute`` (writes and DDL), ``list_tables``, ``describe_table``,
-``list_snapshots``. Over streamable HTTP the caller is the agent named by the request's bearer
-token (or ``X-Lakewarden-Agent`` in open mode); over stdio it is the agent the server was started
-for. ``params._meta.traceparent`` (or the HTTP ``traceparent`` header) makes the statement span a
-child of the agent's trace. Errors are tool errors (``is_error``) whose text is the same
-``{"error": {"code", "message", "violations"}}`` JSON the REST API answers.
+``list_snapshots``, ``restore_table``. Over streamable HTTP the caller is the agent named by the
+request's bearer token (or the agent header in open mode, see :mod:`lakewarden.intake.caller`);
+over stdio it is the agent the server was started for. ``params._meta.traceparent`` (or the
+HTTP ``traceparent`` header) makes the statement span a child of the agent's trace. Errors are
+tool errors (``is_error``) whose text is the same ``{"error": {"code", "message", "violations"}}``
+JSON the REST API answers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Annotated, Any
 
-import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, TextContent
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from lakewarden import __version__
 from lakewarden.core.warden import Warden
-from lakewarden.errors import InvalidRequest, LakewardenError, Violation
-from lakewarden.intake.jsonvalues import json_value, result_json
-from lakewarden.intake.rest import (
+from lakewarden.errors import InvalidRequest
+from lakewarden.intake.caller import (
     ANONYMOUS,
-    AgentHeader,
-    check_params,
-    default_max_rows,
-    error_body,
+    MAX_LISTED,
+    Caller,
+    Failure,
+    attend,
     identify,
     request_violations,
-    sql_request,
+    valid_traceparent,
+)
+from lakewarden.intake.jsonvalues import json_value
+from lakewarden.intake.statements import request_from_arguments, run_statement, statement_json
+from lakewarden.result import Result
+
+__all__ = ["answerer", "build_mcp", "statement"]
+
+INSTRUCTIONS = (
+    "Governed SQL on a DuckLake lake. One statement per call. Use `query` for SELECT, "
+    "`execute` for INSERT/UPDATE/DELETE/DDL; refusals come back as errors with violations."
 )
 
-__all__ = ["build_mcp"]
-
-T = TypeVar("T")
-MAX_LISTED = 10_000  # the REST listing's bound on ``limit``
-
-
-def _ok(payload: Any) -> CallToolResult:
-    data = json_value(payload)
-    content = TextContent(type="text", text=json.dumps(data))
-    return CallToolResult(content=[content], structured_content=data)
+# What each statement tool runs; the session refuses the other kind (rule ``wrong_tool``).
+_EXPECT = {"query": "read", "execute": "write"}
+# The session's refusal names statement kinds; an agent needs the tool to call instead.
+_INSTEAD = {
+    "query": "query runs read statements (SELECT) only: call execute for this one",
+    "execute": "execute runs writes and DDL only: call query for this one",
+}
 
 
-def _error(error: LakewardenError) -> CallToolResult:
-    body = error_body(error, getattr(error, "trace_id", None))
+def _ok(value: Any, caller: Caller) -> CallToolResult:
+    data = json_value(
+        statement_json(value, caller.traceparent) if isinstance(value, Result) else value
+    )
     return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(body))],
-        structured_content=body,
+        content=[TextContent(type="text", text=json.dumps(data))], structured_content=data
+    )
+
+
+def _error(failure: Failure) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=json.dumps(failure.body))],
+        structured_content=failure.body,
         is_error=True,
     )
 
 
 def _headers(ctx: Context) -> Mapping[str, str] | None:
-    request = ctx.request_context.request
-    headers = getattr(request, "headers", None)
+    headers = getattr(ctx.request_context.request, "headers", None)
     return headers if isinstance(headers, Mapping) else None
 
 
-# The tool that runs what the other one refuses: the session's wrong-kind refusal names kinds,
-# an agent needs the tool to call instead.
-_OTHER_TOOL = {"query": "execute", "execute": "query"}
-_RUNS = {"query": "read statements (SELECT)", "execute": "writes and DDL"}
-
-
-def _other_tool(error: InvalidRequest, tool: str) -> InvalidRequest:
-    """The session's ``wrong_tool`` refusal, worded for an MCP agent: what to call instead."""
-    reworded = InvalidRequest(
-        f"{tool} runs {_RUNS[tool]} only: call {_OTHER_TOOL[tool]} for this one",
-        error.violations,
-    )
-    reworded.trace_id = error.trace_id
-    return reworded
+def _traceparent(ctx: Context, headers: Mapping[str, str] | None) -> str | None:
+    """``params._meta.traceparent``, else the HTTP header: the first well-formed one."""
+    meta = ctx.request_context.meta or {}
+    given = valid_traceparent(meta.get("traceparent"))
+    if given is None and headers is not None:
+        given = valid_traceparent(headers.get("traceparent"))
+    return given
 
 
 class _Server(MCPServer):
-    """Arguments that do not fit a tool's declared types (a string for ``max_rows``) are
-    refused by the SDK before the tool runs, in its own words; here they get the REST error
-    shape and code (``invalid_request``), like every other refusal."""
+    """Every failure as a tool error in the REST error shape and code.
+
+    Arguments that do not fit a tool's declared types (a string for ``max_rows``) are refused
+    by the SDK before the tool runs, in its own words; here they are ``invalid_request``. A
+    crash outside a tool's work (which :func:`~lakewarden.intake.caller.attend` already
+    catches) is an ``internal_error`` with an id in the log, like any other.
+    """
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         try:
             return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:
+            return _error(Failure.unexpected(f"MCP tool {name}", exc))
         except ToolError as exc:
-            cause = exc.__cause__
-            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+            if not isinstance(exc.__cause__, ValidationError):
                 raise
-            return _error(
-                InvalidRequest(
-                    "the tool arguments are not valid", request_violations(cause.errors())
-                )
+            error = InvalidRequest(
+                "the tool arguments are not valid", request_violations(exc.__cause__.errors())
             )
+            return _error(Failure.of(error, None))
+
+
+Work = Callable[[Caller], Any]
+Answer = Callable[[Context, str, Work], Awaitable[CallToolResult]]
+
+
+def answerer(warden: Warden, stdio_agent: str | None, workers: Executor | None) -> Answer:
+    """``answer(ctx, tool, work)``: the one way a tool answers.
+
+    ``work(caller)`` runs on ``workers`` (see :func:`~lakewarden.intake.caller.attend`) and
+    returns a statement's :class:`Result` or JSON-able data, rendered there as the tool result.
+    """
+
+    async def answer(ctx: Context, tool: str, work: Work) -> CallToolResult:
+        headers = _headers(ctx)
+
+        def who() -> str:
+            if headers is None:
+                # stdio: whoever started the process chose the identity with --agent
+                return stdio_agent or ANONYMOUS
+            return identify(warden, headers)
+
+        outcome = await attend(
+            who,
+            _traceparent(ctx, headers),
+            lambda caller: _ok(work(caller), caller),
+            workers,
+            f"MCP tool {tool}",
+        )
+        return _error(outcome) if isinstance(outcome, Failure) else outcome
+
+    return answer
+
+
+def statement(warden: Warden, tool: str, fields: dict[str, Any]) -> Callable[[Caller], Result]:
+    """The work of a statement tool: ``fields`` checked by the REST body's rules (and refused
+    in the REST error shape), then run, refused by the session if it is of the other kind."""
+
+    def run(caller: Caller) -> Result:
+        request = request_from_arguments(fields, warden.settings.max_params)
+        try:
+            return run_statement(
+                warden, caller.agent, request, caller.traceparent, expect=_EXPECT[tool]
+            )
+        except InvalidRequest as exc:
+            if not any(v.rule == "wrong_tool" for v in exc.violations):
+                raise
+            instead = InvalidRequest(_INSTEAD[tool], exc.violations)
+            instead.trace_id = exc.trace_id
+            raise instead from exc
+
+    return run
 
 
 def build_mcp(
@@ -106,87 +167,19 @@ def build_mcp(
     """The MCP server of ``warden``; ``stdio_agent`` names the caller when there is no HTTP.
     Tools run their blocking work on ``workers`` when given (the HTTP server's threads, which
     all exist from the start), else on anyio's worker threads."""
+    # INFO would log every HTTP request over the demo's live view and the server's output.
     server = _Server(
-        name="lakewarden",
-        version=__version__,
-        # INFO would log every HTTP request over the demo's live view and the server's output.
-        log_level="WARNING",
-        instructions=(
-            "Governed SQL on a DuckLake lake. One statement per call. Use `query` for SELECT, "
-            "`execute` for INSERT/UPDATE/DELETE/DDL; refusals come back as errors with violations."
-        ),
+        name="lakewarden", version=__version__, log_level="WARNING", instructions=INSTRUCTIONS
     )
-
-    def agent_of(ctx: Context) -> str:
-        headers = _headers(ctx)
-        if headers is None:
-            # stdio: whoever started the process chose the identity with --agent
-            return stdio_agent or ANONYMOUS
-        return identify(warden, headers.get("authorization"), headers.get(AgentHeader))
-
-    def traceparent_of(ctx: Context) -> str | None:
-        meta = ctx.request_context.meta
-        value = meta.get("traceparent") if isinstance(meta, Mapping) else None
-        if value is None and meta is not None:
-            value = getattr(meta, "traceparent", None)
-        if value is None:
-            headers = _headers(ctx)
-            value = headers.get("traceparent") if headers is not None else None
-        return str(value) if value else None
-
-    async def call(ctx: Context, work: Callable[[str], T]) -> T:
-        agent = agent_of(ctx)
-        if workers is not None:
-            return await asyncio.get_running_loop().run_in_executor(workers, work, agent)
-        return await anyio.to_thread.run_sync(work, agent)
-
-    async def statement(
-        ctx: Context,
-        sql: str,
-        params: list[Any] | None,
-        max_rows: int | None,
-        reads: bool,
-        dry_run: bool = False,
-    ) -> CallToolResult:
-        try:
-            # The REST body's rules, applied to the tool's arguments (max_rows > 0, a string
-            # statement, the parameter count), with the REST error shape.
-            checked = sql_request(
-                {"sql": sql, "params": params, "max_rows": max_rows, "dry_run": dry_run}
-            )
-            check_params(checked, warden.settings.max_params)
-            traceparent = traceparent_of(ctx)
-
-            def run(agent: str) -> dict[str, Any]:
-                cap = max_rows
-                if cap is None and warden.row_limit(agent, None) is None:
-                    cap = default_max_rows(warden)
-                with warden.pooled_session(agent) as s:
-                    try:
-                        result = s.sql(
-                            sql,
-                            params,
-                            max_rows=cap,
-                            traceparent=traceparent,
-                            dry_run=dry_run,
-                            expect="read" if reads else "write",
-                        )
-                    except InvalidRequest as exc:
-                        if any(v.rule == "wrong_tool" for v in exc.violations):
-                            raise _other_tool(exc, "query" if reads else "execute") from exc
-                        raise
-                    return result_json(result)
-
-            return _ok(await call(ctx, run))
-        except LakewardenError as exc:
-            return _error(exc)
+    answer = answerer(warden, stdio_agent, workers)
 
     @server.tool()
     async def query(
         sql: str, ctx: Context, params: list[Any] | None = None, max_rows: int | None = None
     ) -> CallToolResult:
         """Run one read-only SQL statement (SELECT) on the lake; returns columns and rows."""
-        return await statement(ctx, sql, params, max_rows, reads=True)
+        fields = {"sql": sql, "params": params, "max_rows": max_rows}
+        return await answer(ctx, "query", statement(warden, "query", fields))
 
     @server.tool()
     async def execute(
@@ -197,72 +190,45 @@ def build_mcp(
     ) -> CallToolResult:
         """Run one write or DDL statement, or a list of them as ONE atomic, gated transaction;
         returns rows_affected, snapshot_id and signals. dry_run judges and rolls back."""
-        if isinstance(sql, list):
-            try:
-                sql_request({"statements": sql, "params": params, "dry_run": dry_run})
-                traceparent = traceparent_of(ctx)
-
-                def run_batch(agent: str) -> dict[str, Any]:
-                    with warden.pooled_session(agent) as s:
-                        return result_json(s.batch(sql, traceparent=traceparent, dry_run=dry_run))
-
-                return _ok(await call(ctx, run_batch))
-            except LakewardenError as exc:
-                return _error(exc)
-        return await statement(ctx, sql, params, None, reads=False, dry_run=dry_run)
+        key = "statements" if isinstance(sql, list) else "sql"
+        fields = {key: sql, "params": params, "dry_run": dry_run}
+        return await answer(ctx, "execute", statement(warden, "execute", fields))
 
     @server.tool()
-    async def restore_table(name: str, snapshot_id: int, ctx: Context) -> CallToolResult:
+    async def restore_table(
+        name: str, snapshot_id: Annotated[int, Field(ge=0)], ctx: Context
+    ) -> CallToolResult:
         """Restore a table to its content at an earlier snapshot, as one new commit
         (only agents the policy allows to restore)."""
-        try:
-            if snapshot_id < 0:
-                raise InvalidRequest(
-                    "the tool arguments are not valid",
-                    [Violation("invalid_request", "snapshot_id: must be >= 0")],
-                )
-            traceparent = traceparent_of(ctx)
-            result = await call(
-                ctx,
-                lambda agent: warden.restore(
-                    name, snapshot_id, agent=agent, traceparent=traceparent
-                ),
-            )
-            return _ok(result_json(result))
-        except LakewardenError as exc:
-            return _error(exc)
+        return await answer(
+            ctx,
+            "restore_table",
+            lambda c: warden.restore(name, snapshot_id, agent=c.agent, traceparent=c.traceparent),
+        )
 
     @server.tool()
     async def list_tables(ctx: Context) -> CallToolResult:
         """List the lake's tables with rows, freshness, null ratios and schema changes."""
-        try:
-            states = await call(ctx, warden.tables)
-            return _ok({"tables": [t.summary() for t in states]})
-        except LakewardenError as exc:
-            return _error(exc)
+        return await answer(
+            ctx, "list_tables", lambda c: {"tables": [t.summary() for t in warden.tables(c.agent)]}
+        )
 
     @server.tool()
     async def describe_table(name: str, ctx: Context) -> CallToolResult:
         """Describe one table: columns with types and null ratios, last writer, freshness."""
-        try:
-            return _ok(await call(ctx, lambda agent: warden.describe(name, agent)))
-        except LakewardenError as exc:
-            return _error(exc)
+        return await answer(ctx, "describe_table", lambda c: warden.describe(name, c.agent))
 
     @server.tool()
     async def list_snapshots(
-        ctx: Context, table: str | None = None, limit: int = 20
+        ctx: Context,
+        table: str | None = None,
+        limit: Annotated[int, Field(gt=0, le=MAX_LISTED)] = 20,
     ) -> CallToolResult:
         """List snapshots newest first: id, time, agent, message and trace id of each commit."""
-        try:
-            if not 0 < limit <= MAX_LISTED:
-                raise InvalidRequest(
-                    "the tool arguments are not valid",
-                    [Violation("invalid_request", f"limit: must be in 1..{MAX_LISTED}")],
-                )
-            snaps = await call(ctx, lambda agent: warden.snapshots(table, limit, agent))
-            return _ok({"snapshots": [s.to_dict() for s in snaps]})
-        except LakewardenError as exc:
-            return _error(exc)
+        return await answer(
+            ctx,
+            "list_snapshots",
+            lambda c: {"snapshots": [s.to_dict() for s in warden.snapshots(table, limit, c.agent)]},
+        )
 
     return server

@@ -1,0 +1,181 @@
+"""The caller of a network intake, the same for REST and MCP: who it is, which trace its call
+joins, and the one error shape it is answered with when a call fails.
+
+The doors differ only in framing (an HTTP response, an MCP tool result); what is decided about a
+caller is decided here, once, so an agent meets the same identity rules, the same trace
+propagation and the same error codes whichever door it uses. Every route and tool runs through
+:func:`attend`: identify the caller, run the blocking work on a worker thread, and turn whatever
+went wrong into a :class:`Failure` the door renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio.to_thread
+
+from lakewarden.errors import LakewardenError, Unauthenticated, Violation
+from lakewarden.intake.jsonvalues import json_value
+from lakewarden.wire import AGENT_HEADER
+
+if TYPE_CHECKING:
+    from lakewarden.core.warden import Warden
+
+__all__ = [
+    "ANONYMOUS",
+    "MAX_LISTED",
+    "STATUS",
+    "Caller",
+    "Failure",
+    "attend",
+    "error_body",
+    "identify",
+    "request_violations",
+    "trace_id_of",
+    "traceparent_of",
+    "valid_traceparent",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The agent of a call in open mode that names none.
+ANONYMOUS = "anonymous"
+
+# The largest ``limit`` a listing (snapshots, audit records) takes, through either door.
+MAX_LISTED = 10_000
+
+# The HTTP status of each error code; MCP tool errors carry the same codes without a status.
+STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_sql": 400,
+    "unauthenticated": 401,
+    "policy_denied": 403,
+    "not_found": 404,
+    "timeout": 408,
+    "quality_gate_failed": 409,
+    "too_large": 413,
+    "execution_failed": 422,
+}
+
+
+def identify(warden: Warden, headers: Mapping[str, str]) -> str:
+    """The calling agent: the bearer token's agent when the policy has tokens, else the agent
+    header (open mode); raises :class:`Unauthenticated` for a missing or unknown token."""
+    if not warden.policy.requires_tokens:
+        return headers.get(AGENT_HEADER) or ANONYMOUS
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    agent = warden.policy.agent_for_token(token.strip()) if scheme.lower() == "bearer" else None
+    if agent is None:
+        raise Unauthenticated(
+            "a valid 'Authorization: Bearer <token>' header is required",
+            [Violation("unauthenticated", "missing or unknown bearer token")],
+        )
+    return agent
+
+
+def valid_traceparent(value: object) -> str | None:
+    """``value`` when it is a well-formed W3C traceparent, else None (the core then starts a
+    trace of its own for the statement)."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    parts = value.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        return value
+    return None
+
+
+def traceparent_of(headers: Mapping[str, str]) -> str | None:
+    """The caller's traceparent from its HTTP headers, when well-formed."""
+    return valid_traceparent(headers.get("traceparent"))
+
+
+def trace_id_of(traceparent: str | None) -> str:
+    """The trace id of an answer the core gave none (a call refused before analysis): the
+    caller's trace, or a fresh id, so every answer carries one the caller can quote."""
+    return traceparent.split("-")[1] if traceparent else secrets.token_hex(16)
+
+
+def error_body(error: LakewardenError, trace_id: str | None) -> dict[str, Any]:
+    """``{"error": {"code", "message", "violations"}, "trace_id"}``: every refusal and failure,
+    from either door."""
+    return {"error": json_value(error.to_dict()), "trace_id": trace_id}
+
+
+def request_violations(errors: Iterable[Any]) -> list[Violation]:
+    """pydantic's validation errors as ``invalid_request`` violations, one sentence each."""
+    out = []
+    for e in errors:
+        where = ".".join(map(str, e["loc"]))
+        # pydantic prefixes a model validator's own message with "Value error, "
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        out.append(Violation("invalid_request", f"{where}: {msg}" if where else msg))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a call, and the W3C traceparent its statement joins (None: a trace of its own)."""
+
+    agent: str
+    traceparent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A call that ended in an error, as every door answers it: the error body, and the HTTP
+    status REST sends it with. ``internal`` marks a failure of the server, not of the call."""
+
+    body: dict[str, Any]
+    status: int
+    internal: bool = False
+
+    @classmethod
+    def of(cls, error: LakewardenError, trace_id: str | None) -> Failure:
+        return cls(error_body(error, trace_id), STATUS.get(error.code, 500))
+
+    @classmethod
+    def unexpected(cls, where: str, exc: BaseException | None) -> Failure:
+        """A bug, not the caller's doing: the caller gets a fresh id and nothing of the
+        exception's text, the log gets the id with ``exc``'s traceback (None when the server
+        logs the exception itself, as uvicorn does with one re-raised to it)."""
+        incident = secrets.token_hex(16)
+        log.error("internal error %s on %s", incident, where, exc_info=exc)
+        message = f"the server failed on this request; its log names the failure {incident}"
+        body = {
+            "error": {"code": "internal_error", "message": message, "violations": []},
+            "trace_id": incident,
+        }
+        return cls(body, 500, internal=True)
+
+
+async def attend(
+    who: Callable[[], str],
+    traceparent: str | None,
+    work: Callable[[Caller], T],
+    workers: Executor | None,
+    where: str,
+    *,
+    traced: bool = False,
+) -> T | Failure:
+    """One call through a door: ``who`` names the caller (on the event loop: a token lookup),
+    ``work`` runs on ``workers`` (None: anyio's worker threads), and what goes wrong becomes a
+    :class:`Failure`. A refusal keeps the trace of the statement it refused; with ``traced``
+    (a call that runs a statement) one refused before the core saw it gets the caller's trace
+    id, or a fresh one. ``where`` names the call in the log."""
+    try:
+        caller = Caller(who(), traceparent)
+        if workers is None:
+            return await anyio.to_thread.run_sync(work, caller)
+        return await asyncio.get_running_loop().run_in_executor(workers, work, caller)
+    except LakewardenError as exc:
+        return Failure.of(exc, exc.trace_id or (trace_id_of(traceparent) if traced else None))
+    except Exception as exc:
+        return Failure.unexpected(where, exc)
