@@ -53,7 +53,9 @@ def ok(result: Any) -> dict[str, Any]:
 def tool_error(result: Any) -> dict[str, Any]:
     assert result.is_error
     body = json.loads(result.content[0].text)
+    assert set(body) == {"error", "trace_id"}
     assert set(body["error"]) == {"code", "message", "violations"}
+    assert isinstance(body["trace_id"], str) and len(body["trace_id"]) == 32, body
     return dict(body["error"])
 
 
@@ -87,6 +89,9 @@ async def exercise(client: Client, agent: str) -> None:
     )
     assert tool_error(await client.call_tool("describe_table", {"name": "nope"}))["code"] == (
         "not_found"
+    )
+    assert tool_error(await client.call_tool("list_snapshots", {"limit": 0}))["code"] == (
+        "invalid_request"
     )
     for tool, sql, other in (
         ("query", "DELETE FROM orders", "execute"),

@@ -199,13 +199,21 @@ def test_openapi_documents_the_sql_body(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("path", "status", "code"),
-    [("/v1/tables/nope", 404, "not_found"), ("/v1/snapshots?table=nope", 404, "not_found")],
-    ids=["table", "snapshots"],
+    [
+        ("/v1/tables/nope", 404, "not_found"),
+        ("/v1/snapshots?table=nope", 404, "not_found"),
+        ("/v1/snapshots?limit=0", 400, "invalid_request"),
+        ("/v1/no-such-route", 404, "not_found"),
+    ],
+    ids=["table", "snapshots", "bad-limit", "no-route"],
 )
-def test_unknown_table_is_404(http: httpx.Client, path: str, status: int, code: str) -> None:
-    response = http.get(path)
-    assert response.status_code == status
-    assert response.json()["error"]["code"] == code
+def test_metadata_errors_have_the_one_shape(
+    http: httpx.Client, path: str, status: int, code: str
+) -> None:
+    assert_error(http.get(path), status, code)  # a trace id too, though no statement ran
+    trace_id = secrets.token_hex(16)
+    traced = http.get(path, headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+    assert assert_error(traced, status, code)["trace_id"] == trace_id
 
 
 def test_runaway_statement_times_out(tmp_path: Path) -> None:

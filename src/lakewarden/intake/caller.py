@@ -98,8 +98,9 @@ def traceparent_of(headers: Mapping[str, str]) -> str | None:
 
 
 def trace_id_of(traceparent: str | None) -> str:
-    """The trace id of an answer the core gave none (a call refused before analysis): the
-    caller's trace, or a fresh id, so every answer carries one the caller can quote."""
+    """The trace id of an answer the core gave none (a call refused before analysis, or one
+    that runs no statement): the caller's trace, or a fresh id, so every answer carries one
+    the caller can quote."""
     return traceparent.split("-")[1] if traceparent else secrets.token_hex(16)
 
 
@@ -162,20 +163,17 @@ async def attend(
     work: Callable[[Caller], T],
     workers: Executor | None,
     where: str,
-    *,
-    traced: bool = False,
 ) -> T | Failure:
     """One call through a door: ``who`` names the caller (on the event loop: a token lookup),
     ``work`` runs on ``workers`` (None: anyio's worker threads), and what goes wrong becomes a
-    :class:`Failure`. A refusal keeps the trace of the statement it refused; with ``traced``
-    (a call that runs a statement) one refused before the core saw it gets the caller's trace
-    id, or a fresh one. ``where`` names the call in the log."""
+    :class:`Failure`. A refusal carries the trace of the statement it refused, else the
+    caller's trace id, else a fresh one. ``where`` names the call in the log."""
     try:
         caller = Caller(who(), traceparent)
         if workers is None:
             return await anyio.to_thread.run_sync(work, caller)
         return await asyncio.get_running_loop().run_in_executor(workers, work, caller)
     except LakewardenError as exc:
-        return Failure.of(exc, exc.trace_id or (trace_id_of(traceparent) if traced else None))
+        return Failure.of(exc, exc.trace_id or trace_id_of(traceparent))
     except Exception as exc:
         return Failure.unexpected(where, exc)

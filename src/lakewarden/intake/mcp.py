@@ -33,6 +33,7 @@ from lakewarden.intake.caller import (
     attend,
     identify,
     request_violations,
+    trace_id_of,
     valid_traceparent,
 )
 from lakewarden.intake.jsonvalues import json_value
@@ -106,7 +107,8 @@ class _Server(MCPServer):
             error = InvalidRequest(
                 "the tool arguments are not valid", request_violations(exc.__cause__.errors())
             )
-            return _error(Failure.of(error, None))
+            traceparent = None if context is None else _traceparent(context, _headers(context))
+            return _error(Failure.of(error, trace_id_of(traceparent)))
 
 
 Work = Callable[[Caller], Any]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import pyarrow as pa
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -80,16 +80,11 @@ def internal_error_response(scope: Scope) -> JSONResponse:
 
 
 Work = Callable[[Caller], Any]
-
-
-class Answer(Protocol):
-    def __call__(
-        self, request: Request, work: Work, *, traced: bool = False
-    ) -> Awaitable[Response]: ...
+Answer = Callable[[Request, Work], Awaitable[Response]]
 
 
 def answerer(warden: Warden, workers: Executor) -> Answer:
-    """``answer(request, work, traced=False)``: the one way a route answers.
+    """``answer(request, work)``: the one way a route answers.
 
     ``work(caller)`` runs on ``workers`` and returns a :class:`Response`, a statement's
     :class:`Result`, or JSON-able data; it is rendered there too, so the event loop only sends
@@ -106,14 +101,13 @@ def answerer(warden: Warden, workers: Executor) -> Answer:
             return JSONResponse(statement_json(value, caller.traceparent))
         return JSONResponse(json_value(value))
 
-    async def answer(request: Request, work: Work, *, traced: bool = False) -> Response:
+    async def answer(request: Request, work: Work) -> Response:
         outcome = await attend(
             lambda: identify(warden, request.headers),
             traceparent_of(request.headers),
             lambda caller: rendered(work, caller),
             workers,
             f"{request.method} {request.scope['path']}",
-            traced=traced,
         )
         return failure_response(outcome) if isinstance(outcome, Failure) else outcome
 
@@ -151,7 +145,7 @@ def sql_endpoint(warden: Warden, workers: Executor) -> SqlEndpoint:
                 return _arrow_stream(result, result.trace_id or trace_id_of(caller.traceparent))
             return result
 
-        return await answer(request, run, traced=True)
+        return await answer(request, run)
 
     return sql
 
@@ -228,7 +222,6 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
             lambda c: warden.restore(
                 name, body.snapshot_id, agent=c.agent, traceparent=c.traceparent
             ),
-            traced=True,
         )
 
     @router.post("/tables/{name}/anomaly/accept")
@@ -265,7 +258,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = "not_found" if exc.status_code == 404 else "http_error"
         body = {
             "error": {"code": code, "message": str(exc.detail), "violations": []},
-            "trace_id": None,
+            "trace_id": trace_id_of(traceparent_of(request.headers)),
         }
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
