@@ -271,6 +271,29 @@ def test_traceparent_makes_the_statement_a_child_span(served: Served, http: http
         )
 
 
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        f"00-{'x' * 32}-{'1' * 16}-01",  # not hex
+        f"00-{'0' * 32}-{'1' * 16}-01",  # all-zero trace id
+        f"00-{'a' * 32}-{'0' * 16}-01",  # all-zero parent id
+        f"ff-{'a' * 32}-{'1' * 16}-01",  # the forbidden version
+        f"00-{'A' * 32}-{'1' * 16}-01",  # upper case
+        f"00-{'a' * 32}-{'1' * 16}-01-extra",  # version 00 has exactly four fields
+    ],
+    ids=["not-hex", "zero-trace", "zero-parent", "version-ff", "upper-case", "extra-field"],
+)
+def test_a_malformed_traceparent_is_not_echoed(http: httpx.Client, traceparent: str) -> None:
+    # The statement runs in a trace of its own, and the answer names that trace, not the text;
+    # a request refused before any statement ran names a fresh one.
+    for body, status in (({"sql": "SELECT 1"}, 200), ({"sql": "SELECT 1", "max_rows": 0}, 400)):
+        response = http.post("/v1/sql", json=body, headers={"traceparent": traceparent})
+        assert response.status_code == status
+        trace_id = response.json()["trace_id"]
+        assert trace_id != traceparent.split("-")[1]
+        assert len(trace_id) == 32 and int(trace_id, 16)
+
+
 def test_arrow_stream_for_reads(http: httpx.Client) -> None:
     http.post("/v1/sql", json={"sql": "INSERT INTO orders VALUES (7, 'z')"})
     response = http.post(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
@@ -80,16 +81,27 @@ def identify(warden: Warden, headers: Mapping[str, str]) -> str:
     return agent
 
 
+# The OpenTelemetry propagator's rules (W3C Trace Context), so a traceparent accepted here is
+# one the statement's span joins, and the trace id echoed to the caller is the one it will find.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACEPARENT_MAX_CHARS = 512
+
+
 def valid_traceparent(value: object) -> str | None:
     """``value`` when it is a well-formed W3C traceparent, else None (the core then starts a
     trace of its own for the statement)."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > _TRACEPARENT_MAX_CHARS:
         return None
-    value = value.strip()
-    parts = value.split("-")
-    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-        return value
-    return None
+    value = value.strip(" \t")
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return None
+    version, trace_id, span_id, _flags, future = match.groups()
+    if version == "ff" or (version == "00" and future):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return value
 
 
 def traceparent_of(headers: Mapping[str, str]) -> str | None:
