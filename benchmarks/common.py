@@ -93,7 +93,8 @@ def percentile(samples: Sequence[float], q: float) -> float:
 @dataclass(frozen=True)
 class Outcome:
     """Baseline vs subject of one benchmark case; the verdict is the ratio of the medians
-    (or, with ``target_kind="added"``, their difference)."""
+    (or, with ``target_kind="added"``, their difference; with ``"share"``, their difference
+    less the median of ``floor_s``)."""
 
     name: str
     baseline: str
@@ -103,8 +104,11 @@ class Outcome:
     target: float
     extra: dict[str, str] = field(default_factory=dict)  # diagnostics for the report
     # "ratio": the verdict is ratio <= target; "added": it is added_s <= target (seconds), for
-    # targets stated as an absolute added latency.
+    # targets stated as an absolute added latency; "share": it is share_s <= target.
     target_kind: str = "ratio"
+    # Interleaved with the other two: what the subject pays that is nobody's work under test
+    # (e.g. the HTTP round trip to a server with no application code).
+    floor_s: list[float] = field(default_factory=list)
 
     @property
     def baseline_median(self) -> float:
@@ -130,16 +134,31 @@ class Outcome:
         return self.subject_median - self.baseline_median
 
     @property
+    def share_s(self) -> float:
+        """The added time less the floor: what the subject itself adds (all medians)."""
+        return self.added_s - (statistics.median(self.floor_s) if self.floor_s else 0.0)
+
+    @property
     def passed(self) -> bool:
         if self.target_kind == "added":
             return self.added_s <= self.target
+        if self.target_kind == "share":
+            return self.share_s <= self.target
         return self.ratio <= self.target
 
     @property
     def target_text(self) -> str:
         if self.target_kind == "added":
             return f"added <= {fmt_s(self.target)}"
+        if self.target_kind == "share":
+            return f"added - floor <= {fmt_s(self.target)}"
         return f"<= {self.target:g}"
+
+    @property
+    def added_text(self) -> str:
+        if self.floor_s:
+            return f"{fmt_s(self.added_s)} (- floor: {fmt_s(self.share_s)})"
+        return fmt_s(self.added_s)
 
     def report(self) -> str:
         lines = [
@@ -150,6 +169,11 @@ class Outcome:
             f"  subject   {fmt_s(self.subject_median):>10}  {self.subject}",
             f"  added     {fmt_s(self.added_s):>10}",
         ]
+        if self.floor_s:
+            lines += [
+                f"  floor     {median_s(self.floor_s):>10}",
+                f"  - floor   {fmt_s(self.share_s):>10}",
+            ]
         lines += [f"  {key}: {value}" for key, value in self.extra.items()]
         return "\n".join(lines)
 

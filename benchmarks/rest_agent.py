@@ -6,25 +6,22 @@ Reads one command per line on stdin, makes that one request, and answers its sec
 (timed here, so the pipe between the two processes is not part of it):
 
 - ``client``: ``session.sql(SQL, [PARAM])`` with lakewarden's REST client;
-- ``httpx``: the same ``POST /v1/sql`` with a keep-alive ``httpx.Client``;
-- ``floor``: the same ``session.sql`` against FLOOR_URL, a server that answers the same bytes
-  with no application code: what any HTTP request costs here;
-- ``bare``: ``GET /healthz`` with ``http.client``: the round trip through FastAPI, no lakewarden.
+- ``floor``: the same ``session.sql`` with its own client of the same kind, against FLOOR_URL,
+  a server that answers the same bytes with no application code: what any request costs here;
+- ``floor SECONDS``: the same, after sitting idle for SECONDS (untimed), as the agent does
+  while the server runs a statement: its code runs colder after a wait;
+- ``healthz``: ``GET /healthz`` with the first client: FastAPI's stack, no lakewarden work.
 
 Every answer is checked (status 200, one row): a failed request stops the process with its error.
 """
 
 from __future__ import annotations
 
-import http.client
 import sys
 import time
 from collections.abc import Callable
 
-import httpx
-
 from lakewarden.client import Client
-from lakewarden.wire import AGENT_HEADER
 
 
 def main(argv: list[str]) -> int:
@@ -33,9 +30,6 @@ def main(argv: list[str]) -> int:
     session = client.session()
     floor_client = Client(floor_url, agent=agent)
     floor_session = floor_client.session()
-    other = httpx.Client(base_url=url, headers={AGENT_HEADER: agent}, timeout=60)
-    address = httpx.URL(url)
-    bare = http.client.HTTPConnection(address.host, address.port)
 
     def by_client() -> None:
         if session.sql(sql, [param]).row_count != 1:
@@ -45,35 +39,27 @@ def main(argv: list[str]) -> int:
         if floor_session.sql(sql, [param]).row_count != 1:
             raise RuntimeError("the floor server did not answer one row")
 
-    def by_httpx() -> None:
-        response = other.post("/v1/sql", json={"sql": sql, "params": [param]})
-        if response.status_code != 200 or response.json()["row_count"] != 1:
-            raise RuntimeError(f"httpx: HTTP {response.status_code} {response.text[:300]}")
-
-    def by_bare() -> None:
-        bare.request("GET", "/healthz")
-        response = bare.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"GET /healthz: HTTP {response.status}")
+    def healthz() -> None:
+        if client.request("GET", "/healthz") != {"status": "ok"}:
+            raise RuntimeError("GET /healthz did not answer ok")
 
     calls: dict[str, Callable[[], None]] = {
         "client": by_client,
         "floor": by_floor,
-        "httpx": by_httpx,
-        "bare": by_bare,
+        "healthz": healthz,
     }
     try:
         for line in sys.stdin:
-            call = calls[line.strip()]
+            name, *idle = line.split()
+            call = calls[name]
+            if idle:
+                time.sleep(float(idle[0]))
             start = time.perf_counter()
             call()
             print(repr(time.perf_counter() - start), flush=True)
     finally:
         client.close()
         floor_client.close()
-        other.close()
-        bare.close()
     return 0
 
 

@@ -75,7 +75,7 @@ def markdown(outcomes: Sequence[common.Outcome], quick: bool, load: str, wall: f
     ]
     lines += [
         f"| {o.name} | {common.fmt_s(o.baseline_median)} | {common.fmt_s(o.subject_median)} "
-        f"| {common.fmt_s(o.added_s)} | {o.ratio:.3f} | {o.paired_ratio:.3f} | {o.target_text} "
+        f"| {o.added_text} | {o.ratio:.3f} | {o.paired_ratio:.3f} | {o.target_text} "
         f"| {'pass' if o.passed else '**FAIL**'} | {len(o.subject_s)} |"
         for o in outcomes
     ]

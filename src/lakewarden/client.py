@@ -6,17 +6,23 @@
             df = s.sql("SELECT * FROM orders").pl()
 
 Errors come back as the same :class:`~lakewarden.errors.LakewardenError` subclasses the in-process
-SDK raises, rebuilt from the server's error body.
+SDK raises, rebuilt from the server's error body; a server that cannot be reached is
+:class:`ServerUnavailable`.
 """
 
 from __future__ import annotations
 
+import json
+import ssl
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import polars as pl
 
+from lakewarden import __version__
 from lakewarden.errors import (
     ExecutionError,
     InvalidRequest,
@@ -30,10 +36,25 @@ from lakewarden.errors import (
     Unauthenticated,
     Violation,
 )
-from lakewarden.transport import ServerUnavailable, Transport
 from lakewarden.wire import AGENT_HEADER
 
 __all__ = ["Client", "ClientSession", "RemoteResult", "ServerUnavailable", "Unauthenticated"]
+
+# uvicorn closes a keep-alive connection after 5 idle seconds. A connection the server closed
+# while idle is noticed before reuse, but one it closes just as a request leaves shows only as a
+# broken answer, which a POST cannot survive (see Client._send). Giving idle connections up a
+# second earlier keeps the client out of that race with a server on uvicorn's defaults.
+KEEPALIVE_EXPIRY_S = 4.0
+# Sent once more, on a fresh connection, when the connection breaks before the answer: these
+# change nothing on the server. A POST may have run its statement, so it is never sent twice.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+_BROKEN = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class ServerUnavailable(LakewardenError):
+    """The lakewarden server could not be reached, or the connection broke mid-request."""
+
+    code = "unavailable"
 
 
 _ERRORS: dict[str, type[LakewardenError]] = {
@@ -156,8 +177,9 @@ class ClientSession:
 class Client:
     """REST client: ``token`` authenticates under a policy, ``agent`` names an open-mode caller.
 
-    Safe to share between threads: each thread keeps its own connection. A server that cannot be
-    reached raises :class:`ServerUnavailable`.
+    Safe to share between threads: one ``httpx.Client`` underneath, whose pool gives each
+    request in flight a keep-alive connection of its own. A server that cannot be reached, or
+    that breaks the connection before answering, raises :class:`ServerUnavailable`.
     """
 
     def __init__(
@@ -168,9 +190,30 @@ class Client:
         *,
         timeout: float = 60.0,
     ) -> None:
+        try:
+            url = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not an http(s) URL: {base_url!r} ({exc})") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.token = token
         self.agent = agent
-        self._http = Transport(base_url, timeout)
+        self.base_url = str(url).rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=url,
+            timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+            headers={
+                "User-Agent": f"lakewarden-client/{__version__}",
+                "Accept": "application/json",
+            },
+            # The sidecar runs beside the agent: a proxy set in the environment for the agent's
+            # outside traffic must not carry its statements and token. Certificates are checked
+            # against the system's trust store, as the ssl module finds it.
+            trust_env=False,
+            verify=ssl.create_default_context(),
+        )
 
     def headers(self, agent: str | None = None) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -190,17 +233,58 @@ class Client:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
-        response = self._http.request(
-            method,
-            path,
-            json_body=json_body,
-            params=params,
-            headers=self.headers() if headers is None else headers,
+        """The JSON answer of one request, or the :class:`LakewardenError` it stands for."""
+        headers = dict(self.headers() if headers is None else headers)
+        content = None
+        if json_body is not None:
+            # Python's own JSON, compact, whatever httpx's version would write.
+            content = json.dumps(json_body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        request = self._http.build_request(
+            method, path, content=content, params=params, headers=headers
         )
-        body = response.body()
-        if response.status >= 400:
-            raise error_from_body(response.status, body)
+        response = self._send(request)
+        try:
+            body = response.json()
+        except ValueError:  # not JSON: something else answered (a proxy, another server)
+            body = response.text
+        if response.status_code >= 400:
+            raise error_from_body(response.status_code, body)
         return body
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self._http.send(request)
+        except _BROKEN as exc:
+            if request.method not in IDEMPOTENT:
+                raise self._unavailable(request, exc) from exc
+        except httpx.HTTPError as exc:
+            raise self._unavailable(request, exc) from exc
+        try:
+            return self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(request, exc) from exc
+
+    def _unavailable(self, request: httpx.Request, exc: httpx.HTTPError) -> ServerUnavailable:
+        where = f"{request.method} {request.url}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return ServerUnavailable(
+                f"cannot connect to the lakewarden server at {self.base_url} ({where}: {exc}); "
+                "is `lakewarden serve` running there? Start it, or give the address it listens on."
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return ServerUnavailable(
+                f"{where}: no answer within {self.timeout:g} s; a statement may still be running "
+                "on the server (give the Client a longer timeout for long statements)"
+            )
+        if isinstance(exc, _BROKEN) and request.method not in IDEMPOTENT:
+            return ServerUnavailable(
+                f"{where}: the connection broke before the answer ({exc}); the request may or "
+                "may not have run on the server, so it was not sent again"
+            )
+        return ServerUnavailable(
+            f"{where} failed: {exc!r}; is `lakewarden serve` running at {self.base_url}?"
+        )
 
     def session(self, agent: str | None = None) -> ClientSession:
         return ClientSession(self, agent or self.agent)
@@ -209,7 +293,7 @@ class Client:
         return list(self.request("GET", "/v1/tables")["tables"])
 
     def table(self, name: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/v1/tables/{name}"))
+        return dict(self.request("GET", f"/v1/tables/{_segment(name)}"))
 
     def snapshots(self, table: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
@@ -220,12 +304,14 @@ class Client:
     def restore(self, table: str, snapshot_id: int) -> dict[str, Any]:
         return dict(
             self.request(
-                "POST", f"/v1/tables/{table}/restore", json_body={"snapshot_id": snapshot_id}
+                "POST",
+                f"/v1/tables/{_segment(table)}/restore",
+                json_body={"snapshot_id": snapshot_id},
             )
         )
 
     def accept_anomaly(self, table: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/v1/tables/{table}/anomaly/accept"))
+        return dict(self.request("POST", f"/v1/tables/{_segment(table)}/anomaly/accept"))
 
     def audit(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
@@ -241,3 +327,8 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _segment(name: str) -> str:
+    """A table name as one path segment: a ``?`` or ``#`` in it is part of the name, not the URL."""
+    return quote(name, safe="")

@@ -36,9 +36,18 @@ from lakewarden.intake.limits import (
 )
 from lakewarden.intake.mcp import build_mcp
 from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
+from lakewarden.settings import Settings
 from lakewarden.store.deadline import WATCHDOG
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerThread", "check_bind", "create_app", "run"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ServerThread",
+    "check_bind",
+    "create_app",
+    "run",
+    "uvicorn_config",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7117
@@ -153,9 +162,11 @@ def check_bind(warden: Warden, host: str) -> None:
         )
 
 
-def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """How the sidecar serves ``app``; the REST benchmark serves a no-op app the same way to
+    measure what any request costs before lakewarden's own work."""
     return uvicorn.Config(
-        create_app(warden),
+        app,
         host=host,
         port=port,
         log_level="warning",
@@ -164,10 +175,14 @@ def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
         server_header=False,  # no software banner for whoever can reach the port
         # Bounds checked while a request arrives, before any authentication work: request
         # head size (the same knob for h11 and the httptools protocol) and connections.
-        http=bounded_protocol(warden.settings.request_read_timeout_s),
-        h11_max_incomplete_event_size=warden.settings.max_header_bytes,
-        limit_concurrency=warden.settings.max_connections,
+        http=bounded_protocol(settings.request_read_timeout_s),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        limit_concurrency=settings.max_connections,
     )
+
+
+def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
+    return uvicorn_config(create_app(warden), warden.settings, host, port)
 
 
 class _Server(uvicorn.Server):
