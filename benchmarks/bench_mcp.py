@@ -23,7 +23,9 @@ Diagnostics: what MCP adds over REST for the same statement on the same lakeward
 the MCP client SDK's share (the same ``tools/call`` sent as a bare JSON-RPC POST), the server's
 fixed per-request MCP cost (a bare ``ping``), and what the response format and the session cost
 (the same server with JSON responses instead of SSE, and stateless, via
-``benchmarks.mcp_variant_server``).
+``benchmarks.mcp_variant_server``); and, for scale, what a tool call costs through the MCP SDK
+alone (a bare ``MCPServer`` whose ``query`` tool answers a fixed result). A smoke run
+(``--quick``) leaves those extra servers out.
 """
 
 from __future__ import annotations
@@ -240,7 +242,7 @@ class Agent:
         self.portal = portal
         self.stack = stack
 
-    def mcp(self, url: str, headers: dict[str, str] | None = None) -> Client:
+    def mcp(self, url: str, headers: dict[str, str] | None) -> Client:
         http = create_mcp_http_client(headers=headers or {})
         client = Client(streamable_http_client(url, http_client=http))
         return self.stack.enter_context(self.portal.wrap_async_context_manager(client))
@@ -328,48 +330,52 @@ def run(quick: bool = False) -> list[common.Outcome]:
         for variant in variants:
             copy = _copy(file, root / f"lw-{variant}")
             specs.append(lakewarden_spec(f"lw {variant}", ["--duckdb", str(copy)], variant))
+        if not quick:
+            specs.append(lakewarden_spec("sdk floor", [], "floor"))
         with ExitStack() as stack:
             urls = stack.enter_context(servers(specs, root))
             lw_file, lw_lake = urls["lw file"], urls["lw lake"]
             portal = stack.enter_context(start_blocking_portal())
             agent = Agent(portal, stack)
             clients = {
-                name: agent.mcp(url + "/mcp/", agent_header)
-                if name.startswith("lw")
-                else agent.mcp(url + "/mcp")
+                name: agent.mcp(url + "/mcp", None)
+                if name.startswith("md")
+                else agent.mcp(url + "/mcp/", agent_header)
                 for name, url in urls.items()
             }
             rest_file, rest_lake = agent.rest(lw_file), agent.rest(lw_lake)
-            bare = agent.raw(lw_file)
             for http in (rest_file, rest_lake):
                 http.headers.update(agent_header)
-            bare.http.headers.update(agent_header)
             query = {"sql": QUERY}
             fns: dict[str, Callable[[], object]] = {}
             for name, client in clients.items():
-                tool, check = (
-                    ("query", _lakewarden_rows)
-                    if name.startswith("lw")
-                    else (
-                        "execute_query",
-                        _motherduck_rows,
-                    )
-                )
-                key = f"{name} mcp" if name.startswith("lw") else name
-                fns[key] = agent.timed(partial(client.call_tool, tool, query), check)
+                if name.startswith("md"):
+                    call = partial(client.call_tool, "execute_query", query)
+                    fns[name] = agent.timed(call, _motherduck_rows)
+                else:
+                    call = partial(client.call_tool, "query", query)
+                    fns[f"{name} mcp"] = agent.timed(call, _lakewarden_rows)
             fns["lw file rest"] = agent.timed(
                 lambda: rest_file.post("/v1/sql", json=query), _rest_rows
             )
             fns["lw lake rest"] = agent.timed(
                 lambda: rest_lake.post("/v1/sql", json=query), _rest_rows
             )
-            fns["lw file bare tools/call"] = agent.timed(
-                lambda: bare.request("tools/call", {"name": "query", "arguments": query}), _raw_rows
-            )
-            fns["lw file bare ping"] = agent.timed(lambda: bare.request("ping"), lambda _: None)
-            fns["lw file healthz"] = agent.timed(
-                lambda: rest_file.get("/healthz"), lambda r: r.raise_for_status()
-            )
+            for name in ("lw file", "sdk floor"):
+                if name not in urls:
+                    continue
+                bare = agent.raw(urls[name])
+                bare.http.headers.update(agent_header)
+                fns[f"{name} bare tools/call"] = agent.timed(
+                    partial(bare.request, "tools/call", {"name": "query", "arguments": query}),
+                    _raw_rows,
+                )
+                fns[f"{name} bare ping"] = agent.timed(
+                    partial(bare.request, "ping"), lambda _: None
+                )
+                fns[f"{name} healthz"] = agent.timed(
+                    partial(bare.http.get, urls[name] + "/healthz"), lambda r: r.raise_for_status()
+                )
             times = common.measure(fns, repeats=repeats, warmup=warmup, self_timed=frozenset(fns))
             response_types: dict[str, str] = {
                 name: portal.call(_content_type, urls[name])
@@ -427,6 +433,14 @@ def _outcomes(
                 p("lw json mcp") - p("lw stateless mcp")
             ),
         }
+    if "sdk floor mcp" in times:
+        overhead |= {
+            "  the MCP SDK alone (a bare MCPServer, fixed answer): tool call - its GET /healthz": (
+                f"{common.fmt_s(p('sdk floor mcp') - p('sdk floor healthz'))} via mcp.Client, "
+                f"{common.fmt_s(p('sdk floor bare tools/call') - p('sdk floor healthz'))} bare; "
+                f"ping - healthz {common.fmt_s(p('sdk floor bare ping') - p('sdk floor healthz'))}"
+            ),
+        }
     every = {
         "p50/p95 of every call": "; ".join(f"{name} {tail(name)}" for name in times),
     }
@@ -455,6 +469,9 @@ def _outcomes(
             target=LAKE_TARGET,
             extra={
                 "motherduck, persistent connection, same run": tail("md persistent"),
+                "lakewarden on the lake / motherduck persistent on the file": (
+                    f"{p('lw lake mcp') / p('md persistent'):.3f}"
+                ),
                 "lakewarden REST on the lake, same run": tail("lw lake rest"),
             },
         ),
