@@ -40,7 +40,16 @@ import duckdb
 
 import lakewarden
 from benchmarks import common
-from benchmarks.mixed_load import COLUMNS, INSERT, READ, READ_SHARE, ROWS, TABLE, Tally
+from benchmarks.mixed_load import (
+    COLUMNS,
+    INSERT,
+    READ,
+    READ_SHARE,
+    ROWS,
+    TABLE,
+    Tally,
+    converged,
+)
 from lakewarden.intake.server import ServerThread
 
 THROUGHPUT_TARGET = 1 / 0.9  # s per statement, lakewarden / raw: >= 0.9x the throughput
@@ -214,7 +223,7 @@ def run(quick: bool = False) -> list[common.Outcome]:
             in_table = int(cur.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0])
         finally:
             cur.close()
-        tracked = warden.table(TABLE).rows
+        tracked = converged(lambda: warden.table(TABLE).rows, in_table)
     lost = acked - present
     if lost or in_table != ROWS + len(present) or tracked != in_table:
         raise RuntimeError(

@@ -28,6 +28,7 @@ from typing import Any
 
 import lakewarden
 from benchmarks import common
+from benchmarks.mixed_load import converged
 from benchmarks.stage_timer import StageTimer
 
 TARGET = 1.2  # governed <= 1.2x raw + audit in one transaction
@@ -213,7 +214,7 @@ def _check_rows(warden: lakewarden.Warden, writer: Writer) -> None:
     finally:
         cur.close()
     expected = ROWS + writer.written
-    tracked = warden.table(writer.table).rows
+    tracked = converged(lambda: warden.table(writer.table).rows, expected)
     if row[0] != expected or tracked != expected:
         raise RuntimeError(
             f"{writer.table}: {row[0]} rows in the table, {tracked} tracked, {expected} written"

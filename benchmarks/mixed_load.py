@@ -1,7 +1,10 @@
-"""The statement mix of the mixed-load benchmark, shared by the benchmark and its agent process."""
+"""What the mixed-load benchmark and its agent process share (the statement mix, the tally of a
+round), and a wait for signals that may follow a commit by a bounded delay."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,3 +68,18 @@ class Tally:
             insert_s=list(data["insert_s"]),
             acked=list(data["acked"]),
         )
+
+
+# Signals may become visible a bounded time after a commit (the target is 100 ms): a count
+# taken right after the last write waits up to this long before it is called wrong.
+CONVERGE_S = 2.0
+
+
+def converged(count: Callable[[], int], expected: int) -> int:
+    """``count()`` once it equals ``expected``, or its last value after ``CONVERGE_S``."""
+    deadline = time.monotonic() + CONVERGE_S
+    value = count()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = count()
+    return value
