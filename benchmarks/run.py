@@ -13,10 +13,13 @@ from pathlib import Path
 
 from benchmarks import (
     bench_insert_scaling,
+    bench_mcp,
+    bench_mixed_throughput,
     bench_profile,
     bench_read_overhead,
     bench_rest,
     bench_watch,
+    bench_write_path,
     common,
 )
 
@@ -26,6 +29,9 @@ BENCHMARKS: dict[str, common.Runner] = {
     "profile_vs_aggregate": bench_profile.run,
     "watch": bench_watch.run,
     "rest": bench_rest.run,
+    "write_path": bench_write_path.run,
+    "mixed_throughput": bench_mixed_throughput.run,
+    "mcp_query": bench_mcp.run,
 }
 START = "<!-- benchmarks.run: start (generated, do not edit by hand) -->"
 END = "<!-- benchmarks.run: end -->"
