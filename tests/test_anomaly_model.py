@@ -37,8 +37,8 @@ OLD_DEFAULTS = AnomalyRule(min_abs_change=1.0, min_rel_change=0.1)  # the pooled
 
 def rules(tz: str = "UTC", **volume: object) -> tuple[AnomalyRule, AnomalyRule]:
     """What a policy gives a table (defaults plus ``volume`` overrides)."""
-    v = AnomalyRule(**PolicyRule(timezone=tz, **volume).scorer_fields())  # type: ignore[arg-type]
-    f = AnomalyRule(**FreshnessRule(timezone=tz).scorer_fields())
+    v = PolicyRule(timezone=tz, **volume).scorer()  # type: ignore[arg-type]
+    f = FreshnessRule(timezone=tz).scorer()
     return v, f
 
 
@@ -178,7 +178,7 @@ def test_freshness_direction_drop_flags_a_missing_load() -> None:
     )
     contract = policy.contract("t")
     assert contract is not None and contract.anomaly.freshness.direction == "late"
-    rule = AnomalyRule(**contract.anomaly.freshness.scorer_fields())
+    rule = contract.anomaly.freshness.scorer()
     times = [MONDAY + h * HOUR + 60 * (h % 3) for h in range(24 * 3)]
     gaps = list(np.diff(times))
     now = times[-1] + 1.9 * HOUR  # the next load is missing

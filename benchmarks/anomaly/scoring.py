@@ -35,8 +35,8 @@ SETTLE_LIMIT_H = 48
 
 def default_rules(tz: str) -> tuple[AnomalyRule, AnomalyRule]:
     """The rules a table gets from a policy that only names its time zone."""
-    volume = AnomalyRule(**PolicyRule(timezone=tz).scorer_fields())
-    freshness = AnomalyRule(**FreshnessRule(timezone=tz).scorer_fields())
+    volume = PolicyRule(timezone=tz).scorer()
+    freshness = FreshnessRule(timezone=tz).scorer()
     return volume, freshness
 
 

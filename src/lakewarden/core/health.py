@@ -29,7 +29,7 @@ Monitored = dict[str, dict[str, monitoring.Monitored]]
 
 
 def _rule(rule: PolicyAnomalyRule) -> AnomalyRule | None:
-    return AnomalyRule(**rule.scorer_fields()) if rule.enabled else None
+    return rule.scorer() if rule.enabled else None
 
 
 class Health:

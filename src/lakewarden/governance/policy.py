@@ -46,6 +46,7 @@ from pydantic_core import ErrorDetails
 
 from lakewarden.analysis.names import DEFAULT_SCHEMA, normalize, split_name
 from lakewarden.errors import ConfigurationError, Violation
+from lakewarden.signals.anomaly import AnomalyRule as ScorerRule
 
 __all__ = [
     "OPEN_POLICY",
@@ -256,12 +257,11 @@ class AnomalyRule(_Model):
     settle: FiniteDuration = 86400.0
     warmup: FiniteDuration = 7 * 86400.0  # no verdict before the history spans a week
 
-    def scorer_fields(self) -> dict[str, Any]:
-        """The fields of :class:`lakewarden.signals.anomaly.AnomalyRule`."""
-        out = self.model_dump(exclude={"enabled", "settle", "warmup"})
-        out["settle_s"] = self.settle
-        out["warmup_s"] = self.warmup
-        return out
+    def scorer(self) -> ScorerRule:
+        """The rule as the scorer takes it (:class:`lakewarden.signals.anomaly.AnomalyRule`):
+        this model is its policy-file form, with durations, aliases and ``enabled``."""
+        fields = self.model_dump(exclude={"enabled", "settle", "warmup"})
+        return ScorerRule(**fields, settle_s=self.settle, warmup_s=self.warmup)
 
 
 FreshnessDirection = Annotated[
