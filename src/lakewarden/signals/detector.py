@@ -23,8 +23,11 @@ Volume, and why:
   errors are exactly 0 (repeated values) the mean absolute error sets the spread instead.
 - Training excludes flagged points, so an incident does not widen the band that should catch the
   next one. A change that persists on one side for ``settle_s`` becomes the new normal: the
-  profiles are shifted by the run's median error and the run is learnt. ``accept()`` does the
-  same at once.
+  profiles are shifted by the median distance of the loads since the change began and those
+  loads are learnt. ``accept()`` does the same at once. The shift is then re-estimated from
+  every load since the change until they span twice ``settle_s``: the first estimate rests on
+  one stretch of the day or week, and frozen there its error would make ordinary noise alert
+  days after the change.
 
 Freshness scores the time since the latest write against the recent gaps between writes (linear
 robust z: gaps are steady, and a missing load doubles one), with ``late`` (a gap too long),
@@ -73,7 +76,7 @@ _WEEK_KEEP = 6  # points per hour-of-week bucket
 _OFFSET_KEEP = 72  # hour-of-day errors per weekday: three of that weekday's days
 _ERRORS_KEEP = 7 * _OFFSET_KEEP  # one-step errors per profile behind its spread
 _MIN_BUCKET = 3  # a median of fewer points is one of them
-_REFINE = 12  # loads after a shift that correct its estimate
+_REFINE = 12  # loads a shift's final estimate rests on at least
 # Loads a settle window or run holds at most: a table written every few seconds settles on its
 # latest loads rather than on a day of them, and memory stays bounded.
 _WINDOW_KEEP = 2048
@@ -147,14 +150,18 @@ class VolumeModel:
         self._learnt = 0
         self._shift = 0.0  # log-level change accepted since the profiles were learnt
         self._first: float | None = None
-        # Loads since the latest anomaly: time, y, weekday, hour, day, error, held out of training
+        # A load's "level" is its log distance from the profile with no shift applied, so levels
+        # stay comparable while the shift is being estimated.
+        # Loads since the latest anomaly: time, y, weekday, hour, day, level, held out of training
         self._run: list[tuple[float, float, int, int, int, float, bool]] = []
         self._run_sign = 0
         self._calm = 0  # consecutive points of the run back within half the threshold
-        self._refine: list[float] | None = None  # errors of the loads since the latest shift
-        # (time, error, z) of the loads within settle_s (at most _WINDOW_KEEP)
+        # Levels of the loads since the latest change began, while its shift is being estimated
+        self._since: list[float] | None = None
+        self._since_at = 0.0  # when that change began
+        # (time, level, z) of the loads within settle_s (at most _WINDOW_KEEP)
         self._recent = deque[tuple[float, float, float]](maxlen=_WINDOW_KEEP)
-        self._scored_since: float | None = None
+        self._window_from: float | None = None  # first load of the settle window as it stands
         self.latest: AnomalyScore = _none("no load has been seen yet")
         self.latest_value: float | None = None
         self.latest_time: float | None = None
@@ -171,7 +178,10 @@ class VolumeModel:
         forecasts = self._forecasts(dow, hour)
         verdict, error, z = self._score(at, rows, y, dow, hour, forecasts)
         self.latest, self.latest_value, self.latest_time = verdict, float(rows), at
-        if verdict.score is not None and self._level_moved(at, error, z):
+        level = error + self._shift
+        if verdict.score is not None and self._since is not None:
+            self._refine(at, level)
+        if verdict.score is not None and self._level_moved(at, level, z):
             self._learn(y - self._shift, dow, hour, day)
             return verdict
         sign = 1 if error > 0 else -1
@@ -182,7 +192,7 @@ class VolumeModel:
             # Inside a run every point is kept (a shift near the threshold is not flagged every
             # hour); only the ones on the run's side stay out of training until it is judged.
             held = far and sign == self._run_sign
-            self._run.append((at, y, dow, hour, day, error, held))
+            self._run.append((at, y, dow, hour, day, level, held))
             self._calm = 0 if held else self._calm + 1
             if self._calm >= _MIN_BUCKET:  # back to normal: the excursion was an incident
                 self._run, self._calm = [], 0
@@ -193,12 +203,6 @@ class VolumeModel:
                 return verdict
             if held:
                 return verdict
-        if self._refine is not None:
-            # A shift taken from a short run (an early accept) is refined by the next loads.
-            self._refine.append(error)
-            if len(self._refine) >= _REFINE:
-                self._shift += statistics.median(self._refine)
-                self._refine = None
         self._learn(y - self._shift, dow, hour, day, forecasts)
         return verdict
 
@@ -219,41 +223,71 @@ class VolumeModel:
             self._cached = None
         return True
 
-    def _level_moved(self, at: float, error: float, z: float) -> bool:
+    def _level_moved(self, at: float, level: float, z: float) -> bool:
         """Settle a change that keeps two in three loads of a whole ``settle_s`` window at least
         half the threshold away on one side, although it flags only now and then (a modest shift
         on a noisy table, which breaks every run); True when it did."""
         recent = self._recent
-        recent.append((at, error, z))
+        recent.append((at, level, z))
         horizon = at - self.rule.settle_s
         while recent[0][0] < horizon:
             recent.popleft()
-        if self._scored_since is None:
-            self._scored_since = at
+        if self._window_from is None:
+            self._window_from = at
         half = self.rule.threshold / 2
-        # Only a load far out itself can complete the pattern: the rest skip the sort.
-        if abs(z) < half or self._scored_since > horizon or len(recent) < _MIN_BUCKET:
+        # Only a load far out itself can complete the pattern: the rest skip the sort. The
+        # window must span settle_s since it last restarted: a window of a few loads right
+        # after a settle would re-estimate the shift from their noise alone.
+        if abs(z) < half or self._window_from > horizon or len(recent) < _MIN_BUCKET:
             return False
         zs = sorted(z for *_, z in recent)
         k = len(zs) // 3  # two in three loads of the window on one side, far out
         if zs[k] < half and zs[-1 - k] > -half:
             return False
-        self._shift += statistics.median(e for _, e, _ in recent)
-        for _, y, dow, hour, day, _, held in self._run:
-            if held:
-                self._learn(y - self._shift, dow, hour, day)
-        self._run, self._calm, self._refine = [], 0, []
-        recent.clear()
+        side = 1 if zs[k] >= half else -1
+        # The change began at the window's first load out on its side; the loads before it are
+        # the old level and would pull the estimate back towards it.
+        start = next(i for i, (*_, zi) in enumerate(recent) if side * zi >= half)
+        moved = list(recent)[start:]
+        self._begin_shift(moved[0][0], [lv for _, lv, _ in moved])
         return True
 
     def _settle(self) -> None:
-        self._shift += statistics.median(e for *_, e, _ in self._run)
-        self._refine = []
+        self._begin_shift(self._run[0][0], [lv for *_, lv, _ in self._run])
+
+    def _begin_shift(self, began: float, levels: list[float]) -> None:
+        """Take ``levels`` (the loads since the change began) as the new normal, and keep
+        refining the estimate with the loads that follow (see :meth:`_refine`)."""
+        self._shift = statistics.median(levels)
+        self._since, self._since_at = levels, began
         self._recent.clear()
+        self._window_from = None
         for _, y, dow, hour, day, _, held in self._run:
             if held:
                 self._learn(y - self._shift, dow, hour, day)
         self._run, self._calm = [], 0
+
+    def _refine(self, at: float, level: float) -> None:
+        """Re-estimate the shift from every load since the change began, until they span
+        twice ``settle_s``.
+
+        A first estimate rests on the loads of one stretch of the day or week, and the profile
+        of that stretch has an error of its own, so a shift frozen then leaves a bias of a
+        standard error or more that later noise lifts over the threshold now and then.
+        Estimating over whole days averages it away. A median: incidents inside the window
+        move it by a load at most.
+        """
+        since = self._since
+        assert since is not None
+        since.append(level)
+        n = len(since)
+        done = n >= _WINDOW_KEEP or (at - self._since_at >= 2 * self.rule.settle_s and n >= _REFINE)
+        # Hourly loads hold a few dozen levels: sorting them per load is cheap. A table
+        # written every few seconds holds thousands, so its estimate moves every 8th load.
+        if done or n <= 64 or n % 8 == 0:
+            self._shift = statistics.median(since)
+        if done:
+            self._since = None
 
     def _refit_offsets(self) -> None:
         # Against today's hour-of-day medians, not those of the day a point was learnt: early
