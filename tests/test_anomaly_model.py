@@ -7,6 +7,7 @@ test shows the weakness and its fix side by side.
 
 from __future__ import annotations
 
+import copy
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -247,11 +248,51 @@ def test_idle_poll_does_no_scoring_work(monkeypatch: pytest.MonkeyPatch) -> None
         raise AssertionError("an idle poll scored again")
 
     monkeypatch.setattr(detector.VolumeModel, "_band", no_work)
+    monkeypatch.setattr(detector.VolumeModel, "_expected", no_work)
     monkeypatch.setattr(detector.FreshnessModel, "_refit", no_work)
+    monkeypatch.setattr(detector.FreshnessModel, "_judge_early", no_work)
     again = monitor.evaluate(now + 5)
-    assert again["volume"].result is first["volume"].result
-    assert again["volume"].expected_now is first["volume"].expected_now
+    assert again["volume"] is first["volume"]  # the whole view, not only the verdict in it
     assert again["freshness"].value == pytest.approx(first["freshness"].value + 5)
+    assert again["freshness"].history is first["freshness"].history
+
+
+@pytest.mark.parametrize(
+    ("tz", "change"),
+    [
+        ("UTC", datetime(2025, 3, 30, 1, tzinfo=UTC)),
+        ("Europe/Berlin", datetime(2025, 3, 30, 1, tzinfo=UTC)),  # 02:00 -> 03:00
+        ("Asia/Kolkata", datetime(2025, 3, 30, 1, tzinfo=UTC)),
+        ("Australia/Lord_Howe", datetime(2025, 4, 5, 15, tzinfo=UTC)),  # 02:00 -> 01:30
+    ],
+    ids=["utc", "dst-change", "half-hour-offset", "half-hour-dst-change"],
+)
+def test_idle_poll_answers_as_a_fresh_evaluation_would(tz: str, change: datetime) -> None:
+    # The poll keeps its answer until the local hour or the freshness verdict changes; each
+    # poll, on time, late, across hour boundaries and a change of UTC offset, and back in time,
+    # must equal what a monitor that has never been polled answers at that moment.
+    start = change.timestamp() - 21 * 24 * HOUR  # the last load comes an hour before the change
+    times, rows = loads(21, seed=15, amplitude=0.6, tz=tz, start=start)
+    unpolled = TableMonitor(*rules(tz))
+    for at, n in zip(times, rows, strict=True):
+        unpolled.add(WriteRecord(at, int(n), 0, "etl", None))
+    polled = copy.deepcopy(unpolled)
+    last = times[-1]
+    moments = [last + s for s in range(0, 4 * 3600, 290)] + [last + 1800, last + 60, last + 7200]
+    for now in moments:
+        expected = copy.deepcopy(unpolled).evaluate(now)
+        got = polled.evaluate(now)
+        assert {k: m.to_dict() for k, m in got.items()} == {
+            k: m.to_dict() for k, m in expected.items()
+        }, now - last
+    # It turns late exactly where the range it reports ends.
+    upper = polled.evaluate(last + 60)["freshness"].result.upper
+    assert upper is not None and upper < 4 * 3600
+    assert not polled.evaluate(last + upper - 1)["freshness"].result.anomalous
+    assert polled.evaluate(last + upper + 1)["freshness"].result.anomalous
+    # A write ends the idle stretch: the next poll judges it.
+    polled.add(WriteRecord(last + 4 * 3600, 1, 0, "etl", None))
+    assert polled.evaluate(last + 4 * 3600 + 1)["volume"].result.anomalous
 
 
 def test_no_verdict_says_why_and_first_verdict_comes_after_a_week() -> None:

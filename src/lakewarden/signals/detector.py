@@ -146,7 +146,9 @@ class VolumeModel:
         self._spreads = dict.fromkeys(PROFILES, 0.0)
         self._stale = 0  # training points since the spreads were computed
         self._pooled_median = 0.0
-        self._cached: tuple[tuple[int, int, int, bool], AnomalyScore] | None = None
+        self._version = 0  # bumped by every change of state: keys the cached expectation
+        # (version, from, until, expectation): valid for loads at from <= t < until
+        self._cached: tuple[int, float, float, AnomalyScore] | None = None
         self._learnt = 0
         self._shift = 0.0  # log-level change accepted since the profiles were learnt
         self._first: float | None = None
@@ -175,6 +177,7 @@ class VolumeModel:
         y = math.log1p(max(rows, 0.0))
         if self._first is None:
             self._first = at
+        self._version += 1
         forecasts = self._forecasts(dow, hour)
         verdict, error, z = self._score(at, rows, y, dow, hour, forecasts)
         self.latest, self.latest_value, self.latest_time = verdict, float(rows), at
@@ -220,7 +223,7 @@ class VolumeModel:
             self.latest = self._score(self.latest_time, self.latest_value, y, dow, hour, forecasts)[
                 0
             ]
-            self._cached = None
+        self._version += 1
         return True
 
     def _level_moved(self, at: float, level: float, z: float) -> bool:
@@ -429,25 +432,38 @@ class VolumeModel:
         return verdict, error, z
 
     def expected_at(self, at: float) -> AnomalyScore:
-        """The range a load at ``at`` would pass with, and the profile behind it (no score)."""
+        """The range a load at ``at`` would pass with, and the profile behind it (no score).
+
+        Between writes the answer changes only where the local hour does (its profile bucket)
+        and where the warm-up ends, so it is kept for that stretch of time: an idle table's
+        poll is a comparison, not even a time-zone conversion.
+        """
+        cached = self._cached
+        if cached is not None and cached[0] == self._version and cached[1] <= at < cached[2]:
+            return cached[3]
         local = datetime.fromtimestamp(at, self._zone)
         dow, hour = local.weekday(), local.hour
-        warm = self._first is not None and at - self._first >= self.rule.warmup_s
-        key = (dow, hour, self._learnt, warm)
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]  # an idle table's poll: nothing learnt since
+        # Offsets change on the hour (or half hour) of local time, never inside one, so the
+        # local hour ends 3600 s after it began even in zones offset by 30 or 45 minutes.
+        start = at - (local.minute * 60 + local.second + local.microsecond / 1e6)
+        until = start + 3600.0
+        if self._first is not None:
+            warm = self._first + self.rule.warmup_s
+            start, until = (max(start, warm), until) if at >= warm else (start, min(until, warm))
+        result = self._expected(at, dow, hour)
+        self._cached = (self._version, start, until, result)
+        return result
+
+    def _expected(self, at: float, dow: int, hour: int) -> AnomalyScore:
         band = self._band(at, dow, hour)
         if isinstance(band, AnomalyScore):
-            self._cached = (key, band)
             return band
         profile, _, _, expected, low, high, _ = band
         lower = -math.inf if self.rule.direction == "spike" else low
         upper = math.inf if self.rule.direction == "drop" else high
         reason = f"expected {_range_text(lower, upper)} ({_where(profile, dow, hour)})"
         n = len(self._errors[profile])
-        result = AnomalyScore(None, False, expected, lower, upper, n, reason, profile)
-        self._cached = (key, result)
-        return result
+        return AnomalyScore(None, False, expected, lower, upper, n, reason, profile)
 
 
 class FreshnessModel:
@@ -460,75 +476,102 @@ class FreshnessModel:
         self._band: tuple[float, float, float] | None = None  # expected, scale, floor
         self._early: AnomalyScore | None = None
         self._added = 0
+        # What a poll needs, fixed from one write to the next: the time since the last write
+        # past which it is late, and the fixed parts of the verdict's wording.
+        self._late_at = math.inf
+        self._late_range = ""
+        self._expected_text = ""
+        self._waiting = _none("no write has been seen yet")  # the verdict without a band
 
     def add(self, at: float) -> None:
         if self._last is not None:
             gap = max(0.0, at - self._last)
             watch_early = self.rule.direction in ("early", "both")
             if watch_early and self._band is not None:
-                self._early = self._judge(gap, early=True)
+                self._early = self._judge_early(gap)
             self._gaps.add(gap)
             self._added += 1
             # The band moves slowly once there is a history: refit every 8th gap.
             if self._band is None or self._added % 8 == 0 or len(self._gaps) < 64:
                 self._refit()
         self._last = at if self._last is None else max(self._last, at)
+        if self._band is None:
+            self._wait()
 
     def accept(self) -> bool:
         """Forget the old pace: a deliberate change of schedule is learnt from scratch."""
         had = len(self._gaps) > 0
         self._gaps.clear()
-        self._band, self._early = None, None
+        self._early = None
+        self._refit()  # no band: too few gaps
+        if self._last is not None:
+            self._wait()
         return had
+
+    def _wait(self) -> None:
+        n = len(self._gaps)
+        reason = f"not enough history: {n} of {self.rule.min_training} gaps between writes"
+        self._waiting = _none(reason, n)
 
     def _refit(self) -> None:
         n = len(self._gaps)
         if n < self.rule.min_training:
-            self._band = None
+            self._band, self._late_at = None, math.inf
             return
         gaps = self._gaps.values()
         expected = _median(gaps)
         scale = max(_spread(gaps - expected), 0.01 * expected, 1.0)
         floor = max(self.rule.min_abs_change, self.rule.min_rel_change * expected)
         self._band = (expected, scale, floor)
+        watch_late = self.rule.direction in ("late", "both")
+        half = max(self.rule.threshold * scale, floor)
+        self._late_at = expected + half if watch_late else math.inf
+        self._late_range = _range_text(-math.inf, self._late_at)
+        self._expected_text = _num(round(expected))
 
     def evaluate(self, now: float) -> tuple[float | None, AnomalyScore]:
         if self._last is None:
-            return None, _none("no write has been seen yet")
+            return None, self._waiting
         current = max(0.0, now - self._last)
-        if self._band is None:
-            n = len(self._gaps)
-            reason = f"not enough history: {n} of {self.rule.min_training} gaps between writes"
-            return current, _none(reason, n)
-        late = self._judge(current, early=False)
+        band = self._band
+        if band is None:
+            return current, self._waiting
+        late = current > self._late_at
         early = self._early
-        if early is not None and early.anomalous and not late.anomalous:
+        if not late and early is not None and early.anomalous:
             return current, early
-        return current, late
+        # Everything but the time since the last write and its z is fixed until the next write
+        # or until that time crosses _late_at: nothing is fitted here, only those two numbers.
+        expected, scale, _ = band
+        z = (current - expected) / scale
+        if late:
+            reason = (
+                f"late: time since the last write is {round(current)}s, expected about "
+                f"{self._expected_text}s (robust z {z:+.1f}, threshold {self.rule.threshold:g})"
+            )
+        else:
+            reason = f"within expected range {self._late_range} (robust z {z:+.1f})"
+        n = len(self._gaps)
+        return current, AnomalyScore(z, late, expected, -math.inf, self._late_at, n, reason, POOLED)
 
-    def _judge(self, gap: float, *, early: bool) -> AnomalyScore:
+    def _judge_early(self, gap: float) -> AnomalyScore:
+        """The latest gap between writes against the band: too short is early. (The time since
+        the last write is still growing, so only "too long" can be judged on it: evaluate.)"""
         assert self._band is not None
         expected, scale, floor = self._band
         rule = self.rule
-        half = max(rule.threshold * scale, floor)
-        watch_late = rule.direction in ("late", "both")
-        watch_early = rule.direction in ("early", "both")
-        # The gap since the last write is still growing: only "too long" can be judged on it.
-        lower = expected - half if (early and watch_early) else -math.inf
-        upper = expected + half if (not early and watch_late) else math.inf
+        lower = expected - max(rule.threshold * scale, floor)
         z = (gap - expected) / scale
-        anomalous = not lower <= gap <= upper
-        kind = "the latest gap between writes" if early else "time since the last write"
+        anomalous = gap < lower
         n = len(self._gaps)
         if anomalous:
-            word = "early" if early else "late"
             reason = (
-                f"{word}: {kind} is {_num(round(gap))}s, expected about {_num(round(expected))}s "
-                f"(robust z {z:+.1f}, threshold {rule.threshold:g})"
+                f"early: the latest gap between writes is {_num(round(gap))}s, expected about "
+                f"{_num(round(expected))}s (robust z {z:+.1f}, threshold {rule.threshold:g})"
             )
         else:
-            reason = f"within expected range {_range_text(lower, upper)} (robust z {z:+.1f})"
-        return AnomalyScore(z, anomalous, expected, lower, upper, n, reason, POOLED)
+            reason = f"within expected range {_range_text(lower, math.inf)} (robust z {z:+.1f})"
+        return AnomalyScore(z, anomalous, expected, lower, math.inf, n, reason, POOLED)
 
 
 def _where(profile: str, dow: int, hour: int) -> str:
