@@ -477,10 +477,10 @@ class FreshnessModel:
         self._early: AnomalyScore | None = None
         self._added = 0
         # What a poll needs, fixed from one write to the next: the time since the last write
-        # past which it is late, and the fixed parts of the verdict's wording.
+        # past which it is late, and the fixed parts of the verdict's wording (worded by the
+        # first poll after a refit, so a write does not pay for text nobody may read).
         self._late_at = math.inf
-        self._late_range = ""
-        self._expected_text = ""
+        self._wording: tuple[str, str] | None = None  # the range, the expected gap
         self._waiting = _none("no write has been seen yet")  # the verdict without a band
 
     def add(self, at: float) -> None:
@@ -526,8 +526,7 @@ class FreshnessModel:
         watch_late = self.rule.direction in ("late", "both")
         half = max(self.rule.threshold * scale, floor)
         self._late_at = expected + half if watch_late else math.inf
-        self._late_range = _range_text(-math.inf, self._late_at)
-        self._expected_text = _num(round(expected))
+        self._wording = None
 
     def evaluate(self, now: float) -> tuple[float | None, AnomalyScore]:
         if self._last is None:
@@ -544,13 +543,19 @@ class FreshnessModel:
         # or until that time crosses _late_at: nothing is fitted here, only those two numbers.
         expected, scale, _ = band
         z = (current - expected) / scale
+        wording = self._wording
+        if wording is None:
+            wording = self._wording = (
+                _range_text(-math.inf, self._late_at),
+                _num(round(expected)),
+            )
         if late:
             reason = (
                 f"late: time since the last write is {round(current)}s, expected about "
-                f"{self._expected_text}s (robust z {z:+.1f}, threshold {self.rule.threshold:g})"
+                f"{wording[1]}s (robust z {z:+.1f}, threshold {self.rule.threshold:g})"
             )
         else:
-            reason = f"within expected range {self._late_range} (robust z {z:+.1f})"
+            reason = f"within expected range {wording[0]} (robust z {z:+.1f})"
         n = len(self._gaps)
         return current, AnomalyScore(z, late, expected, -math.inf, self._late_at, n, reason, POOLED)
 
