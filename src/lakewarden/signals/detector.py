@@ -149,7 +149,6 @@ class VolumeModel:
         self._version = 0  # bumped by every change of state: keys the cached expectation
         # (version, from, until, expectation): valid for loads at from <= t < until
         self._cached: tuple[int, float, float, AnomalyScore] | None = None
-        self._learnt = 0
         self._shift = 0.0  # log-level change accepted since the profiles were learnt
         self._first: float | None = None
         # A load's "level" is its log distance from the profile with no shift applied, so levels
@@ -331,7 +330,6 @@ class VolumeModel:
             self._day_number = day
             self._refit_offsets()
         self._stale += 1
-        self._learnt += 1
         # The spreads move slowly; recomputing them every 8th point keeps a write cheap.
         if self._stale >= 8 or len(self._errors[POOLED]) < 64:
             self._stale = 0
