@@ -86,8 +86,13 @@ def evaluate(
     return rows
 
 
-def idle_tick_ms(tables: int = 100, days: int = 60, repeats: int = 50) -> float:
-    """Median ms to evaluate ``tables`` idle tables (60 days of hourly history each)."""
+def idle_tick_ms(
+    tables: int = 100, days: int = 60, repeats: int = 720, step_s: float = 5.0
+) -> float:
+    """Median ms to evaluate ``tables`` idle tables (60 days of hourly history each), polled at
+    the monitor's pace (``step_s`` apart, an hour of polls by default) from ten minutes after
+    their last write: a cached verdict is measured across the hour boundaries and freshness
+    thresholds that end it, not only within one second."""
     series = generator.generate(tables, seed=3, shape=generator.Shape(days=days))
     monitors = []
     for s in series:
@@ -101,7 +106,7 @@ def idle_tick_ms(tables: int = 100, days: int = 60, repeats: int = 50) -> float:
     for i in range(repeats):
         started = time.thread_time()
         for monitor in monitors:
-            monitor.evaluate(now + i)
+            monitor.evaluate(now + i * step_s)
         times.append(time.thread_time() - started)
     return statistics.median(times) * 1000
 
@@ -165,8 +170,8 @@ def markdown(
         f"- lakewarden scoring cost per write (volume and freshness models, 60 days of hourly "
         f"history; CPU time of the scoring thread): median {per_write_us:.1f} us over the series "
         "(target <= 50 us).",
-        f"- A poll of 100 idle tables (60 days of history each; CPU time): {tick_ms:.2f} ms "
-        "(target <= 5 ms).",
+        f"- A poll of 100 idle tables (60 days of history each; CPU time, median of an hour of "
+        f"polls 5 s apart): {tick_ms:.2f} ms, {tick_ms * 10:.1f} us per table (target <= 5 ms).",
     ]
     if warden_ms is not None:
         lines.append(

@@ -23,8 +23,11 @@ Volume, and why:
   errors are exactly 0 (repeated values) the mean absolute error sets the spread instead.
 - Training excludes flagged points, so an incident does not widen the band that should catch the
   next one. A change that persists on one side for ``settle_s`` becomes the new normal: the
-  profiles are shifted by the run's median error and the run is learnt. ``accept()`` does the
-  same at once.
+  profiles are shifted by the median distance of the loads since the change began and those
+  loads are learnt. ``accept()`` does the same at once. The shift is then re-estimated from
+  every load since the change until they span twice ``settle_s``: the first estimate rests on
+  one stretch of the day or week, and frozen there its error would make ordinary noise alert
+  days after the change.
 
 Freshness scores the time since the latest write against the recent gaps between writes (linear
 robust z: gaps are steady, and a missing load doubles one), with ``late`` (a gap too long),
@@ -73,7 +76,7 @@ _WEEK_KEEP = 6  # points per hour-of-week bucket
 _OFFSET_KEEP = 72  # hour-of-day errors per weekday: three of that weekday's days
 _ERRORS_KEEP = 7 * _OFFSET_KEEP  # one-step errors per profile behind its spread
 _MIN_BUCKET = 3  # a median of fewer points is one of them
-_REFINE = 12  # loads after a shift that correct its estimate
+_REFINE = 12  # loads a shift's final estimate rests on at least
 # Loads a settle window or run holds at most: a table written every few seconds settles on its
 # latest loads rather than on a day of them, and memory stays bounded.
 _WINDOW_KEEP = 2048
@@ -143,18 +146,23 @@ class VolumeModel:
         self._spreads = dict.fromkeys(PROFILES, 0.0)
         self._stale = 0  # training points since the spreads were computed
         self._pooled_median = 0.0
-        self._cached: tuple[tuple[int, int, int, bool], AnomalyScore] | None = None
-        self._learnt = 0
+        self._version = 0  # bumped by every change of state: keys the cached expectation
+        # (version, from, until, expectation): valid for loads at from <= t < until
+        self._cached: tuple[int, float, float, AnomalyScore] | None = None
         self._shift = 0.0  # log-level change accepted since the profiles were learnt
         self._first: float | None = None
-        # Loads since the latest anomaly: time, y, weekday, hour, day, error, held out of training
+        # A load's "level" is its log distance from the profile with no shift applied, so levels
+        # stay comparable while the shift is being estimated.
+        # Loads since the latest anomaly: time, y, weekday, hour, day, level, held out of training
         self._run: list[tuple[float, float, int, int, int, float, bool]] = []
         self._run_sign = 0
         self._calm = 0  # consecutive points of the run back within half the threshold
-        self._refine: list[float] | None = None  # errors of the loads since the latest shift
-        # (time, error, z) of the loads within settle_s (at most _WINDOW_KEEP)
+        # Levels of the loads since the latest change began, while its shift is being estimated
+        self._since: list[float] | None = None
+        self._since_at = 0.0  # when that change began
+        # (time, level, z) of the loads within settle_s (at most _WINDOW_KEEP)
         self._recent = deque[tuple[float, float, float]](maxlen=_WINDOW_KEEP)
-        self._scored_since: float | None = None
+        self._window_from: float | None = None  # first load of the settle window as it stands
         self.latest: AnomalyScore = _none("no load has been seen yet")
         self.latest_value: float | None = None
         self.latest_time: float | None = None
@@ -168,10 +176,14 @@ class VolumeModel:
         y = math.log1p(max(rows, 0.0))
         if self._first is None:
             self._first = at
+        self._version += 1
         forecasts = self._forecasts(dow, hour)
         verdict, error, z = self._score(at, rows, y, dow, hour, forecasts)
         self.latest, self.latest_value, self.latest_time = verdict, float(rows), at
-        if verdict.score is not None and self._level_moved(at, error, z):
+        level = error + self._shift
+        if verdict.score is not None and self._since is not None:
+            self._refine(at, level)
+        if verdict.score is not None and self._level_moved(at, level, z):
             self._learn(y - self._shift, dow, hour, day)
             return verdict
         sign = 1 if error > 0 else -1
@@ -182,7 +194,7 @@ class VolumeModel:
             # Inside a run every point is kept (a shift near the threshold is not flagged every
             # hour); only the ones on the run's side stay out of training until it is judged.
             held = far and sign == self._run_sign
-            self._run.append((at, y, dow, hour, day, error, held))
+            self._run.append((at, y, dow, hour, day, level, held))
             self._calm = 0 if held else self._calm + 1
             if self._calm >= _MIN_BUCKET:  # back to normal: the excursion was an incident
                 self._run, self._calm = [], 0
@@ -193,12 +205,6 @@ class VolumeModel:
                 return verdict
             if held:
                 return verdict
-        if self._refine is not None:
-            # A shift taken from a short run (an early accept) is refined by the next loads.
-            self._refine.append(error)
-            if len(self._refine) >= _REFINE:
-                self._shift += statistics.median(self._refine)
-                self._refine = None
         self._learn(y - self._shift, dow, hour, day, forecasts)
         return verdict
 
@@ -216,44 +222,74 @@ class VolumeModel:
             self.latest = self._score(self.latest_time, self.latest_value, y, dow, hour, forecasts)[
                 0
             ]
-            self._cached = None
+        self._version += 1
         return True
 
-    def _level_moved(self, at: float, error: float, z: float) -> bool:
+    def _level_moved(self, at: float, level: float, z: float) -> bool:
         """Settle a change that keeps two in three loads of a whole ``settle_s`` window at least
         half the threshold away on one side, although it flags only now and then (a modest shift
         on a noisy table, which breaks every run); True when it did."""
         recent = self._recent
-        recent.append((at, error, z))
+        recent.append((at, level, z))
         horizon = at - self.rule.settle_s
         while recent[0][0] < horizon:
             recent.popleft()
-        if self._scored_since is None:
-            self._scored_since = at
+        if self._window_from is None:
+            self._window_from = at
         half = self.rule.threshold / 2
-        # Only a load far out itself can complete the pattern: the rest skip the sort.
-        if abs(z) < half or self._scored_since > horizon or len(recent) < _MIN_BUCKET:
+        # Only a load far out itself can complete the pattern: the rest skip the sort. The
+        # window must span settle_s since it last restarted: a window of a few loads right
+        # after a settle would re-estimate the shift from their noise alone.
+        if abs(z) < half or self._window_from > horizon or len(recent) < _MIN_BUCKET:
             return False
         zs = sorted(z for *_, z in recent)
         k = len(zs) // 3  # two in three loads of the window on one side, far out
         if zs[k] < half and zs[-1 - k] > -half:
             return False
-        self._shift += statistics.median(e for _, e, _ in recent)
-        for _, y, dow, hour, day, _, held in self._run:
-            if held:
-                self._learn(y - self._shift, dow, hour, day)
-        self._run, self._calm, self._refine = [], 0, []
-        recent.clear()
+        side = 1 if zs[k] >= half else -1
+        # The change began at the window's first load out on its side; the loads before it are
+        # the old level and would pull the estimate back towards it.
+        start = next(i for i, (*_, zi) in enumerate(recent) if side * zi >= half)
+        moved = list(recent)[start:]
+        self._begin_shift(moved[0][0], [lv for _, lv, _ in moved])
         return True
 
     def _settle(self) -> None:
-        self._shift += statistics.median(e for *_, e, _ in self._run)
-        self._refine = []
+        self._begin_shift(self._run[0][0], [lv for *_, lv, _ in self._run])
+
+    def _begin_shift(self, began: float, levels: list[float]) -> None:
+        """Take ``levels`` (the loads since the change began) as the new normal, and keep
+        refining the estimate with the loads that follow (see :meth:`_refine`)."""
+        self._shift = statistics.median(levels)
+        self._since, self._since_at = levels, began
         self._recent.clear()
+        self._window_from = None
         for _, y, dow, hour, day, _, held in self._run:
             if held:
                 self._learn(y - self._shift, dow, hour, day)
         self._run, self._calm = [], 0
+
+    def _refine(self, at: float, level: float) -> None:
+        """Re-estimate the shift from every load since the change began, until they span
+        twice ``settle_s``.
+
+        A first estimate rests on the loads of one stretch of the day or week, and the profile
+        of that stretch has an error of its own, so a shift frozen then leaves a bias of a
+        standard error or more that later noise lifts over the threshold now and then.
+        Estimating over whole days averages it away. A median: incidents inside the window
+        move it by a load at most.
+        """
+        since = self._since
+        assert since is not None
+        since.append(level)
+        n = len(since)
+        done = n >= _WINDOW_KEEP or (at - self._since_at >= 2 * self.rule.settle_s and n >= _REFINE)
+        # Hourly loads hold a few dozen levels: sorting them per load is cheap. A table
+        # written every few seconds holds thousands, so its estimate moves every 8th load.
+        if done or n <= 64 or n % 8 == 0:
+            self._shift = statistics.median(since)
+        if done:
+            self._since = None
 
     def _refit_offsets(self) -> None:
         # Against today's hour-of-day medians, not those of the day a point was learnt: early
@@ -294,7 +330,6 @@ class VolumeModel:
             self._day_number = day
             self._refit_offsets()
         self._stale += 1
-        self._learnt += 1
         # The spreads move slowly; recomputing them every 8th point keeps a write cheap.
         if self._stale >= 8 or len(self._errors[POOLED]) < 64:
             self._stale = 0
@@ -395,25 +430,38 @@ class VolumeModel:
         return verdict, error, z
 
     def expected_at(self, at: float) -> AnomalyScore:
-        """The range a load at ``at`` would pass with, and the profile behind it (no score)."""
+        """The range a load at ``at`` would pass with, and the profile behind it (no score).
+
+        Between writes the answer changes only where the local hour does (its profile bucket)
+        and where the warm-up ends, so it is kept for that stretch of time: an idle table's
+        poll is a comparison, not even a time-zone conversion.
+        """
+        cached = self._cached
+        if cached is not None and cached[0] == self._version and cached[1] <= at < cached[2]:
+            return cached[3]
         local = datetime.fromtimestamp(at, self._zone)
         dow, hour = local.weekday(), local.hour
-        warm = self._first is not None and at - self._first >= self.rule.warmup_s
-        key = (dow, hour, self._learnt, warm)
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]  # an idle table's poll: nothing learnt since
+        # Offsets change on the hour (or half hour) of local time, never inside one, so the
+        # local hour ends 3600 s after it began even in zones offset by 30 or 45 minutes.
+        start = at - (local.minute * 60 + local.second + local.microsecond / 1e6)
+        until = start + 3600.0
+        if self._first is not None:
+            warm = self._first + self.rule.warmup_s
+            start, until = (max(start, warm), until) if at >= warm else (start, min(until, warm))
+        result = self._expected(at, dow, hour)
+        self._cached = (self._version, start, until, result)
+        return result
+
+    def _expected(self, at: float, dow: int, hour: int) -> AnomalyScore:
         band = self._band(at, dow, hour)
         if isinstance(band, AnomalyScore):
-            self._cached = (key, band)
             return band
         profile, _, _, expected, low, high, _ = band
         lower = -math.inf if self.rule.direction == "spike" else low
         upper = math.inf if self.rule.direction == "drop" else high
         reason = f"expected {_range_text(lower, upper)} ({_where(profile, dow, hour)})"
         n = len(self._errors[profile])
-        result = AnomalyScore(None, False, expected, lower, upper, n, reason, profile)
-        self._cached = (key, result)
-        return result
+        return AnomalyScore(None, False, expected, lower, upper, n, reason, profile)
 
 
 class FreshnessModel:
@@ -426,75 +474,107 @@ class FreshnessModel:
         self._band: tuple[float, float, float] | None = None  # expected, scale, floor
         self._early: AnomalyScore | None = None
         self._added = 0
+        # What a poll needs, fixed from one write to the next: the time since the last write
+        # past which it is late, and the fixed parts of the verdict's wording (worded by the
+        # first poll after a refit, so a write does not pay for text nobody may read).
+        self._late_at = math.inf
+        self._wording: tuple[str, str] | None = None  # the range, the expected gap
+        self._waiting = _none("no write has been seen yet")  # the verdict without a band
 
     def add(self, at: float) -> None:
         if self._last is not None:
             gap = max(0.0, at - self._last)
             watch_early = self.rule.direction in ("early", "both")
             if watch_early and self._band is not None:
-                self._early = self._judge(gap, early=True)
+                self._early = self._judge_early(gap)
             self._gaps.add(gap)
             self._added += 1
             # The band moves slowly once there is a history: refit every 8th gap.
             if self._band is None or self._added % 8 == 0 or len(self._gaps) < 64:
                 self._refit()
         self._last = at if self._last is None else max(self._last, at)
+        if self._band is None:
+            self._wait()
 
     def accept(self) -> bool:
         """Forget the old pace: a deliberate change of schedule is learnt from scratch."""
         had = len(self._gaps) > 0
         self._gaps.clear()
-        self._band, self._early = None, None
+        self._early = None
+        self._refit()  # no band: too few gaps
+        if self._last is not None:
+            self._wait()
         return had
+
+    def _wait(self) -> None:
+        n = len(self._gaps)
+        reason = f"not enough history: {n} of {self.rule.min_training} gaps between writes"
+        self._waiting = _none(reason, n)
 
     def _refit(self) -> None:
         n = len(self._gaps)
         if n < self.rule.min_training:
-            self._band = None
+            self._band, self._late_at = None, math.inf
             return
         gaps = self._gaps.values()
         expected = _median(gaps)
         scale = max(_spread(gaps - expected), 0.01 * expected, 1.0)
         floor = max(self.rule.min_abs_change, self.rule.min_rel_change * expected)
         self._band = (expected, scale, floor)
+        watch_late = self.rule.direction in ("late", "both")
+        half = max(self.rule.threshold * scale, floor)
+        self._late_at = expected + half if watch_late else math.inf
+        self._wording = None
 
     def evaluate(self, now: float) -> tuple[float | None, AnomalyScore]:
         if self._last is None:
-            return None, _none("no write has been seen yet")
+            return None, self._waiting
         current = max(0.0, now - self._last)
-        if self._band is None:
-            n = len(self._gaps)
-            reason = f"not enough history: {n} of {self.rule.min_training} gaps between writes"
-            return current, _none(reason, n)
-        late = self._judge(current, early=False)
+        band = self._band
+        if band is None:
+            return current, self._waiting
+        late = current > self._late_at
         early = self._early
-        if early is not None and early.anomalous and not late.anomalous:
+        if not late and early is not None and early.anomalous:
             return current, early
-        return current, late
+        # Everything but the time since the last write and its z is fixed until the next write
+        # or until that time crosses _late_at: nothing is fitted here, only those two numbers.
+        expected, scale, _ = band
+        z = (current - expected) / scale
+        wording = self._wording
+        if wording is None:
+            wording = self._wording = (
+                _range_text(-math.inf, self._late_at),
+                _num(round(expected)),
+            )
+        if late:
+            reason = (
+                f"late: time since the last write is {round(current)}s, expected about "
+                f"{wording[1]}s (robust z {z:+.1f}, threshold {self.rule.threshold:g})"
+            )
+        else:
+            reason = f"within expected range {wording[0]} (robust z {z:+.1f})"
+        n = len(self._gaps)
+        return current, AnomalyScore(z, late, expected, -math.inf, self._late_at, n, reason, POOLED)
 
-    def _judge(self, gap: float, *, early: bool) -> AnomalyScore:
+    def _judge_early(self, gap: float) -> AnomalyScore:
+        """The latest gap between writes against the band: too short is early. (The time since
+        the last write is still growing, so only "too long" can be judged on it: evaluate.)"""
         assert self._band is not None
         expected, scale, floor = self._band
         rule = self.rule
-        half = max(rule.threshold * scale, floor)
-        watch_late = rule.direction in ("late", "both")
-        watch_early = rule.direction in ("early", "both")
-        # The gap since the last write is still growing: only "too long" can be judged on it.
-        lower = expected - half if (early and watch_early) else -math.inf
-        upper = expected + half if (not early and watch_late) else math.inf
+        lower = expected - max(rule.threshold * scale, floor)
         z = (gap - expected) / scale
-        anomalous = not lower <= gap <= upper
-        kind = "the latest gap between writes" if early else "time since the last write"
+        anomalous = gap < lower
         n = len(self._gaps)
         if anomalous:
-            word = "early" if early else "late"
             reason = (
-                f"{word}: {kind} is {_num(round(gap))}s, expected about {_num(round(expected))}s "
-                f"(robust z {z:+.1f}, threshold {rule.threshold:g})"
+                f"early: the latest gap between writes is {_num(round(gap))}s, expected about "
+                f"{_num(round(expected))}s (robust z {z:+.1f}, threshold {rule.threshold:g})"
             )
         else:
-            reason = f"within expected range {_range_text(lower, upper)} (robust z {z:+.1f})"
-        return AnomalyScore(z, anomalous, expected, lower, upper, n, reason, POOLED)
+            reason = f"within expected range {_range_text(lower, math.inf)} (robust z {z:+.1f})"
+        return AnomalyScore(z, anomalous, expected, lower, math.inf, n, reason, POOLED)
 
 
 def _where(profile: str, dow: int, hour: int) -> str:

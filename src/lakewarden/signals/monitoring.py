@@ -92,6 +92,11 @@ class TableMonitor:
         self._hour: int | None = None  # the epoch hour whose rows are being summed
         self._hour_rows = 0.0
         self.accepted_at: float | None = None
+        # An idle table's poll returns what the last one built: the volume view changes only
+        # with a write, an accept or the expectation for the hour (which the model keeps).
+        self._version = 0
+        self._volume_view: tuple[int, AnomalyScore | None, Monitored] | None = None
+        self._gaps_view: tuple[int, tuple[float, ...]] | None = None
 
     @property
     def volume(self) -> VolumeModel | None:
@@ -102,6 +107,7 @@ class TableMonitor:
         return "hour" if self._frequent else "write"
 
     def add(self, write: WriteRecord) -> None:
+        self._version += 1
         rows = volume_of(write)
         if self.per_write is not None:
             self.per_write.add(write.time, rows)
@@ -130,6 +136,7 @@ class TableMonitor:
 
     def accept(self, at: float) -> bool:
         """Take the current level (and pace) as the new normal; False when nothing changed."""
+        self._version += 1
         self.accepted_at = at
         changed = False
         for model in (self.per_write, self.per_hour):
@@ -142,20 +149,31 @@ class TableMonitor:
         return changed
 
     def evaluate(self, now: float) -> dict[str, Monitored]:
+        """Both verdicts as of ``now``. Between writes nothing is scored again: the volume view
+        is the one already built until the hour's expectation changes, and freshness only
+        measures the time since the last write against its fixed band."""
         out: dict[str, Monitored] = {}
-        if self.volume is not None:
-            model = self.volume
-            out[VOLUME] = Monitored(
-                VOLUME,
-                model.latest_value,
-                model.latest,
-                tuple(self._recent_rows),
-                model.expected_at(now) if model.latest_time is not None else None,
-                self.per,
-            )
+        model = self.volume
+        if model is not None:
+            expected = model.expected_at(now) if model.latest_time is not None else None
+            view = self._volume_view
+            if view is None or view[0] != self._version or view[1] is not expected:
+                monitored = Monitored(
+                    VOLUME,
+                    model.latest_value,
+                    model.latest,
+                    tuple(self._recent_rows),
+                    expected,
+                    self.per,
+                )
+                view = self._volume_view = (self._version, expected, monitored)
+            out[VOLUME] = view[2]
         if self.freshness is not None:
             current, result = self.freshness.evaluate(now)
-            out[FRESHNESS] = Monitored(FRESHNESS, current, result, tuple(self._recent_gaps))
+            gaps = self._gaps_view
+            if gaps is None or gaps[0] != self._version:
+                gaps = self._gaps_view = (self._version, tuple(self._recent_gaps))
+            out[FRESHNESS] = Monitored(FRESHNESS, current, result, gaps[1])
         return out
 
 
