@@ -68,6 +68,8 @@ class Warden:
             recorder=self.recorder,
         )
         self.health = Health(self.tracker, self.policy, clock)
+        # The table gauges read the tables' health at each collection; the instruments exist
+        # first because the tracker times its signals on them.
         self.instruments.gauges = self.health
         self.metadata = Metadata(self.stages, self.health)
         self._pool = SessionPool(self.session)
