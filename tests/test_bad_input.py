@@ -150,3 +150,24 @@ def test_a_bug_is_not_dressed_as_an_engine_error(
         "allowed",
         "failed",
     ]
+
+
+def test_a_failure_to_measure_does_not_fail_a_committed_write(
+    seeded: lakewarden.Warden, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write is committed before its signals are measured: if measuring fails, the agent
+    is told it committed (never invited to retry into a duplicate), and the table's state is
+    re-based from the lake at the next refresh."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the change feed could not be read")
+
+    monkeypatch.setattr(seeded.tracker, "_record", broken)
+    with seeded.session("a") as s:
+        result = s.sql("INSERT INTO orders VALUES (3, NULL)")
+    assert result.snapshot_id is not None and result.signals == {}
+    monkeypatch.undo()
+    seeded.refresh()
+    state = seeded.table("orders")
+    assert (state.rows, state.snapshot_id) == (3, result.snapshot_id)
+    assert {c.name: c.null_count for c in state.columns} == {"id": 0, "email": 2}
