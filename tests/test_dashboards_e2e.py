@@ -219,15 +219,27 @@ def test_sidecar_exports_every_design_metric(stack: Stack, metric: str) -> None:
 FALLBACK = " or vector(0)"
 
 
+def data(stack: Stack, expr: str) -> list[Any]:
+    """``expr``'s result, asked again for a few seconds while it is empty: on a loaded machine
+    one scrape can time out, and Prometheus then marks every series of the target stale until
+    the next scrape succeeds."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = stack.prom.query(expr)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("query", panel_queries(), ids=lambda q: q.id)
 def test_every_panel_query_returns_data(stack: Stack, query: PanelQuery) -> None:
     expr = substitute(query.expr, VARIABLES)
-    assert stack.prom.query(expr), f"{query.id}: no data for {expr}"
+    assert data(stack, expr), f"{query.id}: no data for {expr}"
     if expr.endswith(FALLBACK):
         # A stat that shows 0 when nothing matches has data even if its metric were misspelt:
         # the workload leaves a stale table and failing checks, so the real part must match too.
         real = expr.removesuffix(FALLBACK)
-        assert stack.prom.query(real), f"{query.id}: only the fallback has data; nothing for {real}"
+        assert data(stack, real), f"{query.id}: only the fallback has data; nothing for {real}"
 
 
 def labels_used(expr: str) -> set[str]:
@@ -259,10 +271,10 @@ def test_every_label_a_query_groups_on_or_shows_is_exported(
     names = "|".join(sorted(metric_names(expr)))
     for label in sorted(labels_used(expr)):
         carried = f'group({{__name__=~"{names}", {label}!=""}})'
-        assert stack.prom.query(carried), f"no series of {names} carries label {label}"
+        assert data(stack, carried), f"no series of {names} carries label {label}"
     # A legend naming a label the series lack shows blank names.
     shown = re.findall(r"\{\{\s*(\w+)\s*\}\}", legend)
-    for series in stack.prom.query(expr) if shown else []:
+    for series in data(stack, expr) if shown else []:
         missing = [label for label in shown if label not in series["metric"]]
         assert not missing, f"legend {legend!r}: series {series['metric']} lacks {missing}"
 

@@ -6,6 +6,7 @@ CLI prints the same text whether it opened the lake or asked a server.
 
 from __future__ import annotations
 
+import functools
 import math
 
 
@@ -42,6 +43,8 @@ def quantity(value: float, unit: str) -> str:
     return f"{text} {unit}".rstrip()
 
 
+# Every poll words every table's expected range, and an idle table's bounds do not move.
+@functools.lru_cache(maxsize=4096)
 def expected_range(lower: float | None, upper: float | None, unit: str) -> str:
     """``between 2 and 40 rows``, ``≤ 1.2 h``, ``≥ 10 rows``; infinite or missing bounds drop."""
     low = lower if lower is not None and math.isfinite(lower) else None

@@ -41,6 +41,7 @@ class Health:
         self._policy = policy
         self._monitored: tuple[tuple[int, int | None, int], Monitored] | None = None
         self._monitors: dict[str, tuple[int, monitoring.TableMonitor]] = {}
+        self._fed = -1  # the tracker's write generation the monitors have all been fed
         # Its own lock: the first evaluation replays every table's history, and no agent's
         # session may wait for it.
         self._lock = threading.Lock()
@@ -86,10 +87,18 @@ class Health:
         out: Monitored = {}
         names = [state.name for state in self._tracker.tables()]
         with self._lock:
+            # Read before the catch-up: a write remembered meanwhile is caught up next time.
+            generation = self._tracker.generation
+            # Nothing written anywhere since the last catch-up (an idle poll): no table's
+            # monitor needs one.
+            fed = generation == self._fed
             for name in names:
-                out[name] = self._monitor(name).evaluate(now)
+                known = self._monitors.get(name) if fed else None
+                monitor = known[1] if known is not None else self._monitor(name)
+                out[name] = monitor.evaluate(now)
             for gone in set(self._monitors) - set(names):
                 del self._monitors[gone]
+            self._fed = generation
         self._monitored = (key, out)
         return out
 

@@ -54,6 +54,9 @@ class Tracker:
         # Writes remembered per table since this process started (the loaded history included):
         # lets a reader pick up only what is new, although the list is trimmed from the front.
         self.appended: dict[str, int] = {name: len(w) for name, w in self.history.items()}
+        # Bumped by every write remembered or table dropped: a reader that saw this number has
+        # seen every table's writes.
+        self.generation = 0
         self._new_writes: list[tuple[str, WriteRecord]] = []
 
     # -- reading -------------------------------------------------------------------------
@@ -358,6 +361,7 @@ class Tracker:
         writes = self.history.setdefault(name, [])
         writes.append(record)
         self.appended[name] = self.appended.get(name, 0) + 1
+        self.generation += 1
         if len(writes) > HISTORY_KEEP:
             del writes[: len(writes) - HISTORY_KEEP]
         self._new_writes.append((name, record))
@@ -369,6 +373,7 @@ class Tracker:
             if update.dropped:
                 self.history.pop(name, None)
                 self.appended.pop(name, None)
+                self.generation += 1
         writes, self._new_writes = self._new_writes, []
         try:
             self._store.save(
