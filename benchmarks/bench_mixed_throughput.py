@@ -49,6 +49,7 @@ from benchmarks.mixed_load import (
     TABLE,
     Tally,
     converged,
+    run_round,
 )
 from lakewarden.intake.server import ServerThread
 
@@ -125,24 +126,7 @@ class RawThreads:
         self.next_id = [(k + 1) * 1_000_000_000 + 500_000_000 for k in range(CLIENTS)]
 
     def round(self, n: int, seconds: float) -> tuple[float, Tally]:
-        stop = threading.Event()
-        tallies = [Tally() for _ in range(n)]
-        threads = [
-            threading.Thread(target=self._work, args=(k, tallies[k], stop), daemon=True)
-            for k in range(n)
-        ]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        time.sleep(seconds)
-        stop.set()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - start
-        total = Tally()
-        for tally in tallies:
-            total.add(tally)
-        return wall, total
+        return run_round(self._work, n, seconds)
 
     def _work(self, k: int, tally: Tally, stop: threading.Event) -> None:
         cur, rng = self.curs[k], self.rngs[k]

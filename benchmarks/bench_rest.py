@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +47,23 @@ from starlette.types import Receive, Scope, Send
 
 import lakewarden
 from benchmarks import common
+from benchmarks.mixed_load import (
+    COLUMNS,
+    READ,
+    READ_SHARE,
+    ROWS,
+    TABLE,
+    Tally,
+    rest_step,
+    run_round,
+)
 from lakewarden.intake.jsonvalues import result_json
 from lakewarden.intake.server import ServerThread, uvicorn_config
 from lakewarden.wire import AGENT_HEADER
 
 SHARE_TARGET_S = 0.3e-3
 THROUGHPUT_TARGET = 1.0
-TABLE = "t"
-ROWS = 10_000
-COLUMNS = 10
-READ = f"SELECT * FROM {TABLE} WHERE id = ?"
-INSERT = f"INSERT INTO {TABLE} (id, ts, grp0, name0) VALUES (?, now(), ?, ?)"
 POINT_ID = 4242
-READ_SHARE = 0.8
 CLIENTS = 8
 # (repeats, warm-up) of the latency case; (rounds, seconds per round) of the throughput case:
 # 5 rounds of 2 s give the 8 clients 10 s in all, and the single client as much.
@@ -243,22 +246,6 @@ def _thirds(samples: list[float]) -> list[list[float]]:
 # -- throughput ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Tally:
-    reads: int = 0
-    inserts: int = 0
-    errors: list[str] = field(default_factory=list)
-    read_s: list[float] = field(default_factory=list)
-    insert_s: list[float] = field(default_factory=list)
-
-    def add(self, other: Tally) -> None:
-        self.reads += other.reads
-        self.inserts += other.inserts
-        self.errors += other.errors
-        self.read_s += other.read_s
-        self.insert_s += other.insert_s
-
-
 class Load:
     """``CLIENTS`` persistent clients; a round runs the first ``n`` of them for ``seconds``."""
 
@@ -270,51 +257,13 @@ class Load:
 
     def round(self, n: int, seconds: float) -> tuple[float, Tally]:
         """Wall seconds of the round (until the last in-flight statement returns) and tally."""
-        stop = threading.Event()
-        tallies = [Tally() for _ in range(n)]
-        threads = [
-            threading.Thread(target=self._work, args=(k, tallies[k], stop), daemon=True)
-            for k in range(n)
-        ]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        time.sleep(seconds)
-        stop.set()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - start
-        tally = Tally()
-        for one in tallies:
-            tally.add(one)
+        wall, tally = run_round(self._work, n, seconds)
         self.total.add(tally)
         return wall, tally
 
     def _work(self, k: int, tally: Tally, stop: threading.Event) -> None:
-        http, rng = self.clients[k], self.rngs[k]
         while not stop.is_set():
-            read = rng.random() < READ_SHARE
-            if read:
-                payload: dict[str, Any] = {"sql": READ, "params": [rng.randrange(ROWS)]}
-            else:
-                self.next_id[k] += 1
-                payload = {"sql": INSERT, "params": [self.next_id[k], k, f"client-{k}"]}
-            start = time.perf_counter()
-            try:
-                response = http.post("/v1/sql", json=payload)
-                ok = response.status_code == 200
-                detail = f"HTTP {response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                ok, detail = False, repr(exc)
-            elapsed = time.perf_counter() - start
-            if not ok:
-                tally.errors.append(detail)
-            elif read:
-                tally.reads += 1
-                tally.read_s.append(elapsed)
-            else:
-                tally.inserts += 1
-                tally.insert_s.append(elapsed)
+            rest_step(self.clients[k], self.rngs[k], self.next_id, k, tally, "client")
 
     def close(self) -> None:
         for http in self.clients:

@@ -16,18 +16,17 @@ import json
 import random
 import sys
 import threading
-import time
-from typing import Any
 
 import httpx
 
-from benchmarks.mixed_load import INSERT, READ, READ_SHARE, ROWS, Tally
+from benchmarks.mixed_load import Tally, rest_step, run_round
+from lakewarden.wire import AGENT_HEADER
 
 
 def main(argv: list[str]) -> int:
     url, agent, clients = argv[0], argv[1], int(argv[2])
     https = [
-        httpx.Client(base_url=url, headers={"X-Lakewarden-Agent": agent}, timeout=120)
+        httpx.Client(base_url=url, headers={AGENT_HEADER: agent}, timeout=120)
         for _ in range(clients)
     ]
     rngs = [random.Random(1000 + k) for k in range(clients)]
@@ -35,43 +34,13 @@ def main(argv: list[str]) -> int:
     next_id = [(k + 1) * 1_000_000_000 for k in range(clients)]
 
     def work(k: int, tally: Tally, stop: threading.Event) -> None:
-        http, rng = https[k], rngs[k]
         while not stop.is_set():
-            read = rng.random() < READ_SHARE
-            if read:
-                payload: dict[str, Any] = {"sql": READ, "params": [rng.randrange(ROWS)]}
-            else:
-                next_id[k] += 1
-                payload = {"sql": INSERT, "params": [next_id[k], k, f"agent-{k}"]}
-            start = time.perf_counter()
-            try:
-                response = http.post("/v1/sql", json=payload)
-                ok = response.status_code == 200
-                detail = f"HTTP {response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                ok, detail = False, repr(exc)
-            tally.done(read, time.perf_counter() - start, ok, detail, payload["params"][0])
+            rest_step(https[k], rngs[k], next_id, k, tally, "agent")
 
     try:
         for line in sys.stdin:
             n, seconds = line.split()
-            tallies = [Tally() for _ in range(int(n))]
-            stop = threading.Event()
-            threads = [
-                threading.Thread(target=work, args=(k, tallies[k], stop), daemon=True)
-                for k in range(int(n))
-            ]
-            start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            time.sleep(float(seconds))
-            stop.set()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - start
-            total = Tally()
-            for tally in tallies:
-                total.add(tally)
+            wall, total = run_round(work, int(n), float(seconds))
             print(json.dumps({"wall": wall, **total.to_json()}), flush=True)
     finally:
         for http in https:
