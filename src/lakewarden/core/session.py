@@ -50,6 +50,7 @@ class Session:
         self._closed = False
         self._tx: Transaction | None = None
         self._tx_span: spans.Parent | None = None
+        self._tx_catalog: tuple[object, int] | None = None  # the catalog when the tx began
         self._batch_started: float | None = None  # an atomic batch spends one time budget
 
     def __enter__(self) -> Session:
@@ -108,6 +109,7 @@ class Session:
             raise
         spans.analysed(event, stmt, stages.namespace)
         try:
+            _check_arguments(max_rows, expect)
             _check_kind(stmt, expect)
             limit = stages.grants.timeout(self.agent)
             flagged = self._govern(stmt, _remaining(limit, started), limit)
@@ -169,8 +171,12 @@ class Session:
         event = spans.statement(self.agent, stages.namespace, traceparent)
         spans.batch(event, (), stages.namespace)
         handle = TransactionHandle(trace_id=event.trace_hex)
+        # Noted before the engine's transaction takes its snapshot: if the catalog has moved
+        # since, the transaction may plan on an older one than the verdict cache is keyed by.
+        catalog_at_begin = self._catalog_version()
         with Transaction.on(stages.engine, self._cur) as tx:
             self._tx, self._tx_span = tx, spans.child(event)
+            self._tx_catalog = catalog_at_begin
             try:
                 yield handle
                 handle.result = self._conclude(tx, event, dry_run)
@@ -187,7 +193,7 @@ class Session:
                 )
                 raise
             finally:
-                self._tx, self._tx_span = None, None
+                self._tx, self._tx_span, self._tx_catalog = None, None, None
         spans.batch(event, tx.tables_written, stages.namespace)
         self._recorded(event)
 
@@ -201,11 +207,18 @@ class Session:
         one slow to run, from the same budget."""
         stages = self._stages
         # Inside a transaction that changed the catalog, plans differ from the committed
-        # catalog's: such verdicts are neither taken from nor put into the cache.
-        shape_changed = self._tx is not None and self._tx.shape_changed
-        version = None if shape_changed else (stages.tracker.snapshot_id,)
+        # catalog's: such verdicts are neither taken from nor put into the cache. Nor inside
+        # one that began before the last commit (another session of this thread committed, or
+        # the lake moved): it plans on the catalog of its start, not on the current one, and a
+        # verdict cached under the current version would be replayed outside it.
+        current = self._catalog_version()
+        stale = self._tx is not None and (self._tx.shape_changed or self._tx_catalog != current)
+        version = None if stale else (current[0],)
         with execute.guarded(self._cur, budget, limit):
             return stages.grants.check(self.agent, stmt, self._planner, version)
+
+    def _catalog_version(self) -> tuple[object, int]:
+        return self._stages.tracker.snapshot_id, self._stages.grants.generation
 
     def _read(
         self,
@@ -330,6 +343,22 @@ class TransactionHandle:
     result: Result = field(
         default_factory=lambda: Result(kind="write", summary="BATCH", trace_id=None)
     )
+
+
+def _check_arguments(max_rows: object, expect: object) -> None:
+    """Arguments the engine would fail on with an error of its own (a negative row count)."""
+    if max_rows is not None and (
+        isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows <= 0
+    ):
+        raise InvalidRequest(
+            "max_rows must be a positive whole number",
+            [Violation("max_rows", f"{max_rows!r} is not a positive whole number")],
+        )
+    if expect not in (None, "read", "write"):
+        raise InvalidRequest(
+            'expect must be "read" or "write"',
+            [Violation("expect", f"{expect!r} is neither read nor write")],
+        )
 
 
 def _check_kind(stmt: Statement, expect: str | None) -> None:

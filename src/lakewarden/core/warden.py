@@ -117,8 +117,10 @@ class Warden:
     def accept_anomaly(self, table: str, *, agent: str) -> dict[str, Any]:
         """Take a table's current volume level (and write pace) as its new normal. Allowed to
         the agents that may restore tables: both decide what the table should be."""
-        name = self.table(table).name
-        self.stages.grants.require_restore(agent, name, f"accept a new normal for {name}")
+        # Who may is asked first, and the table is then looked up as the agent sees it: a
+        # table the agent may not read answers as a missing one (no existence oracle).
+        self.stages.grants.require_restore(agent, table, f"accept a new normal for {table}")
+        name = self.table(table, agent).name
         return self.health.accept_anomaly(name)
 
     def refresh(self) -> None:

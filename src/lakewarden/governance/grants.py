@@ -85,6 +85,11 @@ class Grants:
         with self._generation_lock:
             self._ddl_generation += 1
 
+    @property
+    def generation(self) -> int:
+        """How many DDL commits this process has seen (part of every verdict's key)."""
+        return self._ddl_generation
+
     def enforced(self, agent: str) -> bool:
         """Whether the agent's violations refuse (enforce) or are only flagged (warn, observe)."""
         return self.policy.effective_mode(agent) == ENFORCE
