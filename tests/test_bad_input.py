@@ -162,7 +162,7 @@ def test_a_failure_to_measure_does_not_fail_a_committed_write(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the change feed could not be read")
 
-    monkeypatch.setattr(seeded.tracker, "_record", broken)
+    monkeypatch.setattr(seeded.tracker, "_apply_own", broken)
     with seeded.session("a") as s:
         result = s.sql("INSERT INTO orders VALUES (3, NULL)")
     assert result.snapshot_id is not None and result.signals == {}

@@ -21,6 +21,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
 | LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 6GB) |
 | LAKEWARDEN_POLL_INTERVAL_S | 5 | seconds between monitoring evaluations (server, ``watch``) |
+| LAKEWARDEN_STATE_SAVE_DELAY_MS | 250 | most a table-state change waits to be saved (0 = at once) |
 
 Read by the CLI as defaults of its options (typer reads them): ``LAKEWARDEN_LAKE`` (--lake),
 ``LAKEWARDEN_POLICY`` (--policy), ``LAKEWARDEN_SERVER`` (--server), ``LAKEWARDEN_TOKEN``
@@ -96,6 +97,7 @@ class Settings:
     request_read_timeout_s: float = 10.0
     address_space_limit: str = "auto"
     poll_interval_s: float = 5.0
+    state_save_delay_ms: float = 250.0
 
     def __post_init__(self) -> None:
         if self.statement_timeout_s < 0:
@@ -124,6 +126,10 @@ class Settings:
                 raise ConfigurationError(f"{name}={value} must be at least {least}")
         if not self.poll_interval_s > 0:
             raise ConfigurationError(f"{ENV_POLL_INTERVAL} must be > 0")
+        if not 0 <= self.state_save_delay_ms <= 60_000:
+            raise ConfigurationError(
+                f"LAKEWARDEN_STATE_SAVE_DELAY_MS={self.state_save_delay_ms} must be 0..60000"
+            )
         if not self.request_read_timeout_s > 0:
             raise ConfigurationError("LAKEWARDEN_REQUEST_READ_TIMEOUT_S must be > 0")
         self.address_space_bytes()  # fails here, at start-up, when malformed
@@ -191,4 +197,5 @@ class Settings:
             ).strip()
             or cls.address_space_limit,
             poll_interval_s=number(ENV_POLL_INTERVAL, cls.poll_interval_s),
+            state_save_delay_ms=number("LAKEWARDEN_STATE_SAVE_DELAY_MS", cls.state_save_delay_ms),
         )

@@ -50,7 +50,7 @@ class Session:
         self._closed = False
         self._tx: Transaction | None = None
         self._tx_span: spans.Parent | None = None
-        self._tx_catalog: tuple[object, int] | None = None  # the catalog when the tx began
+        self._tx_catalog: int | None = None  # the catalog's generation when the tx began
         self._batch_started: float | None = None  # an atomic batch spends one time budget
 
     def __enter__(self) -> Session:
@@ -206,19 +206,21 @@ class Session:
         part of the statement's time: a statement built to be slow to plan is stopped like
         one slow to run, from the same budget."""
         stages = self._stages
-        # Inside a transaction that changed the catalog, plans differ from the committed
-        # catalog's: such verdicts are neither taken from nor put into the cache. Nor inside
-        # one that began before the last commit (another session of this thread committed, or
-        # the lake moved): it plans on the catalog of its start, not on the current one, and a
-        # verdict cached under the current version would be replayed outside it.
+        # Verdicts depend on what statements bind against (tables, views, macros, types),
+        # never on the data: the plan described is the binder's, before the optimizer could
+        # prune a scan on statistics. Inside a transaction that changed the catalog, plans
+        # differ from the committed catalog's: such verdicts are neither taken from nor put
+        # into the cache. Nor inside one that began before the last catalog change: it plans
+        # on the catalog of its start, and a verdict cached under the current generation
+        # would be replayed outside it.
         current = self._catalog_version()
         stale = self._tx is not None and (self._tx.shape_changed or self._tx_catalog != current)
-        version = None if stale else (current[0],)
+        version = None if stale else 0
         with execute.guarded(self._cur, budget, limit):
             return stages.grants.check(self.agent, stmt, self._planner, version)
 
-    def _catalog_version(self) -> tuple[object, int]:
-        return self._stages.tracker.snapshot_id, self._stages.grants.generation
+    def _catalog_version(self) -> int:
+        return self._stages.grants.generation
 
     def _read(
         self,
@@ -260,6 +262,9 @@ class Session:
             if len(tx.statements) == 1
             else "BATCH " + " ".join(tx.tables_written)
         )
+        if stages.gate.judges(tx.tables_written):
+            # The gate judges the state this write commits on: earlier commits' signals first.
+            stages.tracker.settle()
         before = {t: stages.tracker.get(t) for t in tx.tables_written}
         verdict = stages.gate.judge(tx.tables_written, before, tx)
         if dry_run:

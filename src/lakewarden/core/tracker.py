@@ -1,8 +1,14 @@
 """Keeps every table's signals current: after each governed write, and for any other commit.
 
-Writes through a session are applied from the change feed of their own snapshot. Commits made
-elsewhere (another process, a restart gap) are replayed snapshot by snapshot the same way, each
-attributed to its author. DDL and missing or stale state re-base a table with one aggregate query.
+A write through a session is queued in commit order while it still holds the write lock, then
+applied after the lock is released: from the delta measured before it committed (an insert-only
+write: its staged rows), else from the change feed of its own snapshot. Whichever committer
+takes the tracker first applies every queued commit in order, so a write's signals are exact
+and in order without holding the lock other writers wait on. Commits made elsewhere (another
+process, a restart gap) are replayed snapshot by snapshot from the change feed, each attributed
+to its author. DDL and missing or stale state re-base a table with one aggregate query. State is
+saved write-behind (:class:`lakewarden.store.state.WriteBehind`): after a crash the change feed
+replays what was not saved.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -22,8 +30,8 @@ from lakewarden.signals.table_state import ColumnState, TableState, WriteRecord
 from lakewarden.signals.update import TableSignals
 from lakewarden.store import catalog
 from lakewarden.store.engine import Engine
-from lakewarden.store.state import HISTORY_KEEP, StateStore
-from lakewarden.store.transaction import Commit
+from lakewarden.store.state import HISTORY_KEEP, StateStore, WriteBehind
+from lakewarden.store.transaction import Commit, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +39,33 @@ log = logging.getLogger(__name__)
 _SHAPE_KEYS = ("tables_created", "tables_altered", "tables_dropped")
 # Change-map keys that only add rows: the cheaper insertion feed gives the whole delta.
 _INSERT_KEYS = ("tables_inserted_into", "inlined_insert")
+# Change-map keys that change data and nothing the engine binds against; any other key (a
+# table, view, macro or schema created, altered or dropped) may change a statement's plan.
+_DATA_KEYS = (
+    *_INSERT_KEYS,
+    "tables_deleted_from",
+    "inlined_delete",
+    "tables_compacted",
+    "merge_adjacent",
+)
 # Replaying more snapshots than this after a restart costs more than re-profiling every table.
 MAX_REPLAY = 500
+# Signals of the newest snapshots applied, for a committer whose commit another thread applied.
+_RECENT = 1024
+
+
+@dataclass
+class Pending:
+    """A commit of this process, queued in commit order until its signals are applied."""
+
+    commit: Commit
+    tables: tuple[str, ...]
+    writer: str
+    shape_changed: bool
+    insert_only: frozenset[str]
+    staged: dict[str, deltas.Delta]  # insert-only tables measured before the commit
+    snapshot_id: int | None = None
+    signals: dict[str, TableSignals] = field(default_factory=dict)
 
 
 class Tracker:
@@ -41,15 +74,23 @@ class Tracker:
         engine: Engine,
         event_time: Callable[[str], str | None],
         timer: Callable[[str, float], None] = lambda signal, seconds: None,
+        on_reshape: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self._event_time = event_time
         self._timer = timer
+        self._on_reshape = on_reshape  # a commit changed what statements bind against
         self._lock = threading.RLock()
         self._cur = engine.cursor()
         self._store = StateStore(engine.state_cursor())
         self.states, self.snapshot_id = self._store.load()
         self._store.prune_history()
+        self._saver = WriteBehind(self._store, engine.settings.state_save_delay_ms / 1000)
+        # Commits of this process not applied yet, in commit order; its own small lock, so a
+        # committer holding the write lock never waits for another's post-commit work.
+        self._queue: deque[Pending] = deque()
+        self._queue_lock = threading.Lock()
+        self._recent: OrderedDict[int, dict[str, TableSignals]] = OrderedDict()
         self.history: dict[str, list[WriteRecord]] = self._store.history()
         # Writes remembered per table since this process started (the loaded history included):
         # lets a reader pick up only what is new, although the list is trimmed from the front.
@@ -66,8 +107,9 @@ class Tracker:
             return list(self.states.values())
 
     def get(self, name: str) -> TableState | None:
-        with self._lock:
-            return self.states.get(name)
+        # States are immutable and replaced whole (one dict store, atomic), so a reader needs
+        # no lock: a committer holding the write lock never waits here for a drain.
+        return self.states.get(name)
 
     def writes(self, name: str) -> list[WriteRecord]:
         """The table's recent writes, oldest first (what anomaly scores train on)."""
@@ -99,6 +141,7 @@ class Tracker:
     def sync(self) -> dict[str, TableSignals]:
         """Catch up with everything committed since the state was last true."""
         with self._lock:
+            self._drain()
             if not self._engine.location.is_lake:
                 return self._sync_file()
             current = catalog.current_snapshot(self._cur)
@@ -118,7 +161,19 @@ class Tracker:
         with self._lock:
             self.snapshot_id = None
 
-    def record(
+    def stage(self, tx: Transaction) -> dict[str, deltas.Delta]:
+        """Measure, before ``tx`` commits, what it inserted into tables it only inserted into
+        (the rows are known before the commit; the change feed is a query after it)."""
+        out = {}
+        for name in tx.insert_only:
+            state = self.states.get(name)
+            if state is not None:
+                delta = tx.staged(name, state.event_time_column)
+                if delta is not None:
+                    out[name] = delta
+        return out
+
+    def enqueue(
         self,
         commit: Commit,
         tables: tuple[str, ...],
@@ -126,54 +181,99 @@ class Tracker:
         shape_changed: bool,
         *,
         insert_only: frozenset[str] = frozenset(),
-    ) -> tuple[int | None, dict[str, TableSignals]]:
-        """The snapshot id and signals of a write this process just committed.
+        staged: dict[str, deltas.Delta] | None = None,
+    ) -> Pending:
+        """Note a commit of this process in commit order; call with the write lock held."""
+        pending = Pending(commit, tables, writer, shape_changed, insert_only, staged or {})
+        with self._queue_lock:
+            self._queue.append(pending)
+        return pending
 
-        ``insert_only`` names the tables the write only inserted into: their delta is read
-        from DuckLake's insertion feed, several times cheaper than the full change feed.
-        """
+    def settle(self, pending: Pending | None = None) -> tuple[int | None, dict[str, TableSignals]]:
+        """Apply every queued commit in commit order; the snapshot id and signals of
+        ``pending``. The quality gate settles first, to judge the state it commits on."""
         with self._lock:
-            if not self._engine.location.is_lake:
-                return None, self._reprofile(tables, writer, time.time(), None)
-            snapshot_id = commit.snapshot_id
-            known = self.snapshot_id
-            if snapshot_id is not None and known is not None and snapshot_id <= known:
-                # DuckLake made no snapshot (the transaction changed nothing): this id is an
-                # older commit of this cursor, already applied; never claim it.
-                snapshot_id = None
-            if snapshot_id is None:
-                return None, {}
-            signals = self._record(
-                snapshot_id, commit.time, tables, writer, shape_changed, insert_only
-            )
-            return snapshot_id, signals
+            self._drain()
+        if pending is None:
+            return None, {}
+        return pending.snapshot_id, pending.signals
 
-    def _record(
-        self,
-        snapshot_id: int,
-        when: float | None,
-        tables: tuple[str, ...],
-        writer: str,
-        shape_changed: bool,
-        insert_only: frozenset[str],
-    ) -> dict[str, TableSignals]:
-        if self.snapshot_id is not None and snapshot_id == self.snapshot_id + 1:
-            if when is None:
-                commit_time = catalog.snapshot_time(self._cur, snapshot_id)
-                when = commit_time.timestamp() if commit_time else time.time()
-            if shape_changed:
-                return self._reprofile(tables, writer, when, snapshot_id)
-            updates = {
-                t: self._apply_delta(
-                    t, snapshot_id, snapshot_id, writer, when, inserts_only=t in insert_only
-                )
-                for t in tables
-                if t in self.states
-            }
-            self._save(updates, snapshot_id)
-            return updates
-        # Someone else committed in between: replay everything in order, ours included.
-        return {k: v for k, v in self.sync().items() if k in tables}
+    def close(self) -> None:
+        """Save what is not saved yet."""
+        self._saver.close()
+
+    def _drain(self) -> None:
+        """Apply every queued commit, oldest first (called with the tracker's lock)."""
+        with self._queue_lock:
+            queued, self._queue = list(self._queue), deque()
+        listing: dict[str, catalog.Snapshot] = {}
+        for item in queued:
+            item.snapshot_id = item.commit.snapshot_id
+            try:
+                if not self._engine.location.is_lake:
+                    item.signals = self._reprofile(item.tables, item.writer, item.commit.time, None)
+                    continue
+                if item.snapshot_id is not None and not item.commit.certain:
+                    item.snapshot_id = self._find(item, listing)
+                if item.snapshot_id is not None:
+                    item.signals = self._settle(item, item.snapshot_id)
+            except Exception:
+                # The write is committed and acknowledged whatever happens here; the state
+                # may hold part of it, so every table is re-based at the next sync.
+                log.exception("could not measure commit %s of %s", item.snapshot_id, item.writer)
+                self.snapshot_id = None
+
+    def _find(self, item: Pending, listing: dict[str, catalog.Snapshot]) -> int | None:
+        """The snapshot a commit made, where another process may have committed first: the
+        lake's own list says which is ours (by commit id). One list serves a whole drain."""
+        if item.commit.commit_id not in listing:
+            predicted = item.commit.snapshot_id or 1
+            since = min(self.snapshot_id or predicted - 1, predicted - 1)
+            listing.update(
+                (s.commit_id, s) for s in catalog.snapshots(self._cur, since=since) if s.commit_id
+            )
+        found = listing.get(item.commit.commit_id)
+        return found.snapshot_id if found is not None else None
+
+    def _settle(self, item: Pending, sid: int) -> dict[str, TableSignals]:
+        if self.snapshot_id is None:
+            self._rebase_all(catalog.current_snapshot(self._cur))
+        known = self.snapshot_id or 0
+        if sid <= known:
+            # Applied already, by a sync that found it in the lake first.
+            done = self._recent.get(sid, {})
+            return {t: done[t] for t in item.tables if t in done}
+        if sid > known + 1:  # commits of others first, in order
+            for snap in catalog.snapshots(self._cur, since=known):
+                if snap.snapshot_id >= sid:
+                    break
+                self._apply_snapshot(snap)
+        return self._apply_own(item, sid)
+
+    def _apply_own(self, item: Pending, sid: int) -> dict[str, TableSignals]:
+        when = item.commit.time
+        if item.shape_changed:
+            updates = self._reprofile(item.tables, item.writer, when, sid, save=False)
+        else:
+            updates = {}
+            for name in item.tables:
+                if name not in self.states:
+                    continue
+                staged = item.staged.get(name)
+                if staged is not None:
+                    updates[name] = self._apply(name, staged, sid, item.writer, when)
+                else:
+                    updates[name] = self._apply_delta(
+                        name, sid, sid, item.writer, when, inserts_only=name in item.insert_only
+                    )
+        self._save(updates, sid)
+        self._remember_signals(sid, updates)
+        return updates
+
+    def _remember_signals(self, snapshot_id: int, updates: dict[str, TableSignals]) -> None:
+        self._recent[snapshot_id] = updates
+        while len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -192,6 +292,8 @@ class Tracker:
                 reshaped.update(names)
             if key not in _INSERT_KEYS:
                 removed.update(names)
+        if any(key not in _DATA_KEYS for key in snap.changes):
+            self._on_reshape()
         writer = snap.agent or "unknown"
         stamp = snap.time.timestamp()
         updates: dict[str, TableSignals] = {}
@@ -213,6 +315,7 @@ class Tracker:
                     self._reprofile((name,), writer, stamp, snap.snapshot_id, save=False)
                 )
         self._save(updates, snap.snapshot_id)
+        self._remember_signals(snap.snapshot_id, updates)
         return updates
 
     def _apply_delta(
@@ -234,14 +337,23 @@ class Tracker:
         else:
             frame = catalog.changes(self._cur, name, first, last)
         delta = deltas.from_changes(frame, state.event_time_column)
-        new = deltas.apply(state, delta, when=stamp, writer=writer, snapshot_id=last)
+        self._timer("delta", time.perf_counter() - started)
+        return self._apply(name, delta, last, writer, stamp)
+
+    def _apply(
+        self, name: str, delta: deltas.Delta, snapshot_id: int, writer: str, stamp: float
+    ) -> TableSignals:
+        new = deltas.apply(
+            self.states[name], delta, when=stamp, writer=writer, snapshot_id=snapshot_id
+        )
         self.states[name] = new
         if delta.rows_written:
             self._remember(
                 name,
-                WriteRecord(stamp, delta.inserted + delta.updated, delta.deleted, writer, last),
+                WriteRecord(
+                    stamp, delta.inserted + delta.updated, delta.deleted, writer, snapshot_id
+                ),
             )
-        self._timer("delta", time.perf_counter() - started)
         return TableSignals(new, delta)
 
     def _reprofile(
@@ -375,16 +487,12 @@ class Tracker:
                 self.appended.pop(name, None)
                 self.generation += 1
         writes, self._new_writes = self._new_writes, []
-        try:
-            self._store.save(
-                [u.state for u in updates.values() if not u.dropped],
-                [n for n, u in updates.items() if u.dropped],
-                self.snapshot_id,
-                writes,
-            )
-        except Exception:
-            # The lake is the truth and the state only a cache: a failed save re-bases later.
-            log.exception("could not persist table state")
+        self._saver.save(
+            [u.state for u in updates.values() if not u.dropped],
+            [n for n, u in updates.items() if u.dropped],
+            self.snapshot_id,
+            writes,
+        )
 
 
 def _last_write(cur: Any, name: str) -> tuple[float, str | None] | None:

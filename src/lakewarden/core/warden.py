@@ -57,11 +57,17 @@ class Warden:
         self.engine = Engine(locate(path, self.settings), self.settings)
         self.instruments = Instruments(self.telemetry.meter)
         self.recorder = self.telemetry.recorder(self.instruments)
-        self.tracker = Tracker(self.engine, self.policy.event_time, self.recorder.signal_time)
+        grants = Grants(self.policy, self.engine.database, self.settings.statement_timeout_s)
+        self.tracker = Tracker(
+            self.engine,
+            self.policy.event_time,
+            self.recorder.signal_time,
+            on_reshape=grants.catalog_changed,
+        )
         self.stages = Stages(
             settings=self.settings,
             engine=self.engine,
-            grants=Grants(self.policy, self.engine.database, self.settings.statement_timeout_s),
+            grants=grants,
             gate=Gate(self.policy),
             tracker=self.tracker,
             audit=AuditLog(self.engine),
@@ -125,10 +131,7 @@ class Warden:
 
     def refresh(self) -> None:
         """Pick up commits made outside this warden (other processes, other tools)."""
-        # Under the write lock: a commit of ours is applied by the session that made it, which
-        # then knows its snapshot id for sure.
-        with self.engine.write_lock:
-            self.tracker.sync()
+        self.tracker.sync()
 
     # -- health and metadata -------------------------------------------------------------------
 
@@ -171,6 +174,7 @@ class Warden:
 
     def close(self) -> None:
         self._pool.close()
+        self.tracker.close()
         self.telemetry.shutdown()
         self.engine.close()
 

@@ -44,6 +44,10 @@ class Gate:
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
 
+    def judges(self, tables: Iterable[str]) -> bool:
+        """Whether any of ``tables`` has a contract to judge."""
+        return any(self._policy.contract(t) is not None for t in tables)
+
     def judge(
         self,
         tables: Iterable[str],

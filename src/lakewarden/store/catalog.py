@@ -73,6 +73,31 @@ def profile(
     return Profile(rows=int(row[0]), null_counts=nulls, max_event_time=max_event)
 
 
+def staged(cur: duckdb.DuckDBPyConnection, table: str, event_time: str | None) -> Profile:
+    """Row count, null counts and max event time of the rows the cursor's open transaction
+    inserted into ``table`` and has not committed yet, in one aggregate query.
+
+    DuckLake gives transaction-local rows a NULL ``snapshot_id`` (the virtual column), and
+    prunes every committed data file on that filter without reading it. ``COLUMNS(*)`` counts
+    the columns the table has in this transaction, whatever the caller last knew of them.
+    """
+    exprs = "count(*), count(COLUMNS(*))"
+    if event_time:
+        exprs += f", max(COLUMNS(c -> c = {_literal(event_time)}))"
+    result = cur.execute(f"SELECT {exprs} FROM {table_ref(table)} WHERE snapshot_id IS NULL")
+    names = [d[0] for d in result.description or ()]
+    row = _first(result)
+    assert row is not None
+    rows = int(row[0])
+    width = len(names) - (2 if event_time else 1)
+    nulls = {names[i]: rows - int(row[i]) for i in range(1, width + 1)}
+    return Profile(rows=rows, null_counts=nulls, max_event_time=row[-1] if event_time else None)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def current_snapshot(cur: duckdb.DuckDBPyConnection) -> int:
     row = _first(cur.execute(f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()"))
     return int(row[0]) if row else 0
@@ -94,20 +119,6 @@ def insertions(cur: duckdb.DuckDBPyConnection, table: str, first: int, last: int
     ).pl()
 
 
-def last_commit(cur: duckdb.DuckDBPyConnection) -> tuple[int, datetime] | None:
-    """Id and time of the snapshot this cursor's last commit made, in one metadata query."""
-    row = _first(
-        cur.execute(
-            "SELECT snapshot_id, snapshot_time "
-            f"FROM __ducklake_metadata_{LAKE_ALIAS}.ducklake_snapshot "
-            f"WHERE snapshot_id = (FROM ducklake_last_committed_snapshot('{LAKE_ALIAS}'))"
-        )
-    )
-    if row is None:
-        return None
-    return int(row[0]), _utc(row[1])
-
-
 @dataclass(frozen=True)
 class Snapshot:
     snapshot_id: int
@@ -120,6 +131,7 @@ class Snapshot:
     rows_added: int | None = None  # for one table's snapshots: rows it inserted (or updated)
     rows_removed: int | None = None  # ... and rows it deleted
     summary: str | None = None  # the change in words: "created orders; inserted into orders"
+    commit_id: str | None = None  # lakewarden's id of the commit (in its extra info)
 
     def with_rows(self, added: int | None, removed: int | None) -> Snapshot:
         return replace(self, rows_added=added, rows_removed=removed)
@@ -179,6 +191,7 @@ def snapshots(
                 trace_id=info.get("trace_id"),
                 span_id=info.get("span_id"),
                 changes={k: list(v) for k, v in (change_map or {}).items()},
+                commit_id=info.get("commit_id"),
             )
         )
     return out

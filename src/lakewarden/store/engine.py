@@ -48,6 +48,12 @@ class Location:
     catalog: str  # duckdb | sqlite for a lake; "file" for a plain DuckDB file
 
     @property
+    def exclusive(self) -> bool:
+        """Whether one process holds the lake: a DuckDB-file catalog admits no other, so no
+        commit can land between a transaction's snapshot and its commit but this process's."""
+        return self.is_lake and self.catalog == "duckdb"
+
+    @property
     def state_path(self) -> Path:
         if self.is_lake:
             return self.path / "lakewarden-state.duckdb"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ import duckdb
 
 from lakewarden.analysis import Statement
 from lakewarden.signals.checks import WriteCounts
+from lakewarden.signals.delta import Delta, to_epoch
 from lakewarden.signals.table_state import ColumnState, TableState
 from lakewarden.store import audit, catalog
 from lakewarden.store.engine import LAKE_ALIAS, Engine
@@ -55,11 +57,19 @@ def _merge_split(touched: int, net: int, actions: tuple[str, ...]) -> tuple[int,
 
 @dataclass(frozen=True)
 class Commit:
-    """What a commit made: the snapshot (None on a plain DuckDB file) and when."""
+    """What a commit made: the snapshot (None on a plain DuckDB file) and when.
+
+    The snapshot id is the one after the snapshot the transaction read, which DuckLake gives
+    the commit unless another process committed in between: ``certain`` says whether that
+    could happen (a catalog one process holds); when it could, the id is found again by
+    ``commit_id`` in the lake's snapshot list. The time is this process's clock at the commit
+    (DuckLake stamps the snapshot with its catalog's clock in the same instant).
+    """
 
     snapshot_id: int | None
-    time: float | None
+    time: float
     commit_id: str
+    certain: bool = True
 
 
 class Transaction:
@@ -73,12 +83,14 @@ class Transaction:
         *,
         is_lake: bool,
         database: str,
+        exclusive: bool = False,
     ) -> None:
         self.cur = cur
         self.statements: list[Statement] = []
         self.shape_changed = False
         self._lock = write_lock
         self._is_lake = is_lake
+        self._exclusive = exclusive
         self._database = database
         self._written: dict[str, None] = {}
         self._counts: dict[str, _Counts] = {}
@@ -88,8 +100,13 @@ class Transaction:
     @classmethod
     def on(cls, engine: Engine, cur: duckdb.DuckDBPyConnection) -> Transaction:
         """A transaction of ``engine`` on the caller's cursor ``cur``."""
+        loc = engine.location
         return cls(
-            cur, engine.write_lock, is_lake=engine.location.is_lake, database=engine.database
+            cur,
+            engine.write_lock,
+            is_lake=loc.is_lake,
+            database=engine.database,
+            exclusive=loc.exclusive,
         )
 
     def __enter__(self) -> Transaction:
@@ -195,6 +212,27 @@ class Transaction:
             ),
         )
 
+    def staged(self, table: str, event_time: str | None) -> Delta | None:
+        """What this transaction inserted into ``table``, measured before it commits: the
+        delta of an insert-only write, with no change-feed query after the commit. None when
+        it cannot be measured so (not a lake; a user column named ``snapshot_id`` hides the
+        engine's; the count disagrees with the rows the statements reported)."""
+        counts = self._counts.get(table)
+        if not self._is_lake or counts is None or counts.deleted or counts.updated:
+            return None
+        try:
+            prof = catalog.staged(self.cur, table, event_time)
+        except duckdb.BinderException:
+            # A binder error leaves the transaction usable: the change feed measures it.
+            return None
+        if "snapshot_id" in prof.null_counts or prof.rows != counts.inserted:
+            return None
+        return Delta(
+            inserted=prof.rows,
+            null_delta=prof.null_counts,
+            max_event_time=to_epoch(prof.max_event_time),
+        )
+
     # -- the end ---------------------------------------------------------------------------
 
     def commit(
@@ -205,9 +243,11 @@ class Transaction:
         span_id: str | None,
         records: Sequence[audit.AuditRecord],
     ) -> Commit:
-        """Commit as one snapshot with its audit records inside; the write lock stays held
-        until the transaction is closed, so the caller applies the commit's signals in order."""
+        """Commit as one snapshot with its audit records inside. The write lock stays held
+        until the transaction is closed: the caller notes the commit's place in the commit
+        order first, then releases it."""
         commit_id = uuid.uuid4().hex
+        base = None
         try:
             audit.insert(self.cur, [replace(r, commit_id=commit_id) for r in records])
             if self._is_lake:
@@ -218,15 +258,17 @@ class Transaction:
                     f"CALL {LAKE_ALIAS}.set_commit_message(?, ?, extra_info => ?)",
                     [agent, summary, extra],
                 )
+                if records:  # an audit record is a change: DuckLake makes a snapshot
+                    base = catalog.current_snapshot(self.cur)  # the snapshot it follows
             self.cur.commit()
         except BaseException:
             self.rollback()
             raise
         self._open = False
-        last = catalog.last_commit(self.cur) if self._is_lake else None
-        if last is None:
-            return Commit(None, None, commit_id)
-        return Commit(last[0], last[1].timestamp(), commit_id)
+        when = time.time()
+        if base is None:
+            return Commit(None, when, commit_id)
+        return Commit(base + 1, when, commit_id, certain=self._exclusive)
 
     def rollback(self) -> None:
         if self._open:
