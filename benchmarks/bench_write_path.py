@@ -16,7 +16,7 @@ up before every governed call, outside the timed region.
 
 Afterwards, as diagnostics, a separate pass times the stages of governed writes with
 :class:`benchmarks.stage_timer.StageTimer` (analysis, governance, execution, gate, commit,
-post-commit, telemetry) and how long each write holds the engine's write lock.
+signals, telemetry) and how long each write holds the engine's write lock.
 """
 
 from __future__ import annotations

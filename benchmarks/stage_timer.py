@@ -36,7 +36,7 @@ CATEGORIES = (
     "execution",
     "gate",
     "commit",
-    "post-commit",
+    "signals",
     "telemetry",
     "other",
 )
@@ -63,17 +63,24 @@ WRITE_PROBES: tuple[Probe, ...] = (
     Probe("lakewarden.core.session:commit", "commit stage: other", "other"),
     Probe("lakewarden.store.transaction:Transaction.commit", "commit: other", "commit"),
     Probe("lakewarden.store.audit:insert", "audit row INSERT", "commit"),
-    Probe("lakewarden.store.catalog:last_commit", "snapshot id + time query", "post-commit"),
-    Probe("lakewarden.store.catalog:snapshot_time", "snapshot id + time query", "post-commit"),
-    Probe("lakewarden.store.catalog:current_snapshot", "snapshot id + time query", "post-commit"),
-    Probe("lakewarden.core.tracker:Tracker.record", "tracker: other", "post-commit"),
-    Probe("lakewarden.core.tracker:Tracker.sync", "replay of other commits", "post-commit"),
-    Probe("lakewarden.store.catalog:insertions", "change feed query", "post-commit"),
-    Probe("lakewarden.store.catalog:changes", "change feed query", "post-commit"),
-    Probe("lakewarden.store.catalog:profile", "profile query", "post-commit"),
-    Probe("lakewarden.signals.delta:from_changes", "delta (Polars)", "post-commit"),
-    Probe("lakewarden.signals.delta:apply", "delta (Polars)", "post-commit"),
-    Probe("lakewarden.store.state:StateStore.save", "state save", "post-commit"),
+    Probe("lakewarden.store.catalog:current_snapshot", "snapshot the commit follows", "commit"),
+    Probe("lakewarden.core.tracker:Tracker.stage", "signals: other", "signals"),
+    Probe("lakewarden.store.staging:insert", "staged INSERT: other", "execution"),
+    Probe("lakewarden.store.catalog:staged_profile", "staged rows measured", "signals"),
+    Probe("lakewarden.store.staging:Shapes.get", "stage shape (cached)", "execution"),
+    Probe("lakewarden.core.tracker:Tracker.enqueue", "commit order queue", "signals"),
+    Probe("lakewarden.core.tracker:Tracker.settle", "tracker: apply in commit order", "signals"),
+    Probe("lakewarden.core.tracker:Tracker.sync", "replay of other commits", "signals"),
+    Probe("lakewarden.store.catalog:snapshots", "snapshot list", "signals"),
+    Probe("lakewarden.store.catalog:insertions", "change feed query", "signals"),
+    Probe("lakewarden.store.catalog:changes", "change feed query", "signals"),
+    Probe("lakewarden.store.catalog:profile", "profile query", "signals"),
+    Probe("lakewarden.signals.delta:from_changes", "delta (Polars)", "signals"),
+    Probe("lakewarden.signals.delta:apply", "delta (Polars)", "signals"),
+    Probe(
+        "lakewarden.store.state:WriteBehind.save", "state hand-off (saved write-behind)", "signals"
+    ),
+    Probe("lakewarden.store.state:StateStore.save", "state save", "signals"),
     Probe("lakewarden.telemetry.spans:statement", "span bookkeeping", "telemetry"),
     Probe("lakewarden.telemetry.spans:analysed", "span bookkeeping", "telemetry"),
     Probe("lakewarden.telemetry.spans:committed", "span bookkeeping", "telemetry"),
@@ -87,8 +94,12 @@ WRITE_PROBES: tuple[Probe, ...] = (
 # calls without a statement (commit, begin, pl) are matched as "<method>".
 CURSOR_LABELS: tuple[tuple[str, str, str], ...] = (
     (r"set_commit_message", "set_commit_message", "commit"),
+    (r"^CREATE TEMP TABLE temp\.main\.lw_stage", "stage: CREATE TEMP TABLE", "execution"),
+    (r"^DROP TABLE temp\.main\.lw_stage", "stage: DROP", "execution"),
+    (r"SELECT \* FROM temp\.main\.lw_stage", "stage: rows into the lake table", "execution"),
+    (r"temp\.main\.lw_stage", "the statement, into the stage", "execution"),
     (r"^<commit>$", "COMMIT", "commit"),
-    (r"^<pl>$|^<arrow>$|^<fetch_arrow_table>$", "change feed to Polars", "post-commit"),
+    (r"^<pl>$|^<arrow>$|^<fetch_arrow_table>$", "change feed to Polars", "signals"),
 )
 
 SESSION_LABEL = "session: Result, bookkeeping"

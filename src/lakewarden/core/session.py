@@ -28,6 +28,7 @@ from lakewarden.result import Result
 from lakewarden.store import execute
 from lakewarden.store.audit import AuditRecord
 from lakewarden.store.plan import Planner
+from lakewarden.store.staging import StageTables
 from lakewarden.store.transaction import Transaction
 from lakewarden.telemetry import spans
 from lakewarden.telemetry.recorder import Event
@@ -47,6 +48,7 @@ class Session:
         self._stages = stages
         self._cur = stages.engine.cursor()
         self._planner = Planner(self._cur)
+        self._stage_tables = StageTables()  # temporary tables belong to this cursor
         self._closed = False
         self._tx: Transaction | None = None
         self._tx_span: spans.Parent | None = None
@@ -127,7 +129,9 @@ class Session:
                     rows_affected=affected,
                 )
             else:
-                with Transaction.on(stages.engine, self._cur) as tx:
+                with Transaction.on(
+                    stages.engine, self._cur, stages.stager(self._stage_tables)
+                ) as tx:
                     affected = tx.run(stmt, params, budget, limit)
                     result = self._conclude(tx, event, dry_run)
                 result = replace(result, rows_affected=affected)
@@ -174,7 +178,7 @@ class Session:
         # Noted before the engine's transaction takes its snapshot: if the catalog has moved
         # since, the transaction may plan on an older one than the verdict cache is keyed by.
         catalog_at_begin = self._catalog_version()
-        with Transaction.on(stages.engine, self._cur) as tx:
+        with Transaction.on(stages.engine, self._cur, stages.stager(self._stage_tables)) as tx:
             self._tx, self._tx_span = tx, spans.child(event)
             self._tx_catalog = catalog_at_begin
             try:

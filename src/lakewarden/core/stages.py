@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lakewarden.core.tracker import Tracker
 from lakewarden.governance.gate import Gate
@@ -10,6 +10,7 @@ from lakewarden.governance.grants import Grants
 from lakewarden.settings import Settings
 from lakewarden.store.audit import AuditLog
 from lakewarden.store.engine import Engine
+from lakewarden.store.staging import Shapes, StageTables, Staging
 from lakewarden.telemetry.recorder import Recorder
 
 
@@ -22,6 +23,11 @@ class Stages:
     tracker: Tracker  # signals of every table, kept from the change feed
     audit: AuditLog  # store: the audit trail
     recorder: Recorder  # telemetry: spans and metric points, off the agent's path
+    shapes: Shapes = field(default_factory=Shapes)  # store: stage tables of staged inserts
+
+    def stager(self, tables: StageTables) -> Staging:
+        """How a transaction beginning now stages its inserts into a session's ``tables``."""
+        return Staging(self.shapes, self.grants.generation, self.tracker.get, tables)
 
     @property
     def namespace(self) -> str:

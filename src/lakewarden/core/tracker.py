@@ -166,11 +166,9 @@ class Tracker:
         (the rows are known before the commit; the change feed is a query after it)."""
         out = {}
         for name in tx.insert_only:
-            state = self.states.get(name)
-            if state is not None:
-                delta = tx.staged(name, state.event_time_column)
-                if delta is not None:
-                    out[name] = delta
+            delta = tx.staged(name)
+            if delta is not None and name in self.states:
+                out[name] = delta
         return out
 
     def enqueue(

@@ -32,6 +32,20 @@ class Delta:
     def rows_written(self) -> int:
         return self.inserted + self.deleted + self.updated
 
+    def plus(self, other: Delta) -> Delta:
+        """Two deltas of one table in one transaction, as one."""
+        nulls = dict(self.null_delta)
+        for column, change in other.null_delta.items():
+            nulls[column] = nulls.get(column, 0) + change
+        times = [t for t in (self.max_event_time, other.max_event_time) if t is not None]
+        return Delta(
+            inserted=self.inserted + other.inserted,
+            deleted=self.deleted + other.deleted,
+            updated=self.updated + other.updated,
+            null_delta=nulls,
+            max_event_time=max(times) if times else None,
+        )
+
 
 def from_changes(changes: pl.DataFrame, event_time: str | None = None) -> Delta:
     """Summarise a change-feed frame (``change_type`` plus the table's columns)."""

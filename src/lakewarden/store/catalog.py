@@ -73,25 +73,24 @@ def profile(
     return Profile(rows=int(row[0]), null_counts=nulls, max_event_time=max_event)
 
 
-def staged(cur: duckdb.DuckDBPyConnection, table: str, event_time: str | None) -> Profile:
-    """Row count, null counts and max event time of the rows the cursor's open transaction
-    inserted into ``table`` and has not committed yet, in one aggregate query.
-
-    DuckLake gives transaction-local rows a NULL ``snapshot_id`` (the virtual column), and
-    prunes every committed data file on that filter without reading it. ``COLUMNS(*)`` counts
-    the columns the table has in this transaction, whatever the caller last knew of them.
-    """
-    exprs = "count(*), count(COLUMNS(*))"
+def staged_profile(
+    cur: duckdb.DuckDBPyConnection, ref: str, event_time: str | None
+) -> tuple[Profile, int]:
+    """Row count, null count of every column and max event time of the table ``ref`` (an
+    SQL reference, quoted), in one aggregate; ``COLUMNS(*)`` names each count by its column.
+    Also the lake snapshot the cursor's open transaction reads (one round trip less)."""
+    exprs = f"(SELECT id FROM {LAKE_ALIAS}.current_snapshot()), count(*), count(COLUMNS(*))"
     if event_time:
         exprs += f", max(COLUMNS(c -> c = {_literal(event_time)}))"
-    result = cur.execute(f"SELECT {exprs} FROM {table_ref(table)} WHERE snapshot_id IS NULL")
+    result = cur.execute(f"SELECT {exprs} FROM {ref}")
     names = [d[0] for d in result.description or ()]
     row = _first(result)
     assert row is not None
-    rows = int(row[0])
-    width = len(names) - (2 if event_time else 1)
-    nulls = {names[i]: rows - int(row[i]) for i in range(1, width + 1)}
-    return Profile(rows=rows, null_counts=nulls, max_event_time=row[-1] if event_time else None)
+    rows = int(row[1])
+    last = len(names) - (1 if event_time else 0)
+    nulls = {names[i]: rows - int(row[i]) for i in range(2, last)}
+    profile = Profile(rows=rows, null_counts=nulls, max_event_time=row[-1] if event_time else None)
+    return profile, int(row[0])
 
 
 def _literal(text: str) -> str:

@@ -22,9 +22,9 @@ import duckdb
 
 from lakewarden.analysis import Statement
 from lakewarden.signals.checks import WriteCounts
-from lakewarden.signals.delta import Delta, to_epoch
+from lakewarden.signals.delta import Delta
 from lakewarden.signals.table_state import ColumnState, TableState
-from lakewarden.store import audit, catalog
+from lakewarden.store import audit, catalog, staging
 from lakewarden.store.engine import LAKE_ALIAS, Engine
 from lakewarden.store.execute import guarded
 
@@ -84,6 +84,7 @@ class Transaction:
         is_lake: bool,
         database: str,
         exclusive: bool = False,
+        stager: staging.Staging | None = None,
     ) -> None:
         self.cur = cur
         self.statements: list[Statement] = []
@@ -91,6 +92,9 @@ class Transaction:
         self._lock = write_lock
         self._is_lake = is_lake
         self._exclusive = exclusive
+        self._stager = stager if is_lake else None
+        self._staged: dict[str, Delta] = {}  # tables whose every insert was staged
+        self._unstaged: set[str] = set()
         self._database = database
         self._written: dict[str, None] = {}
         self._counts: dict[str, _Counts] = {}
@@ -98,8 +102,14 @@ class Transaction:
         self._locked = False
 
     @classmethod
-    def on(cls, engine: Engine, cur: duckdb.DuckDBPyConnection) -> Transaction:
-        """A transaction of ``engine`` on the caller's cursor ``cur``."""
+    def on(
+        cls,
+        engine: Engine,
+        cur: duckdb.DuckDBPyConnection,
+        stager: staging.Staging | None = None,
+    ) -> Transaction:
+        """A transaction of ``engine`` on the caller's cursor ``cur``; with ``stager``, its
+        inserts are staged and measured before the commit (:mod:`lakewarden.store.staging`)."""
         loc = engine.location
         return cls(
             cur,
@@ -107,6 +117,7 @@ class Transaction:
             is_lake=loc.is_lake,
             database=engine.database,
             exclusive=loc.exclusive,
+            stager=stager,
         )
 
     def __enter__(self) -> Transaction:
@@ -143,10 +154,14 @@ class Transaction:
             self.register(table)
         merge = stmt.statement_type == "MERGE_INTO" and stmt.target is not None
         with guarded(self.cur, budget, limit):
-            rows_before = self._rows(stmt.target) if merge and stmt.target else 0
-            self.cur.execute(stmt.text, params)
-            rows = self.cur.fetchall() if self.cur.description else None
-            rows_after = self._rows(stmt.target) if merge and stmt.target else 0
+            staged = self._insert_staged(stmt, params)
+            if staged is not None:
+                rows: list[Any] | None = [(staged,)]
+            else:
+                rows_before = self._rows(stmt.target) if merge and stmt.target else 0
+                self.cur.execute(stmt.text, params)
+                rows = self.cur.fetchall() if self.cur.description else None
+                rows_after = self._rows(stmt.target) if merge and stmt.target else 0
         self.statements.append(stmt)
         if stmt.kind == "ddl":
             self.shape_changed = True
@@ -169,6 +184,28 @@ class Transaction:
             else:
                 counts.updated += affected
         return affected
+
+    def _insert_staged(self, stmt: Statement, params: Sequence[Any] | None) -> int | None:
+        """Run an INSERT through a stage and keep its delta; None when it was not run."""
+        target = stmt.target
+        if target is None or stmt.kind != "write":
+            return None
+        if self._stager is None or stmt.statement_type != "INSERT" or self.shape_changed:
+            self._unstaged.add(target)
+            return None
+        state = self._stager.known(target)
+        done = None
+        if state is not None:
+            done = staging.insert(
+                self.cur, stmt.text, params, target, self._stager, state.event_time_column
+            )
+        if done is None:
+            self._unstaged.add(target)
+            return None
+        inserted, delta = done
+        before = self._staged.get(target)
+        self._staged[target] = before.plus(delta) if before is not None else delta
+        return inserted
 
     def _rows(self, table: str) -> int:
         return catalog.profile(self.cur, table, [], None).rows
@@ -212,26 +249,13 @@ class Transaction:
             ),
         )
 
-    def staged(self, table: str, event_time: str | None) -> Delta | None:
-        """What this transaction inserted into ``table``, measured before it commits: the
-        delta of an insert-only write, with no change-feed query after the commit. None when
-        it cannot be measured so (not a lake; a user column named ``snapshot_id`` hides the
-        engine's; the count disagrees with the rows the statements reported)."""
+    def staged(self, table: str) -> Delta | None:
+        """What this transaction inserted into ``table``, measured before it commits, when
+        every write to it was a staged insert; None otherwise (the change feed measures it)."""
         counts = self._counts.get(table)
-        if not self._is_lake or counts is None or counts.deleted or counts.updated:
+        if table in self._unstaged or counts is None or counts.deleted or counts.updated:
             return None
-        try:
-            prof = catalog.staged(self.cur, table, event_time)
-        except duckdb.BinderException:
-            # A binder error leaves the transaction usable: the change feed measures it.
-            return None
-        if "snapshot_id" in prof.null_counts or prof.rows != counts.inserted:
-            return None
-        return Delta(
-            inserted=prof.rows,
-            null_delta=prof.null_counts,
-            max_event_time=to_epoch(prof.max_event_time),
-        )
+        return self._staged.get(table)
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -259,12 +283,16 @@ class Transaction:
                     [agent, summary, extra],
                 )
                 if records:  # an audit record is a change: DuckLake makes a snapshot
-                    base = catalog.current_snapshot(self.cur)  # the snapshot it follows
+                    base = self._stager.tables.snapshot if self._stager is not None else None
+                    if base is None:  # the snapshot it follows, unless a stage said so
+                        base = catalog.current_snapshot(self.cur)
             self.cur.commit()
         except BaseException:
             self.rollback()
             raise
         self._open = False
+        if self._stager is not None:
+            self._stager.tables.committed()
         when = time.time()
         if base is None:
             return Commit(None, when, commit_id)
@@ -273,6 +301,8 @@ class Transaction:
     def rollback(self) -> None:
         if self._open:
             self._open = False
+            if self._stager is not None:
+                self._stager.tables.rolled_back()
             with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
                 self.cur.rollback()
 
