@@ -97,6 +97,7 @@ CURSOR_LABELS: tuple[tuple[str, str, str], ...] = (
     (r"^CREATE TEMP TABLE temp\.main\.lw_stage", "stage: CREATE TEMP TABLE", "execution"),
     (r"^DROP TABLE temp\.main\.lw_stage", "stage: DROP", "execution"),
     (r"SELECT \* FROM temp\.main\.lw_stage", "stage: rows into the lake table", "execution"),
+    (r"^DELETE FROM temp\.main\.lw_stage", "stage: emptied", "execution"),
     (r"temp\.main\.lw_stage", "the statement, into the stage", "execution"),
     (r"^<commit>$", "COMMIT", "commit"),
     (r"^<pl>$|^<arrow>$|^<fetch_arrow_table>$", "change feed to Polars", "signals"),

@@ -63,3 +63,82 @@ def test_killed_writer_leaves_lake_and_audit_in_agreement(lake_dir: Path) -> Non
         assert rows == 1000 * len(snaps)
         # the signals were caught up from the change feed on reopen
         assert warden.table("events").rows == rows
+
+
+# Writes of every kind, then the writer waits: its table state is saved write-behind, and the
+# delay is set far longer than the test, so the kill lands between the commits and the save.
+UNSAVED = textwrap.dedent(
+    """
+    import sys, time, lakewarden
+    warden = lakewarden.open(sys.argv[1], telemetry=lakewarden.Telemetry(env={}))
+    with warden.session("loader") as s:
+        for i in range(4):
+            s.sql("INSERT INTO events (id, kind) SELECT ? * 100 + r, "
+                  "CASE WHEN r % 3 = 0 THEN NULL ELSE 'k' END FROM range(50) t(r)", [i + 1])
+        s.sql("INSERT INTO events (id) VALUES (?)", [9999])
+        s.sql("DELETE FROM events WHERE id % 7 = 0")
+        s.sql("UPDATE events SET kind = NULL WHERE id % 5 = 0")
+        s.sql("ALTER TABLE events ADD COLUMN score DOUBLE")
+        s.sql("INSERT INTO events (id, score) VALUES (10000, 1.5), (10001, NULL)")
+        last = s.sql("INSERT INTO events (id) VALUES (10002)").snapshot_id
+        print(last, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _state_mark(lake_dir: Path) -> int | None:
+    import duckdb
+
+    con = duckdb.connect(str(lake_dir / "lakewarden-state.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT value FROM meta WHERE key = 'snapshot_id'").fetchall()
+        return int(rows[0][0]) if rows else None
+    finally:
+        con.close()
+
+
+def _signals(warden: lakewarden.Warden) -> dict[str, object]:
+    state = warden.table("events")
+    return {
+        "rows": state.rows,
+        "columns": {c.name: (c.type, c.null_count) for c in state.columns},
+        "last_writer": state.last_writer,
+    }
+
+
+def test_state_not_saved_before_a_kill_is_replayed_from_the_change_feed(lake_dir: Path) -> None:
+    with lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as warden:
+        warden.sql("CREATE TABLE events (id BIGINT, kind VARCHAR)", agent="loader")
+        warden.sql("INSERT INTO events VALUES (1, NULL), (2, 'a')", agent="loader")
+    saved = _state_mark(lake_dir)
+    assert saved is not None
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UNSAVED, str(lake_dir)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "OTEL_SDK_DISABLED": "true", "LAKEWARDEN_STATE_SAVE_DELAY_MS": "60000"},
+    )
+    try:
+        assert proc.stdout is not None
+        last = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _state_mark(lake_dir) == saved < last, "the kill did not land before the save"
+
+    with lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as warden:
+        assert warden.tracker.snapshot_id == last
+        replayed_signals = _signals(warden)
+        writes = warden.tracker.writes("events")
+        # Every write since the saved mark was replayed into the anomaly history, once.
+        replayed = [w for w in writes if w.snapshot_id is not None and w.snapshot_id > saved]
+        assert len(replayed) == len({w.snapshot_id for w in replayed}) >= 7
+    assert _state_mark(lake_dir) == last  # saved on close
+
+    # A full re-profile of the same lake, with no state at all, is the reference.
+    (lake_dir / "lakewarden-state.duckdb").unlink()
+    with lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as reference:
+        assert replayed_signals == _signals(reference)

@@ -367,16 +367,21 @@ class Tracker:
         if not tables:
             return {}
         started = time.perf_counter()
-        schemas = catalog.schemas(self._cur, self._engine.database)
+        # On a lake, each table as it was at ``snapshot_id``: replaying a change of shape
+        # followed by writes must not count those writes twice (once in the profile, once
+        # as their own deltas).
+        at = snapshot_id if self._engine.location.is_lake else None
+        schemas = catalog.schemas(self._cur, self._engine.database) if at is None else {}
         updates: dict[str, TableSignals] = {}
         for name in tables:
             old = self.states.get(name)
-            if name not in schemas:
+            schema = schemas.get(name) if at is None else catalog.schema_at(self._cur, name, at)
+            if schema is None:
                 if old is not None:
                     del self.states[name]
                     updates[name] = TableSignals(old, dropped=True)
                 continue
-            new = self._profile(name, schemas[name], old, snapshot_id)
+            new = self._profile(name, schema, old, snapshot_id)
             changes = tuple(diff(old.schema, new.schema)) if old else ()
             counts = dict(new.schema_changes)
             for change in changes:
@@ -405,7 +410,8 @@ class Tracker:
         self, name: str, schema: dict[str, str], old: TableState | None, snapshot_id: int | None
     ) -> TableState:
         event_time = self._event_time(name)
-        prof = catalog.profile(self._cur, name, list(schema), event_time)
+        at = snapshot_id if self._engine.location.is_lake else None
+        prof = catalog.profile(self._cur, name, list(schema), event_time, at)
         base = old or TableState(name=name)
         return base.with_changes(
             rows=prof.rows,

@@ -49,6 +49,17 @@ def schemas(cur: duckdb.DuckDBPyConnection, database: str) -> dict[str, dict[str
     return out
 
 
+def schema_at(cur: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> dict[str, str] | None:
+    """``table``'s columns and types at a lake snapshot; None when it did not exist then."""
+    try:
+        rows = cur.execute(
+            f"DESCRIBE SELECT * FROM {table_ref(table)} AT (VERSION => {int(snapshot)})"
+        ).fetchall()
+    except duckdb.CatalogException:
+        return None
+    return {name: dtype for name, dtype, *_ in rows}
+
+
 @dataclass(frozen=True)
 class Profile:
     rows: int
@@ -57,16 +68,22 @@ class Profile:
 
 
 def profile(
-    cur: duckdb.DuckDBPyConnection, table: str, columns: list[str], event_time: str | None
+    cur: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: list[str],
+    event_time: str | None,
+    at: int | None = None,
 ) -> Profile:
-    """Row count, null count of every column and max event time in ONE aggregate query.
+    """Row count, null count of every column and max event time in ONE aggregate query; with
+    ``at``, as the table was at that lake snapshot.
 
     The scan stays inside DuckDB (columnar, parallel); nothing but one row reaches Python.
     """
     exprs = ["count(*)"] + [f"count(*) - count({ident(c)})" for c in columns]
     if event_time and event_time in columns:
         exprs.append(f"max({ident(event_time)})")
-    row = _first(cur.execute(f"SELECT {', '.join(exprs)} FROM {table_ref(table)}"))
+    version = f" AT (VERSION => {int(at)})" if at is not None else ""
+    row = _first(cur.execute(f"SELECT {', '.join(exprs)} FROM {table_ref(table)}{version}"))
     assert row is not None
     nulls = {c: int(row[i + 1]) for i, c in enumerate(columns)}
     max_event = row[len(columns) + 1] if len(row) > len(columns) + 1 else None
