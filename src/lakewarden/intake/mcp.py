@@ -17,8 +17,10 @@ from concurrent.futures import Executor
 from typing import Annotated, Any
 
 from mcp.server import MCPServer
+from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from mcp_types import CallToolResult, TextContent
 from pydantic import Field, ValidationError
 from starlette.types import ASGIApp
@@ -101,6 +103,28 @@ class _Server(MCPServer):
     catches) is an ``internal_error`` with an id in the log, like any other.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_schemas: dict[str, dict[str, Any] | None] = {}
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        """The schema the SDK checks a call's ``Mcp-Param-*`` headers against (2026-07-28
+        protocol), or None when there is nothing to check, as the SDK's hook allows.
+
+        Only properties annotated ``x-mcp-header`` are checked, and no lakewarden tool has
+        one; the SDK would still walk the tool's schema twice on every call to find that out
+        (0.05-0.07 ms per call, ``python -m benchmarks.mcp_probe``), so it is found out once
+        per tool. Unknown names are not remembered: a client chooses them.
+        """
+        if name in self._header_schemas:
+            return self._header_schemas[name]
+        schema = super()._tool_input_schema(name)
+        if schema is None:
+            return None
+        annotated = find_invalid_x_mcp_header(schema) is None and bool(x_mcp_header_map(schema))
+        self._header_schemas[name] = schema if annotated else None
+        return self._header_schemas[name]
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         try:
             return await super().call_tool(name, arguments, context)
@@ -178,6 +202,13 @@ def build_mcp(
     server = _Server(
         name="lakewarden", version=__version__, log_level="WARNING", instructions=INSTRUCTIONS
     )
+    # The SDK opens a span per MCP request on OpenTelemetry's global tracer provider, which
+    # lakewarden never sets (its spans go through its own provider, one per statement, joined
+    # to the caller's params._meta.traceparent): a span that records nothing, for 0.07-0.1 ms
+    # of every call (python -m benchmarks.mcp_probe). The rest of the chain stays.
+    server.middleware[:] = [
+        m for m in server.middleware if not isinstance(m, OpenTelemetryMiddleware)
+    ]
     answer = answerer(warden, stdio_agent, workers)
 
     @server.tool()
