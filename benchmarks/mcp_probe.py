@@ -1,6 +1,6 @@
 """Where a lakewarden MCP ``tools/call`` spends its time on the server: a diagnostic, not a case.
 
-    python -m benchmarks.mcp_probe [--calls N] [--variants shipped,sse-stateful,...]
+    python -m benchmarks.mcp_probe [--calls N] [--variants shipped,sse,stateless]
 
 Starts ``lakewarden serve`` on a DuckDB file holding the ``mcp_query`` table, once per variant of
 the MCP transport options (``shipped``: as the server ships; the others override the options
@@ -23,7 +23,6 @@ import atexit
 import functools
 import inspect
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks import mcp_variant_server
 
 STATS: dict[str, list[float]] = defaultdict(list)
 
@@ -144,13 +145,9 @@ def _install() -> None:
     lw_server.bounded_body = timed_app  # type: ignore[assignment]
 
 
-# Transport options given to the MCP SDK over the shipped ones; "shipped" changes nothing.
-VARIANTS: dict[str, dict[str, bool]] = {
-    "shipped": {},
-    "sse-stateful": {"json_response": False, "stateless_http": False},
-    "json-stateful": {"json_response": True, "stateless_http": False},
-    "json-stateless": {"json_response": True, "stateless_http": True},
-}
+# Transport options given to the MCP SDK over the shipped ones ("shipped" changes nothing),
+# the same variants as benchmarks.mcp_variant_server's.
+VARIANTS: dict[str, dict[str, bool]] = {"shipped": {}, **mcp_variant_server.VARIANTS}
 
 
 def serve(out: Path, variant: str, argv: list[str]) -> None:
@@ -166,13 +163,6 @@ def serve(out: Path, variant: str, argv: list[str]) -> None:
 
     MCPServer.streamable_http_app = with_options  # type: ignore[method-assign]
     atexit.register(lambda: out.write_text(json.dumps(STATS)))
-    if os.environ.get("LW_PROBE_CPROFILE"):
-        # The event loop's thread only: a profile of everything a request does there.
-        import cProfile
-
-        profile = cProfile.Profile()
-        profile.enable()
-        atexit.register(lambda: (profile.disable(), profile.dump_stats(f"{out}.prof")))
     from lakewarden.intake.cli import main as cli
 
     sys.argv = ["lakewarden", "serve", *argv]
