@@ -339,6 +339,78 @@ def test_mcp_param_headers_are_checked_only_where_declared(
         assert answered.json()["result"]["structuredContent"]["rows"] == [[1]]
 
 
+# (tool, arguments, the answer's rows or the refusal's code and the violation that names it)
+ARGUMENT_CASES = [
+    pytest.param("query", {"sql": "SELECT ?", "params": [7]}, [[7]], id="params-list"),
+    pytest.param("query", {"sql": "SELECT ?", "params": "[7]"}, [[7]], id="params-as-json-text"),
+    pytest.param("query", {"sql": "SELECT 1", "colour": "red"}, [[1]], id="unknown-name-ignored"),
+    pytest.param("query", {"sql": "SELECT 1", "max_rows": "1"}, [[1]], id="number-as-text"),
+    pytest.param("query", {}, ("invalid_request", "sql: Field required"), id="sql-missing"),
+    pytest.param(
+        "query",
+        {"sql": "SELECT 1", "max_rows": "many"},
+        ("invalid_request", "max_rows: Input should be a valid integer"),
+        id="max-rows-not-a-number",
+    ),
+    pytest.param(
+        "query",
+        {"sql": "SELECT 1", "max_rows": 0},
+        ("invalid_request", "max_rows: Input should be greater than 0"),
+        id="max-rows-zero-rest-rule",
+    ),
+    pytest.param(
+        "execute",
+        {"sql": ["SELECT 1"], "params": [1]},
+        ("invalid_request", "'params' goes with 'sql'"),
+        id="batch-with-params-rest-rule",
+    ),
+    pytest.param(
+        "restore_table",
+        {"name": "t", "snapshot_id": -1},
+        ("invalid_request", "snapshot_id: Input should be greater than or equal to 0"),
+        id="negative-snapshot",
+    ),
+    pytest.param(
+        "describe_table",
+        {"name": 5},
+        ("invalid_request", "name: Input should be a valid string"),
+        id="name-not-text",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tool", "arguments", "expected"), ARGUMENT_CASES)
+def test_tool_arguments_checked_once_in_the_rest_shape(
+    tmp_path: Path, tool: str, arguments: dict[str, Any], expected: Any
+) -> None:
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            async with mcp_client(served.url, "auto", {AGENT_HEADER: "a"}) as client:
+                result = await client.call_tool(tool, arguments)
+                if isinstance(expected, list):
+                    assert ok(result)["rows"] == expected
+                    return
+                code, detail = expected
+                error = tool_error(result)
+                assert error["code"] == code, error
+                assert any(detail in v["detail"] for v in error["violations"]), error
+
+        run(main)
+
+
+def test_an_unknown_tool_is_a_tool_error(tmp_path: Path) -> None:
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            async with mcp_client(served.url, "auto", {AGENT_HEADER: "a"}) as client:
+                result = await client.call_tool("drop_everything", {})
+                assert result.is_error
+                assert "drop_everything" in result.content[0].text  # type: ignore[union-attr]
+
+        run(main)
+
+
 # Every tool, with the Warden method its work calls; None: the failure is outside the tool's
 # work, in the intake itself (finding the call's traceparent).
 BROKEN_TOOLS = [
