@@ -18,14 +18,25 @@ mcp-server-motherduck is installed, pinned, in a virtual environment of its own 
 cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``, ``lakewarden-benchmarks/``), never in the
 project's; the first run takes about a minute for it.
 
+Each subject server, like each baseline, serves its own MCP client and nothing else; the
+diagnostics run on lakewarden servers of their own ("lw diag", on another copy of the file, and
+"lw lake diag", on a second lake built the same way).
+
 Diagnostics: what MCP adds over REST for the same statement on the same lakewarden server
-(``POST /v1/sql`` with an ``httpx.AsyncClient``, the HTTP client the MCP SDK uses), split into
-the MCP client SDK's share (the same ``tools/call`` sent as a bare JSON-RPC POST), the server's
-fixed per-request MCP cost (a bare ``ping``), and what the response format and the session cost
-(the same server with JSON responses instead of SSE, and stateless, via
-``benchmarks.mcp_variant_server``); and, for scale, what a tool call costs through the MCP SDK
-alone (a bare ``MCPServer`` whose ``query`` tool answers a fixed result). A smoke run
-(``--quick``) leaves those extra servers out.
+(``POST /v1/sql`` with an ``httpx.AsyncClient``, the HTTP client the MCP SDK uses). ``mcp.Client``
+negotiates the per-request 2026-07-28 protocol with lakewarden (no initialize, no session; with
+motherduck it falls back to the initialize handshake), so the split uses the same protocol: the
+MCP client SDK's share (the same ``tools/call`` sent as a bare 2026-07-28 JSON-RPC POST) and the
+server's. The handshake era, which most clients in the field still speak, is measured beside it:
+a bare ``tools/call`` and ``ping`` in a 2025-06-18 session. Then what the shipped transport
+options are worth, on servers that differ from the shipped one in one option each (via
+``benchmarks.mcp_variant_server``) and serve the same request mix as "lw diag": SSE streams
+instead of JSON responses, and stateless instead of sessions, each through ``mcp.Client`` and
+through a bare 2025-06-18 session; and, for scale,
+what a tool call costs through the MCP SDK alone (a bare ``MCPServer`` whose ``query`` tool
+answers a fixed result, served with the same transport options). A smoke run (``--quick``)
+leaves those extra servers out. ``python -m benchmarks.mcp_probe`` times the steps inside the
+server.
 """
 
 from __future__ import annotations
@@ -66,7 +77,8 @@ QUERY = f"SELECT * FROM {TABLE} WHERE id = {POINT_ID}"
 REPEATS, QUICK_REPEATS = 300, 15
 WARMUP, QUICK_WARMUP = 20, 3
 MCP_ACCEPT = "application/json, text/event-stream"
-PROTOCOL_VERSION = "2025-06-18"
+HANDSHAKE_VERSION = "2025-06-18"  # initialize, then a session
+PER_REQUEST_VERSION = "2026-07-28"  # every request carries the envelope; no session
 START_TIMEOUT_S = 90
 ROOT = Path(__file__).resolve().parents[1]  # for python -m benchmarks.*
 
@@ -180,27 +192,41 @@ def _wait(
 
 # -- the agent side ----------------------------------------------------------------------------
 
+# What a 2026-07-28 request carries in params._meta (as mcp.Client sends it).
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": PER_REQUEST_VERSION,
+    "io.modelcontextprotocol/clientInfo": {"name": "lakewarden-benchmark", "version": "0"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
 
 class RawMCP:
-    """A bare JSON-RPC session over streamable HTTP (no MCP client SDK)."""
+    """A bare JSON-RPC client over streamable HTTP (no MCP client SDK), in either protocol era:
+    a session opened by ``initialize`` (``HANDSHAKE_VERSION``), or self-contained requests that
+    carry the protocol envelope in ``params._meta`` and its routing headers
+    (``PER_REQUEST_VERSION``), as ``mcp.Client`` sends them."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, protocol: str = HANDSHAKE_VERSION) -> None:
         self.url = url + "/mcp/"
+        self.protocol = protocol
         self.http = httpx.AsyncClient(timeout=60, headers={"Accept": MCP_ACCEPT})
         self.next_id = 0
         self.session: dict[str, str] = {}
 
     async def start(self) -> None:
+        if self.protocol == PER_REQUEST_VERSION:
+            self.session = {"mcp-protocol-version": self.protocol}
+            return
         response = await self._post(
             "initialize",
             {
-                "protocolVersion": PROTOCOL_VERSION,
+                "protocolVersion": self.protocol,
                 "capabilities": {},
                 "clientInfo": {"name": "lakewarden-benchmark", "version": "0"},
             },
         )
         session_id = response.headers.get("mcp-session-id")
-        self.session = {"mcp-protocol-version": PROTOCOL_VERSION}
+        self.session = {"mcp-protocol-version": self.protocol}
         if session_id:
             self.session["mcp-session-id"] = session_id
         await self.http.post(
@@ -212,9 +238,15 @@ class RawMCP:
     async def _post(self, method: str, params: dict[str, Any] | None) -> httpx.Response:
         self.next_id += 1
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        headers = self.session
+        if self.protocol == PER_REQUEST_VERSION:
+            params = {**(params or {}), "_meta": ENVELOPE}
+            headers = {**headers, "mcp-method": method}
+            if "name" in params:
+                headers["mcp-name"] = params["name"]
         if params is not None:
             message["params"] = params
-        response = await self.http.post(self.url, json=message, headers=self.session)
+        response = await self.http.post(self.url, json=message, headers=headers)
         if response.status_code != 200:
             raise RuntimeError(f"{method}: HTTP {response.status_code} {response.text[:300]}")
         return response
@@ -252,8 +284,8 @@ class Agent:
         self.stack.callback(self.portal.call, http.aclose)
         return http
 
-    def raw(self, url: str) -> RawMCP:
-        session = RawMCP(url)
+    def raw(self, url: str, protocol: str = HANDSHAKE_VERSION) -> RawMCP:
+        session = RawMCP(url, protocol)
         self.portal.call(session.start)
         self.stack.callback(self.portal.call, session.close)
         return session
@@ -296,13 +328,21 @@ def _raw_rows(body: dict[str, Any]) -> None:
 
 def _build(folder: Path) -> tuple[Path, Path]:
     """The table in a DuckLake lake and in a DuckDB file (the file closed, so it can be copied)."""
-    lake, file = folder / "lake", folder / "lw" / "bench.duckdb"
-    for target in (lake, file):
-        with lakewarden.open(
-            target, telemetry=lakewarden.Telemetry(env={}), settings=lakewarden.Settings()
-        ) as warden:
-            common.build_table(warden, TABLE, ROWS, COLUMNS)
+    lake, file = _build_lake(folder / "lake"), folder / "lw" / "bench.duckdb"
+    with lakewarden.open(
+        file, telemetry=lakewarden.Telemetry(env={}), settings=lakewarden.Settings()
+    ) as warden:
+        common.build_table(warden, TABLE, ROWS, COLUMNS)
     return lake, file
+
+
+def _build_lake(folder: Path) -> Path:
+    """A DuckLake lake holding the table (a lake is not copied: its catalog names its folder)."""
+    with lakewarden.open(
+        folder, telemetry=lakewarden.Telemetry(env={}), settings=lakewarden.Settings()
+    ) as warden:
+        common.build_table(warden, TABLE, ROWS, COLUMNS)
+    return folder
 
 
 def _copy(file: Path, folder: Path) -> Path:
@@ -325,16 +365,24 @@ def run(quick: bool = False) -> list[common.Outcome]:
             motherduck_spec("md persistent", home, md_file, persistent=True),
             motherduck_spec("md default", home, md_file, persistent=False),
         ]
-        # The transport variants are diagnostics: a smoke run starts fewer processes.
-        variants = () if quick else ("json", "stateless")
-        for variant in variants:
-            copy = _copy(file, root / f"lw-{variant}")
-            specs.append(lakewarden_spec(f"lw {variant}", ["--duckdb", str(copy)], variant))
+        # The subjects, like the baselines, serve their own MCP client and nothing else: the
+        # diagnostics run on servers of their own. Other calls to the same process between
+        # two measured ones keep it warm and lower its p50, lakewarden's more than
+        # motherduck's (measured with four more clients per server: -0.62 ms and -0.31 ms),
+        # so a subject that also served the diagnostics was measured warmer than its
+        # baseline. The shipped server and the transport variants serve the same mix, so they
+        # compare with each other; a smoke run starts fewer processes.
+        diagnosed = ("lw diag",) if quick else ("lw diag", "lw sse", "lw stateless")
+        for name in diagnosed:
+            variant = None if name == "lw diag" else name.removeprefix("lw ")
+            copy = _copy(file, root / name.replace(" ", "-"))
+            specs.append(lakewarden_spec(name, ["--duckdb", str(copy)], variant))
+        lake_diag = _build_lake(root / "lake-diag")
+        specs.append(lakewarden_spec("lw lake diag", ["--lake", str(lake_diag)]))
         if not quick:
             specs.append(lakewarden_spec("sdk floor", [], "floor"))
         with ExitStack() as stack:
             urls = stack.enter_context(servers(specs, root))
-            lw_file, lw_lake = urls["lw file"], urls["lw lake"]
             portal = stack.enter_context(start_blocking_portal())
             agent = Agent(portal, stack)
             clients = {
@@ -343,10 +391,8 @@ def run(quick: bool = False) -> list[common.Outcome]:
                 else agent.mcp(url + "/mcp/", agent_header)
                 for name, url in urls.items()
             }
-            rest_file, rest_lake = agent.rest(lw_file), agent.rest(lw_lake)
-            for http in (rest_file, rest_lake):
-                http.headers.update(agent_header)
             query = {"sql": QUERY}
+            tool_call = {"name": "query", "arguments": query}
             fns: dict[str, Callable[[], object]] = {}
             for name, client in clients.items():
                 if name.startswith("md"):
@@ -355,39 +401,46 @@ def run(quick: bool = False) -> list[common.Outcome]:
                 else:
                     call = partial(client.call_tool, "query", query)
                     fns[f"{name} mcp"] = agent.timed(call, _lakewarden_rows)
-            fns["lw file rest"] = agent.timed(
-                lambda: rest_file.post("/v1/sql", json=query), _rest_rows
-            )
-            fns["lw lake rest"] = agent.timed(
-                lambda: rest_lake.post("/v1/sql", json=query), _rest_rows
-            )
-            for name in ("lw file", "sdk floor"):
+            for name in ("lw lake diag", *diagnosed):
+                rest = agent.rest(urls[name])
+                rest.headers.update(agent_header)
+                fns[f"{name} rest"] = agent.timed(
+                    partial(rest.post, "/v1/sql", json=query), _rest_rows
+                )
+            for name in (*diagnosed, "sdk floor"):
                 if name not in urls:
                     continue
-                bare = agent.raw(urls[name])
-                bare.http.headers.update(agent_header)
+                per_request = agent.raw(urls[name], PER_REQUEST_VERSION)
+                session = agent.raw(urls[name], HANDSHAKE_VERSION)
+                for bare in (per_request, session):
+                    bare.http.headers.update(agent_header)
                 fns[f"{name} bare tools/call"] = agent.timed(
-                    partial(bare.request, "tools/call", {"name": "query", "arguments": query}),
-                    _raw_rows,
+                    partial(per_request.request, "tools/call", tool_call), _raw_rows
                 )
-                fns[f"{name} bare ping"] = agent.timed(
-                    partial(bare.request, "ping"), lambda _: None
+                fns[f"{name} session ping"] = agent.timed(
+                    partial(session.request, "ping"), lambda _: None
                 )
                 fns[f"{name} healthz"] = agent.timed(
-                    partial(bare.http.get, urls[name] + "/healthz"), lambda r: r.raise_for_status()
+                    partial(session.http.get, urls[name] + "/healthz"),
+                    lambda r: r.raise_for_status(),
                 )
+                if name != "sdk floor":
+                    fns[f"{name} session tools/call"] = agent.timed(
+                        partial(session.request, "tools/call", tool_call), _raw_rows
+                    )
             times = common.measure(fns, repeats=repeats, warmup=warmup, self_timed=frozenset(fns))
             response_types: dict[str, str] = {
-                name: portal.call(_content_type, urls[name])
-                for name in ("lw file", "lw json")
+                f"{name} {protocol}": portal.call(_content_type, urls[name], protocol)
+                for name in ("lw diag", "lw sse")
                 if name in urls
+                for protocol in (PER_REQUEST_VERSION, HANDSHAKE_VERSION)
             }
     return _outcomes(times, response_types)
 
 
-async def _content_type(url: str) -> str:
+async def _content_type(url: str, protocol: str) -> str:
     """What the server answers a tools/call with: an SSE stream or one JSON body."""
-    session = RawMCP(url)
+    session = RawMCP(url, protocol)
     try:
         await session.start()
         response = await session._post("tools/call", {"name": "query", "arguments": {"sql": QUERY}})
@@ -408,37 +461,54 @@ def _outcomes(
     def tail(name: str) -> str:
         return f"p50 {p50(name)}, p95 {common.fmt_s(common.percentile(times[name], 95))}"
 
-    mcp_over_rest = p("lw file mcp") - p("lw file rest")
-    sdk = p("lw file mcp") - p("lw file bare tools/call")
-    server_side = p("lw file bare tools/call") - p("lw file rest")
+    def minus(a: str, b: str) -> str:
+        return common.fmt_s(p(a) - p(b))
+
     overhead = {
-        "MCP over REST, same server and statement (p50 MCP - p50 REST)": (
-            f"{common.fmt_s(mcp_over_rest)} on the DuckDB file "
-            f"(MCP {p50('lw file mcp')}, REST {p50('lw file rest')}); "
-            f"{common.fmt_s(p('lw lake mcp') - p('lw lake rest'))} on the lake"
+        "MCP over REST, same server and statement (p50 MCP - p50 REST; a server of its own)": (
+            f"{minus('lw diag mcp', 'lw diag rest')} on the DuckDB file "
+            f"(MCP {p50('lw diag mcp')}, REST {p50('lw diag rest')}); "
+            f"{minus('lw lake diag mcp', 'lw lake diag rest')} on the lake"
         ),
-        "  client SDK (mcp.Client call_tool - bare JSON-RPC tools/call POST)": common.fmt_s(sdk),
-        "  server (bare tools/call - REST POST /v1/sql)": common.fmt_s(server_side),
-        "  server's fixed MCP cost per request (bare ping - GET /healthz)": common.fmt_s(
-            p("lw file bare ping") - p("lw file healthz")
+        "  client SDK (mcp.Client call_tool - the same 2026-07-28 tools/call as a bare POST)": (
+            minus("lw diag mcp", "lw diag bare tools/call")
+        ),
+        "  server (bare 2026-07-28 tools/call - REST POST /v1/sql)": minus(
+            "lw diag bare tools/call", "lw diag rest"
+        ),
+        "  server in a 2025-06-18 session instead (bare tools/call - REST POST /v1/sql)": minus(
+            "lw diag session tools/call", "lw diag rest"
+        ),
+        "  server's fixed MCP cost per request in a session (bare ping - GET /healthz)": minus(
+            "lw diag session ping", "lw diag healthz"
         ),
     }
-    if "lw json mcp" in times and "lw stateless mcp" in times:
+    if "lw sse mcp" in times and "lw stateless mcp" in times:
         overhead |= {
-            "  response format (shipped - JSON responses; separate server processes)": (
-                f"{common.fmt_s(p('lw file mcp') - p('lw json mcp'))} (the shipped server "
-                f"answers {response_types['lw file']}, the variant {response_types['lw json']})"
+            "  SSE streams instead of JSON responses (variant - shipped; same request mix)": (
+                f"{minus('lw sse mcp', 'lw diag mcp')} via mcp.Client (2026-07-28), "
+                f"{minus('lw sse session tools/call', 'lw diag session tools/call')} in a "
+                f"2025-06-18 session (tools/call answered as "
+                f"{response_types['lw diag ' + PER_REQUEST_VERSION]} / "
+                f"{response_types['lw diag ' + HANDSHAKE_VERSION]} by the shipped server, "
+                f"{response_types['lw sse ' + PER_REQUEST_VERSION]} / "
+                f"{response_types['lw sse ' + HANDSHAKE_VERSION]} by the variant)"
             ),
-            "  session (JSON responses - stateless with JSON responses)": common.fmt_s(
-                p("lw json mcp") - p("lw stateless mcp")
+            "  stateless instead of sessions (variant - shipped; same request mix)": (
+                f"{minus('lw stateless mcp', 'lw diag mcp')} via mcp.Client (2026-07-28: no "
+                "session either way), "
+                f"{minus('lw stateless session tools/call', 'lw diag session tools/call')} "
+                "for a 2025-06-18 client"
             ),
         }
     if "sdk floor mcp" in times:
         overhead |= {
-            "  the MCP SDK alone (a bare MCPServer, fixed answer): tool call - its GET /healthz": (
-                f"{common.fmt_s(p('sdk floor mcp') - p('sdk floor healthz'))} via mcp.Client, "
-                f"{common.fmt_s(p('sdk floor bare tools/call') - p('sdk floor healthz'))} bare; "
-                f"ping - healthz {common.fmt_s(p('sdk floor bare ping') - p('sdk floor healthz'))}"
+            "  the MCP SDK alone (a bare MCPServer, fixed answer, JSON responses): tool call - "
+            "its GET /healthz": (
+                f"{minus('sdk floor mcp', 'sdk floor healthz')} via mcp.Client, "
+                f"{minus('sdk floor bare tools/call', 'sdk floor healthz')} bare 2026-07-28; "
+                f"ping in a 2025-06-18 session - healthz "
+                f"{minus('sdk floor session ping', 'sdk floor healthz')}"
             ),
         }
     every = {
@@ -472,7 +542,9 @@ def _outcomes(
                 "lakewarden on the lake / motherduck persistent on the file": (
                     f"{p('lw lake mcp') / p('md persistent'):.3f}"
                 ),
-                "lakewarden REST on the lake, same run": tail("lw lake rest"),
+                "lakewarden REST on the lake (a server of its own), same run": tail(
+                    "lw lake diag rest"
+                ),
             },
         ),
     ]

@@ -1,17 +1,18 @@
 """MCP servers for the MCP benchmark's diagnostics only:
 
-    python -m benchmarks.mcp_variant_server json|stateless SERVE-ARGS...
+    python -m benchmarks.mcp_variant_server sse|stateless SERVE-ARGS...
     python -m benchmarks.mcp_variant_server floor --port PORT
 
-``json``: ``lakewarden serve`` with responses as one JSON body instead of an SSE stream;
-``stateless``: that, and no MCP session (no ``Mcp-Session-Id``, nothing kept between requests).
-Everything else is the shipped server: the options are passed to the MCP SDK's
-``streamable_http_app`` from the outside.
+``sse``: ``lakewarden serve`` answering with SSE streams instead of one JSON body;
+``stateless``: ``lakewarden serve`` without MCP sessions (no ``Mcp-Session-Id``, a transport
+built for every request). Everything else is the shipped server: one transport option is
+passed to the MCP SDK's ``streamable_http_app`` over the shipped ones, from the outside.
 
 ``floor``: no lakewarden at all: the MCP SDK's own ``MCPServer`` with one ``query`` tool that
-answers a fixed one-row result, mounted and served as lakewarden mounts and serves its own
-(streamable HTTP under ``/mcp``, SSE responses, uvicorn), with a ``/healthz`` beside it. What
-an MCP tool call costs through this SDK on this machine, whatever the tool does.
+answers a fixed one-row result, served with the shipped transport options (JSON responses,
+sessions for 2025-era clients, the SDK's session-manager app dispatched at ``/mcp`` ahead of any
+framework, uvicorn), with a ``/healthz`` beside it. What an MCP tool call costs through this SDK
+on this machine, whatever the tool does.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from mcp_types import CallToolResult, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Route
+
+from lakewarden.intake.mcp import streamable_http
+from lakewarden.intake.server import mcp_first
 
 VARIANTS = {
-    "json": {"json_response": True},
-    "stateless": {"json_response": True, "stateless_http": True},
+    "sse": {"json_response": False},
+    "stateless": {"stateless_http": True},
 }
 # What lakewarden's query tool answers for the benchmark's point query (its shape and size).
 FLOOR_ANSWER: dict[str, Any] = {
@@ -69,14 +73,10 @@ def floor(port: int) -> None:
         async with server.session_manager.run():
             yield
 
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", healthz),
-            Mount("/mcp", server.streamable_http_app(streamable_http_path="/")),
-        ],
-        lifespan=lifespan,
+    rest = Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", healthz)], lifespan=lifespan
     )
+    app = mcp_first(rest, streamable_http(server))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", server_header=False)
 
 

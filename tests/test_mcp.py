@@ -6,17 +6,25 @@ import json
 import logging
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server import MCPServer
+from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp_types import HEADER_MISMATCH
+from pydantic import Field
 
+import lakewarden
+import lakewarden.intake.server as server_module
+from lakewarden.intake.mcp import build_mcp
 from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import serve
@@ -33,6 +41,36 @@ INITIALIZE = {
         "clientInfo": {"name": "probe", "version": "0"},
     },
 }
+
+
+# How an mcp.Client connects: "auto" negotiates the per-request 2026-07-28 protocol with this
+# SDK (no initialize, no session); "legacy" the initialize handshake and a session, as most
+# clients in the field still do. The server answers both on the same endpoint.
+MODES = [
+    pytest.param("auto", "2026-07-28", id="2026-07-28-per-request"),
+    pytest.param("legacy", "2025-11-25", id="2025-11-25-session"),
+]
+
+
+@asynccontextmanager
+async def mcp_client(
+    url: str,
+    mode: str = "auto",
+    headers: dict[str, str] | None = None,
+    seen: list[httpx.Response] | None = None,
+    path: str = "/mcp/",
+) -> AsyncIterator[Client]:
+    """A real ``mcp.Client`` over streamable HTTP; ``seen`` collects every HTTP response."""
+    http = create_mcp_http_client(headers=headers or {})
+
+    async def record(response: httpx.Response) -> None:
+        if seen is not None:
+            seen.append(response)
+
+    http.event_hooks = {"response": [record]}
+    transport = streamable_http_client(f"{url}{path}", http_client=http)
+    async with http, Client(transport, mode=mode) as client:
+        yield client
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -105,16 +143,17 @@ async def exercise(client: Client, agent: str) -> None:
     assert count["rows"] == [[2]]  # the DELETE sent to query ran nowhere
 
 
-def test_streamable_http_open_mode_with_traceparent(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mode", "version"), MODES)
+def test_streamable_http_open_mode_answers_json(tmp_path: Path, mode: str, version: str) -> None:
+    """Every tool and every refusal through a real client, in either protocol era; every POST
+    is answered with one JSON body, never an SSE stream, and only the handshake era keeps a
+    session."""
+    seen: list[httpx.Response] = []
     with serve(tmp_path / "lake") as served:
-        headers = {AGENT_HEADER: "mcp-agent"}
 
         async def main() -> None:
-            http = create_mcp_http_client(headers=headers)
-            async with (
-                http,
-                Client(streamable_http_client(f"{served.url}/mcp/", http_client=http)) as client,
-            ):
+            async with mcp_client(served.url, mode, {AGENT_HEADER: "mcp-agent"}, seen) as client:
+                assert client.protocol_version == version
                 await exercise(client, "mcp-agent")
                 # The wrong-tool refusal is the session's: traced like every refused statement.
                 refused = {
@@ -122,19 +161,252 @@ def test_streamable_http_open_mode_with_traceparent(tmp_path: Path) -> None:
                     for s in served.spans.get_finished_spans()
                 }
                 assert ("DELETE orders", "invalid_request") in refused
-                trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+
+        run(main)
+    answers = [r for r in seen if r.request.method == "POST" and r.status_code != 202]
+    assert len(answers) >= 14, [r.request.content[:80] for r in seen]  # every call exercise makes
+    types = {r.headers.get("content-type", "").split(";")[0] for r in answers}
+    assert types == {"application/json"}, types
+    sessions = {r.headers.get("mcp-session-id") for r in answers}
+    if mode == "legacy":
+        assert len(sessions) == 1 and None not in sessions, sessions  # one session, kept
+    else:
+        assert sessions == {None}, sessions
+
+
+@pytest.mark.parametrize(("mode", "version"), MODES)
+@pytest.mark.parametrize("carrier", ["params._meta", "http-header"])
+def test_streamable_http_traceparent(tmp_path: Path, mode: str, version: str, carrier: str) -> None:
+    """The agent's trace continues in the statement span, from the call's ``_meta`` or from
+    the request's ``traceparent`` header, and the answer names it."""
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    traceparent = f"00-{trace_id}-{parent}-01"
+    headers = {AGENT_HEADER: "mcp-agent"}
+    meta = None
+    if carrier == "params._meta":
+        meta = {"traceparent": traceparent}
+    else:
+        headers["traceparent"] = traceparent
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            async with mcp_client(served.url, mode, headers) as client:
+                assert client.protocol_version == version
+                ok(await client.call_tool("execute", {"sql": "CREATE TABLE t (i INT)"}))
                 served.spans.clear()
                 result = ok(
                     await client.call_tool(
                         "query",
-                        {"sql": "SELECT count(*) FROM orders"},
-                        meta={"traceparent": f"00-{trace_id}-{parent}-01"},  # type: ignore[arg-type]
+                        {"sql": "SELECT count(*) FROM t"},
+                        meta=meta,  # type: ignore[arg-type]
                     )
                 )
                 assert result["trace_id"] == trace_id
                 (span,) = served.spans.get_finished_spans()
+                assert span.name == "SELECT t"
                 assert span.parent is not None
                 assert f"{span.parent.span_id:016x}" == parent
+                assert f"{span.context.trace_id:032x}" == trace_id
+                # a refusal carries the caller's trace too
+                refused = tool_error(
+                    await client.call_tool("query", {"sql": "SELECT 1; SELECT 2"}, meta=meta)  # type: ignore[arg-type]
+                )
+                assert refused["code"] == "invalid_sql"
+
+        run(main)
+
+
+@pytest.mark.parametrize(("mode", "version"), MODES)
+@pytest.mark.parametrize("path", ["/mcp/", "/mcp"], ids=["mcp-slash", "mcp-no-slash"])
+def test_the_endpoint_answers_at_mcp_with_or_without_slash(
+    tmp_path: Path, mode: str, version: str, path: str
+) -> None:
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            async with mcp_client(served.url, mode, {AGENT_HEADER: "a"}, path=path) as client:
+                assert client.protocol_version == version
+                assert ok(await client.call_tool("query", {"sql": "SELECT 42"}))["rows"] == [[42]]
+
+        run(main)
+        # below /mcp/ there is nothing: the REST API's own 404, in its error shape
+        response = httpx.post(f"{served.url}/mcp/elsewhere", json=INITIALIZE, headers=MCP_HEADERS)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_a_failure_of_the_transport_is_a_500_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MCP endpoint is served ahead of FastAPI; a crash there still answers in the error
+    shape (and the server keeps serving)."""
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+    shipped = StreamableHTTPSessionManager._handle_request
+    broken = {"on": True}
+
+    async def crash(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if broken["on"]:
+            raise RuntimeError("a bug in the transport")
+        await shipped(self, scope, receive, send)
+
+    monkeypatch.setattr(StreamableHTTPSessionManager, "_handle_request", crash)
+    with serve(tmp_path / "lake") as served:
+        response = httpx.post(f"{served.url}/mcp/", json=INITIALIZE, headers=MCP_HEADERS)
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+        assert "a bug" not in response.text
+        broken["on"] = False
+
+        async def main() -> None:
+            async with mcp_client(served.url, "auto", {AGENT_HEADER: "a"}) as client:
+                ok(await client.call_tool("query", {"sql": "SELECT 1"}))
+
+        run(main)
+
+
+def test_no_sdk_span_per_request(tmp_path: Path) -> None:
+    """lakewarden's spans are its own (one per statement); the SDK's span per request would
+    go to OpenTelemetry's global provider, which lakewarden never sets."""
+    with lakewarden.open(tmp_path / "lake", telemetry=lakewarden.Telemetry(env={})) as warden:
+        middleware = build_mcp(warden).middleware
+    assert middleware, "the rest of the SDK's chain stays"
+    assert not any(isinstance(m, OpenTelemetryMiddleware) for m in middleware)
+
+
+def _with_region_tool(build: Callable[..., MCPServer]) -> Callable[..., MCPServer]:
+    """lakewarden's MCP server plus a tool whose ``region`` argument is mirrored in an
+    ``Mcp-Param-Region`` header (no lakewarden tool declares one)."""
+
+    def built(*args: Any, **kwargs: Any) -> MCPServer:
+        server = build(*args, **kwargs)
+
+        @server.tool()
+        def region(
+            region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
+        ) -> str:
+            """Echo the region."""
+            return region
+
+        return server
+
+    return built
+
+
+def test_mcp_param_headers_are_checked_only_where_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK checks ``Mcp-Param-*`` headers against a tool's ``x-mcp-header`` properties;
+    lakewarden's tools declare none, so there is nothing to check (and nothing is walked per
+    call), while a tool that declares one is still checked."""
+    monkeypatch.setattr(server_module, "build_mcp", _with_region_tool(server_module.build_mcp))
+    sent: list[httpx.Request] = []
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            http = create_mcp_http_client(headers={AGENT_HEADER: "a"})
+
+            async def record(request: httpx.Request) -> None:
+                sent.append(request)
+
+            http.event_hooks = {"request": [record]}
+            transport = streamable_http_client(f"{served.url}/mcp/", http_client=http)
+            async with http, Client(transport) as client:
+                assert client.protocol_version == "2026-07-28"
+                region = await client.call_tool("region", {"region": "eu-west"})
+                assert not region.is_error and region.content[0].text == "eu-west"  # type: ignore[union-attr]
+                ok(await client.call_tool("query", {"sql": "SELECT 1"}))
+
+        run(main)
+        calls = {
+            json.loads(r.content)["params"]["name"]: r for r in sent if b"tools/call" in r.content
+        }
+        assert calls["region"].headers["mcp-param-region"] == "eu-west"  # the client mirrors it
+        assert not any(k.startswith("mcp-param-") for k in calls["query"].headers)
+
+        def replay(request: httpx.Request, **extra: str) -> httpx.Response:
+            headers = {k: v for k, v in request.headers.items() if k not in ("content-length",)}
+            return httpx.post(
+                str(request.url), content=request.content, headers={**headers, **extra}
+            )
+
+        refused = replay(calls["region"], **{"mcp-param-region": "us-east"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == HEADER_MISMATCH
+        # nothing declared on query: a stray header is not the SDK's to judge
+        answered = replay(calls["query"], **{"mcp-param-sql": "SELECT 2"})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["result"]["structuredContent"]["rows"] == [[1]]
+
+
+# (tool, arguments, the answer's rows or the refusal's code and the violation that names it)
+ARGUMENT_CASES = [
+    pytest.param("query", {"sql": "SELECT ?", "params": [7]}, [[7]], id="params-list"),
+    pytest.param("query", {"sql": "SELECT ?", "params": "[7]"}, [[7]], id="params-as-json-text"),
+    pytest.param("query", {"sql": "SELECT 1", "colour": "red"}, [[1]], id="unknown-name-ignored"),
+    pytest.param("query", {"sql": "SELECT 1", "max_rows": "1"}, [[1]], id="number-as-text"),
+    pytest.param("query", {}, ("invalid_request", "sql: Field required"), id="sql-missing"),
+    pytest.param(
+        "query",
+        {"sql": "SELECT 1", "max_rows": "many"},
+        ("invalid_request", "max_rows: Input should be a valid integer"),
+        id="max-rows-not-a-number",
+    ),
+    pytest.param(
+        "query",
+        {"sql": "SELECT 1", "max_rows": 0},
+        ("invalid_request", "max_rows: Input should be greater than 0"),
+        id="max-rows-zero-rest-rule",
+    ),
+    pytest.param(
+        "execute",
+        {"sql": ["SELECT 1"], "params": [1]},
+        ("invalid_request", "'params' goes with 'sql'"),
+        id="batch-with-params-rest-rule",
+    ),
+    pytest.param(
+        "restore_table",
+        {"name": "t", "snapshot_id": -1},
+        ("invalid_request", "snapshot_id: Input should be greater than or equal to 0"),
+        id="negative-snapshot",
+    ),
+    pytest.param(
+        "describe_table",
+        {"name": 5},
+        ("invalid_request", "name: Input should be a valid string"),
+        id="name-not-text",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tool", "arguments", "expected"), ARGUMENT_CASES)
+def test_tool_arguments_checked_once_in_the_rest_shape(
+    tmp_path: Path, tool: str, arguments: dict[str, Any], expected: Any
+) -> None:
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            async with mcp_client(served.url, "auto", {AGENT_HEADER: "a"}) as client:
+                result = await client.call_tool(tool, arguments)
+                if isinstance(expected, list):
+                    assert ok(result)["rows"] == expected
+                    return
+                code, detail = expected
+                error = tool_error(result)
+                assert error["code"] == code, error
+                assert any(detail in v["detail"] for v in error["violations"]), error
+
+        run(main)
+
+
+def test_an_unknown_tool_is_a_tool_error(tmp_path: Path) -> None:
+    with serve(tmp_path / "lake") as served:
+
+        async def main() -> None:
+            async with mcp_client(served.url, "auto", {AGENT_HEADER: "a"}) as client:
+                result = await client.call_tool("drop_everything", {})
+                assert result.is_error
+                assert "drop_everything" in result.content[0].text  # type: ignore[union-attr]
 
         run(main)
 
@@ -191,12 +463,21 @@ def test_a_server_failure_is_an_internal_error_tool_result(
 
 
 @pytest.mark.parametrize(
-    ("token", "allowed"),
-    [("good", True), ("bad", False), (None, False)],
-    ids=["valid-token", "wrong-token", "no-token"],
+    ("token", "allowed", "mode"),
+    [
+        ("good", True, "auto"),
+        ("good", True, "legacy"),
+        ("bad", False, None),
+        (None, False, None),
+    ],
+    ids=["valid-token-2026-07-28", "valid-token-2025-11-25", "wrong-token", "no-token"],
 )
 def test_streamable_http_identity_from_bearer_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str | None, allowed: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token: str | None,
+    allowed: bool,
+    mode: str | None,
 ) -> None:
     secret = secrets.token_urlsafe(16)
     monkeypatch.setenv("LW_TEST_TOKEN_MCP", secret)
@@ -219,12 +500,21 @@ def test_streamable_http_identity_from_bearer_token(
             return
 
         async def main() -> None:
-            http = create_mcp_http_client(headers=headers)
-            async with (
-                http,
-                Client(streamable_http_client(f"{served.url}/mcp/", http_client=http)) as client,
-            ):
+            assert mode is not None
+            async with mcp_client(served.url, mode, headers) as client:
                 await exercise(client, "mcp-etl")
+                # the agent header names nobody once the policy has tokens
+                forged = {**headers, AGENT_HEADER: "someone-else"}
+                async with mcp_client(served.url, mode, forged) as other:
+                    snaps = ok(await other.call_tool("list_snapshots", {"table": "orders"}))
+                    assert {s["agent"] for s in snaps["snapshots"]} == {"mcp-etl"}
+                    ok(
+                        await other.call_tool(
+                            "execute", {"sql": "INSERT INTO orders VALUES (3, 'c')"}
+                        )
+                    )
+                    snaps = ok(await other.call_tool("list_snapshots", {"limit": 1}))
+                    assert snaps["snapshots"][0]["agent"] == "mcp-etl"
 
         run(main)
 

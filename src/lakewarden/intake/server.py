@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lakewarden import __version__
 from lakewarden.core.monitor import Monitor
@@ -34,8 +34,14 @@ from lakewarden.intake.limits import (
     cap_address_space,
     token_gate,
 )
-from lakewarden.intake.mcp import build_mcp
-from lakewarden.intake.rest import build_router, fast_path, install_error_handlers, sql_endpoint
+from lakewarden.intake.mcp import build_mcp, streamable_http
+from lakewarden.intake.rest import (
+    build_router,
+    fast_path,
+    install_error_handlers,
+    internal_error_response,
+    sql_endpoint,
+)
 from lakewarden.settings import Settings
 from lakewarden.store.deadline import WATCHDOG
 
@@ -45,6 +51,7 @@ __all__ = [
     "ServerThread",
     "check_bind",
     "create_app",
+    "mcp_first",
     "run",
     "uvicorn_config",
 ]
@@ -85,7 +92,7 @@ def create_app(warden: Warden) -> ASGIApp:
     prober = prestarted(1, "lakewarden-ready")  # /readyz answers even when workers are busy
     WATCHDOG.start()
     mcp_server = build_mcp(warden, workers=workers)
-    mcp_app = mcp_server.streamable_http_app(streamable_http_path="/")
+    mcp_endpoint = token_gate(streamable_http(mcp_server), warden)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,13 +137,48 @@ def create_app(warden: Warden) -> ASGIApp:
     async def metrics() -> Response:
         return Response(warden.telemetry.prometheus_text(), media_type=CONTENT_TYPE_LATEST)
 
-    app.mount("/mcp", token_gate(mcp_app, warden))
-    # The body cap wraps everything, the fast path included: no request body is read past it,
+    # The body cap wraps everything, the fast paths included: no request body is read past it,
     # and none is read at all when its declared length is over it.
     settings = warden.settings
     return bounded_body(
-        fast_path(app, sql), settings.max_body_bytes, settings.request_read_timeout_s
+        mcp_first(fast_path(app, sql), mcp_endpoint),
+        settings.max_body_bytes,
+        settings.request_read_timeout_s,
     )
+
+
+MCP_PATHS = frozenset({"/mcp", "/mcp/"})
+
+
+def mcp_first(app: ASGIApp, endpoint: ASGIApp) -> ASGIApp:
+    """``app`` with the MCP endpoint (``/mcp`` and ``/mcp/``) dispatched before the framework.
+
+    Mounted in FastAPI, every MCP request went through FastAPI's middleware and routing, then
+    the SDK's own Starlette app and its route: about 0.5 ms per tool call on these machines
+    (``python -m benchmarks.mcp_probe``), which REST's ``POST /v1/sql`` does not pay either
+    (see :func:`~lakewarden.intake.rest.fast_path`). A failure the SDK does not answer itself
+    is a 500 ``internal_error``, as under FastAPI.
+    """
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in MCP_PATHS:
+            await app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await endpoint(scope, receive, sending)
+        except Exception:
+            if not started:
+                await internal_error_response(scope)(scope, receive, send)
+            raise
+
+    return dispatch
 
 
 def is_loopback(host: str) -> bool:
