@@ -371,11 +371,14 @@ class Tracker:
         # followed by writes must not count those writes twice (once in the profile, once
         # as their own deltas).
         at = snapshot_id if self._engine.location.is_lake else None
-        schemas = catalog.schemas(self._cur, self._engine.database) if at is None else {}
+        schemas = catalog.schemas(self._cur, self._engine.database)
         updates: dict[str, TableSignals] = {}
         for name in tables:
             old = self.states.get(name)
-            schema = schemas.get(name) if at is None else catalog.schema_at(self._cur, name, at)
+            schema = schemas.get(name)
+            # Only base tables: DESCRIBE would describe a view by that name as well.
+            if at is not None and (schema is not None or old is not None):
+                schema = catalog.schema_at(self._cur, name, at)
             if schema is None:
                 if old is not None:
                     del self.states[name]
