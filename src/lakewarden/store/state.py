@@ -97,9 +97,9 @@ class StateStore:
     ) -> None:
         """Write the changed tables, their new writes and the snapshot mark in one transaction."""
         with self._lock:
-            self._save(changed, removed, snapshot_id, writes)
+            self._write(changed, removed, snapshot_id, writes)
 
-    def _save(
+    def _write(
         self,
         changed: Sequence[TableState],
         removed: Sequence[str],
@@ -197,17 +197,16 @@ class WriteBehind:
     ) -> None:
         with self._cond:
             self._pending.add(changed, removed, snapshot_id, writes)
-            if self._delay <= 0 or self._closed:
-                pass  # saved below, now
-            else:
+            later = self._delay > 0 and not self._closed
+            if later:
                 if self._thread is None:
                     self._thread = threading.Thread(
                         target=self._run, name="lakewarden-state-saver", daemon=True
                     )
                     self._thread.start()
                 self._cond.notify()
-                return
-        self.flush()
+        if not later:
+            self.flush()
 
     def flush(self) -> None:
         """Save what is pending, now."""

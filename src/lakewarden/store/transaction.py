@@ -1,8 +1,9 @@
 """One lake transaction: its statements, what they wrote, and the commit with its marks.
 
 A single write is a transaction of one statement; an atomic batch is one of several. The write
-lock is held from :meth:`Transaction.begin` until the transaction is closed, so the state the
-gate judges is the state the commit lands on. A commit is one DuckLake snapshot whose author is
+lock is held from :meth:`Transaction.begin` until the transaction is closed, which the caller
+does right after the commit: the state the gate judges is the state the commit lands on, and no
+work after the commit keeps other writers waiting. A commit is one DuckLake snapshot whose author is
 the agent and whose extra info names the trace that made it, with its audit records inside.
 """
 
