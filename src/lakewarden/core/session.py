@@ -114,6 +114,7 @@ class Session:
             _check_arguments(max_rows, expect)
             _check_kind(stmt, expect)
             limit = stages.grants.timeout(self.agent)
+            checked_at = self._catalog_version()
             flagged = self._govern(stmt, _remaining(limit, started), limit)
             budget = _remaining(limit, started)
             if stmt.kind == "read":
@@ -132,6 +133,11 @@ class Session:
                 with Transaction.on(
                     stages.engine, self._cur, stages.stager(self._stage_tables)
                 ) as tx:
+                    if self._catalog_version() != checked_at:
+                        # A DDL committed while this write waited for the lock: the verdict
+                        # was taken on the catalog before it, the write runs on the one after.
+                        flagged = self._govern(stmt, _remaining(limit, started), limit)
+                        budget = _remaining(limit, started)
                     affected = tx.run(stmt, params, budget, limit)
                     result = self._conclude(tx, event, dry_run)
                 result = replace(result, rows_affected=affected)

@@ -26,8 +26,8 @@ class Stages:
     shapes: Shapes = field(default_factory=Shapes)  # store: stage tables of staged inserts
 
     def stager(self, tables: StageTables) -> Staging:
-        """How a transaction beginning now stages its inserts into a session's ``tables``."""
-        return Staging(self.shapes, self.grants.generation, self.tracker.get, tables)
+        """How a transaction stages its inserts into a session's ``tables``."""
+        return Staging(self.shapes, lambda: self.grants.generation, self.tracker.get, tables)
 
     @property
     def namespace(self) -> str:

@@ -74,12 +74,14 @@ class Shapes:
 
 @dataclass(frozen=True)
 class Staging:
-    """What a transaction stages its inserts with: the shapes, the catalog generation it
-    began at, the tables whose signals are kept (their state, for the event-time column; a
+    """What a transaction stages its inserts with: the shapes, the catalog's generation (read
+    at each insert, with the write lock held: a DDL committed while the transaction waited for
+    the lock has moved it, and a shape of the generation before would put values in the wrong
+    columns), the tables whose signals are kept (their state, for the event-time column; a
     table with none is re-profiled after the commit anyway) and the session's stage tables."""
 
     shapes: Shapes
-    generation: int
+    generation: Callable[[], int]
     known: Callable[[str], TableState | None]
     tables: StageTables
 
@@ -105,9 +107,12 @@ def _shape(cur: duckdb.DuckDBPyConnection, table: str) -> Shape | None:
 def target_span(sql: str, target: str) -> tuple[int, int] | None:
     """Where ``sql`` (one INSERT) names its target, as character offsets; None when the
     statement is not a plain INSERT into ``target``."""
+    # The tokenizer's positions count UTF-8 bytes, not characters: read them in the bytes
+    # (a non-ASCII character before the target would otherwise shift every word read).
+    data = sql.encode()
     tokens = duckdb.tokenize(sql)
-    ends = [p for p, _ in tokens[1:]] + [len(sql)]
-    words = [sql[p:e].strip() for (p, _), e in zip(tokens, ends, strict=True)]
+    ends = [p for p, _ in tokens[1:]] + [len(data)]
+    words = [data[p:e].decode().strip() for (p, _), e in zip(tokens, ends, strict=True)]
     depth = 0
     start = None
     for i, ((_, kind), word) in enumerate(zip(tokens, words, strict=True)):
@@ -132,7 +137,8 @@ def target_span(sql: str, target: str) -> tuple[int, int] | None:
     rest = zip(words[last + 1 :], tokens[last + 1 :], strict=True)
     if any(k == _KEYWORD and w.upper() in _UNSUPPORTED for w, (_, k) in rest):
         return None
-    return tokens[first][0], tokens[last][0] + len(words[last])
+    start, end = tokens[first][0], tokens[last][0] + len(words[last].encode())
+    return len(data[:start].decode()), len(data[:end].decode())
 
 
 def _name(parts: Sequence[str]) -> str | None:
@@ -213,10 +219,11 @@ def insert(
     span = staging.tables.span(sql, target)
     if span is None:
         return None
-    shape = staging.shapes.get(cur, target, staging.generation)
+    generation = staging.generation()
+    shape = staging.shapes.get(cur, target, generation)
     if shape is None:
         return None
-    stage = staging.tables.stage(cur, target, staging.generation, shape)
+    stage = staging.tables.stage(cur, target, generation, shape)
     cur.execute(sql[: span[0]] + stage + sql[span[1] :], params)
     prof, snapshot = staged_profile(cur, stage, event_time)
     staging.tables.snapshot = snapshot
