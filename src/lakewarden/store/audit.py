@@ -1,12 +1,16 @@
-"""The audit trail: an append-only table inside the lake itself.
+"""The audit trail: inside the lake itself, committed with the change it records.
 
-A committed write's record is inserted in the same transaction as the write, so the data and the
-audit can never disagree: the record exists exactly when the write does. Its snapshot id is not
-stored (DuckLake assigns it at commit) but found through the commit id the commit carries in
-its extra info (a random id, so it holds with tracing off).
+A committed change's records are part of its commit, so the data and the audit can never
+disagree: a record exists exactly when the change does. On a DuckLake lake, a commit that
+changed rows carries its records in its snapshot's extra info (key ``audit``, beside the trace
+and the commit id), author = agent, time = the snapshot's: no second table in the commit. A
+commit that may change no row by itself (DDL, a restore, a write that matched nothing) and every
+commit on a plain DuckDB file insert their records into an append-only table instead, which also
+makes such a commit a snapshot; its snapshot id is found through the commit id the commit
+carries in its extra info (a random id, so it holds with tracing off).
 Refused and failed statements committed nothing, and recording them must not make a snapshot
-either: their records go to the same table's twin in the state database inside the lake folder.
-Reading the trail reads both.
+either: their records go to the table's twin in the state database inside the lake folder.
+Reading the trail reads all three.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +29,7 @@ import duckdb
 
 from lakewarden.analysis.names import INTERNAL_SCHEMA
 from lakewarden.errors import Violation
+from lakewarden.store import catalog
 from lakewarden.store.engine import LAKE_ALIAS, STATE_ALIAS, Engine
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,7 @@ SCHEMA = INTERNAL_SCHEMA
 TABLE = f"{SCHEMA}.audit"
 REFUSALS = f"{STATE_ALIAS}.main.refusals"
 AUTHOR = "lakewarden"
+_KEY = "audit"  # in a snapshot's extra info
 
 _COLUMNS = (
     "time TIMESTAMPTZ, agent VARCHAR, decision VARCHAR, operation VARCHAR, summary VARCHAR, "
@@ -54,20 +60,44 @@ class AuditRecord:
     span_id: str | None = None
     commit_id: str | None = None  # set by the transaction that commits the record
 
+    @property
+    def statement_hash(self) -> str | None:
+        return hashlib.sha256(self.statement.encode()).hexdigest() if self.statement else None
+
     def row(self) -> list[Any]:
-        digest = hashlib.sha256(self.statement.encode()).hexdigest() if self.statement else None
         return [
             self.agent,
             self.decision,
             self.operation,
             self.summary,
-            digest,
+            self.statement_hash,
             list(self.tables),
             json.dumps([v.to_dict() for v in self.violations], default=str),
             self.trace_id,
             self.span_id,
             self.commit_id,
         ]
+
+    def entry(self) -> dict[str, Any]:
+        """The record as it rides in a snapshot's extra info (the snapshot holds the rest)."""
+        return {
+            "decision": self.decision,
+            "operation": self.operation,
+            "summary": self.summary,
+            "statement_hash": self.statement_hash,
+            "tables": list(self.tables),
+            "violations": [v.to_dict() for v in self.violations],
+        }
+
+
+def commit_info(
+    trace_id: str | None, span_id: str | None, commit_id: str, records: Sequence[AuditRecord]
+) -> str:
+    """A commit's extra info: its trace, its commit id and, when given, its audit records."""
+    info: dict[str, Any] = {"trace_id": trace_id, "span_id": span_id, "commit_id": commit_id}
+    if records:
+        info[_KEY] = [r.entry() for r in records]
+    return json.dumps(info, default=str)
 
 
 def ensure(cur: duckdb.DuckDBPyConnection) -> None:
@@ -104,11 +134,12 @@ def read(
     limit: int,
     is_lake: bool,
 ) -> list[dict[str, Any]]:
-    """Newest first; a committed write's record carries the snapshot that holds it. Records of
+    """Newest first; a committed change's record carries the snapshot that holds it. Records of
     refused statements live in the state database (``refusals``, another DuckDB instance)."""
     snap = (
         f"(SELECT snapshot_id FROM {LAKE_ALIAS}.snapshots() s "
-        "WHERE json_extract_string(s.commit_extra_info, '$.commit_id') = a.commit_id "
+        "WHERE json_valid(s.commit_extra_info) "
+        "AND json_extract_string(s.commit_extra_info, '$.commit_id') = a.commit_id "
         "AND a.decision IN ('allowed', 'restored') LIMIT 1)"
         if is_lake
         else "NULL"
@@ -123,6 +154,8 @@ def read(
         f"SELECT {columns.format(snap=snap)} FROM {TABLE} a {where} ORDER BY a.time DESC LIMIT ?",
         [*params, int(limit)],
     ).fetchall()
+    if is_lake:
+        rows += _from_snapshots(cur, agent, limit)
     rows += refusals.execute(
         f"SELECT {columns.format(snap='NULL')} FROM {REFUSALS} a {where} "
         "ORDER BY a.time DESC LIMIT ?",
@@ -146,6 +179,47 @@ def read(
             }
         )
     return out
+
+
+def _from_snapshots(
+    cur: duckdb.DuckDBPyConnection, agent: str | None, limit: int
+) -> list[tuple[Any, ...]]:
+    """The records the newest ``limit`` snapshots carry in their extra info (each carries at
+    least one, so that is enough), as rows of the audit table's shape."""
+    where = "AND author = ?" if agent else ""
+    params: list[Any] = [agent] if agent else []
+    found = cur.execute(
+        "SELECT snapshot_time, author, snapshot_id, commit_extra_info "
+        f"FROM {LAKE_ALIAS}.snapshots() WHERE commit_extra_info LIKE ? {where} "
+        "ORDER BY snapshot_id DESC LIMIT ?",
+        [f'%"{_KEY}"%', *params, int(limit)],
+    ).fetchall()
+    rows: list[tuple[Any, ...]] = []
+    for when, author, sid, extra in found:
+        info = catalog.extra_info(extra)
+        entries = info.get(_KEY)
+        trace = catalog.string_or_none(info.get("trace_id"))
+        for e in entries if isinstance(entries, list) else ():
+            if isinstance(e, dict):
+                rows.append((when, author, *_entry_fields(e), sid, trace))
+    return rows
+
+
+def _entry_fields(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """An entry's fields in the audit table's types: anyone who can commit to the catalog can
+    write extra info, so nothing in it is trusted to have the shape lakewarden gives it."""
+    tables = entry.get("tables")
+    violations = entry.get("violations")
+    return (
+        catalog.string_or_none(entry.get("decision")),
+        catalog.string_or_none(entry.get("operation")),
+        catalog.string_or_none(entry.get("summary")),
+        catalog.string_or_none(entry.get("statement_hash")),
+        [t for t in tables if isinstance(t, str)] if isinstance(tables, list) else [],
+        json.dumps(
+            [v for v in violations if isinstance(v, dict)] if isinstance(violations, list) else []
+        ),
+    )
 
 
 class AuditLog:

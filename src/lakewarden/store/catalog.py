@@ -197,17 +197,17 @@ def snapshots(
         params.append(int(limit))
     out = []
     for sid, when, author, message, extra, change_map in cur.execute(sql, params).fetchall():
-        info = _extra(extra)
+        info = extra_info(extra)
         out.append(
             Snapshot(
                 snapshot_id=int(sid),
                 time=when,
                 agent=author,
                 message=message,
-                trace_id=info.get("trace_id"),
-                span_id=info.get("span_id"),
+                trace_id=string_or_none(info.get("trace_id")),
+                span_id=string_or_none(info.get("span_id")),
                 changes={k: list(v) for k, v in (change_map or {}).items()},
-                commit_id=info.get("commit_id"),
+                commit_id=string_or_none(info.get("commit_id")),
             )
         )
     return out
@@ -258,14 +258,21 @@ def table_ids(cur: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return {str(tid): display_name(schema, name) for tid, schema, name in rows}
 
 
-def _extra(raw: str | None) -> dict[str, Any]:
+def extra_info(raw: str | None) -> dict[str, Any]:
+    """A snapshot's extra info as an object, or empty: anyone who commits to the catalog writes
+    it, so it may be anything, a nesting bomb included."""
     if not raw:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def string_or_none(value: Any) -> str | None:
+    """A field of extra info that must be a string (see :func:`extra_info`)."""
+    return value if isinstance(value, str) else None
 
 
 def snapshot_time(cur: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime | None:

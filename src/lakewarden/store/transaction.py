@@ -10,7 +10,6 @@ the agent and whose extra info names the trace that made it, with its audit reco
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 import uuid
@@ -101,6 +100,9 @@ class Transaction:
         self._counts: dict[str, _Counts] = {}
         self._open = False
         self._locked = False
+        # A row-level statement changed at least one row: the commit is a snapshot of its own
+        # (DuckLake makes none for a transaction that changed nothing).
+        self._changed_rows = False
 
     @classmethod
     def on(
@@ -168,6 +170,7 @@ class Transaction:
             self.shape_changed = True
             return None
         affected = int(rows[0][0]) if rows else 0
+        self._changed_rows = self._changed_rows or affected > 0
         if stmt.target:
             counts = self._counts.setdefault(stmt.target, _Counts())
             if stmt.statement_type == "INSERT":
@@ -270,20 +273,28 @@ class Transaction:
     ) -> Commit:
         """Commit as one snapshot with its audit records inside. The write lock stays held
         until the transaction is closed: the caller notes the commit's place in the commit
-        order first, then releases it."""
+        order first, then releases it.
+
+        On a lake whose transaction changed rows, the records ride in the snapshot's extra
+        info: one catalog write fewer than an audit row (measured: a one-row INSERT's commit
+        16 ms instead of 24). Otherwise (DDL, a restore, a write that matched no row, a plain
+        DuckDB file) they are rows of the audit table, which also makes the commit a snapshot.
+        """
         commit_id = uuid.uuid4().hex
+        stamped = [replace(r, commit_id=commit_id) for r in records]
+        # DDL in the same transaction could undo the rows (CREATE, INSERT, DROP): a table row.
+        inline = self._is_lake and self._changed_rows and not self.shape_changed
         base = None
         try:
-            audit.insert(self.cur, [replace(r, commit_id=commit_id) for r in records])
+            if not inline:
+                audit.insert(self.cur, stamped)
             if self._is_lake:
-                extra = json.dumps(
-                    {"trace_id": trace_id, "span_id": span_id, "commit_id": commit_id}
-                )
+                extra = audit.commit_info(trace_id, span_id, commit_id, stamped if inline else ())
                 self.cur.execute(
                     f"CALL {LAKE_ALIAS}.set_commit_message(?, ?, extra_info => ?)",
                     [agent, summary, extra],
                 )
-                if records:  # an audit record is a change: DuckLake makes a snapshot
+                if records:  # rows changed, or an audit row: DuckLake makes a snapshot
                     base = self._stager.tables.snapshot if self._stager is not None else None
                     if base is None:  # the snapshot it follows, unless a stage said so
                         base = catalog.current_snapshot(self.cur)
