@@ -10,7 +10,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_THREADS | 2 | DuckDB worker threads |
 | LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | re-base a table's signals by a full profile when older |
 | LAKEWARDEN_CATALOG | duckdb | catalog of a new lake: duckdb (one process) or sqlite (several) |
-| LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit records older than this are pruned at start-up |
+| LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit-table rows, refusals older than this: pruned |
 | LAKEWARDEN_MAX_STATEMENT_CHARS | 100000 | longest SQL statement accepted, checked before parsing |
 | LAKEWARDEN_MAX_BODY_BYTES | 1MB | largest HTTP request body (REST and MCP), checked before auth |
 | LAKEWARDEN_MAX_HEADER_BYTES | 16KB | largest request line plus headers of one HTTP request |
@@ -22,6 +22,8 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 6GB) |
 | LAKEWARDEN_POLL_INTERVAL_S | 5 | seconds between monitoring evaluations (server, ``watch``) |
 | LAKEWARDEN_STATE_SAVE_DELAY_MS | 250 | most a table-state change waits to be saved (0 = at once) |
+
+Audit records carried in snapshots' extra info live as long as their snapshots.
 
 Read by the CLI as defaults of its options (typer reads them): ``LAKEWARDEN_LAKE`` (--lake),
 ``LAKEWARDEN_POLICY`` (--policy), ``LAKEWARDEN_SERVER`` (--server), ``LAKEWARDEN_TOKEN``
