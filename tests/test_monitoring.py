@@ -17,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 import lakewarden
 from lakewarden.core.monitor import Monitor
+from lakewarden.signals.checks import Finding
 from lakewarden.signals.table_state import WriteRecord
 from lakewarden.store.state import StateStore
 from lakewarden.wire import AGENT_HEADER
@@ -484,3 +485,24 @@ def test_a_catalog_without_a_local_file_is_asked_on_every_poll(tmp_path: Path) -
     assert watch.look() is None
     watch.invalidate()
     assert watch.look() is not None
+
+
+def test_an_idle_table_keeps_its_anomaly_finding_from_poll_to_poll(history_lake) -> None:  # type: ignore[no-untyped-def]
+    warden, last = history_lake
+    clock = Clock(last + 600)
+    warden.clock = clock
+
+    def finding(check: str, table: str | None = None) -> Finding:
+        (found,) = [f for f in warden.checks(table)["loads"] if f.check == check]
+        return found
+
+    volume, freshness = finding("volume_anomaly"), finding("freshness_anomaly")
+    clock.now += 5  # the next poll: nothing written
+    assert finding("volume_anomaly") is volume
+    assert finding("volume_anomaly", "loads") is volume
+    assert finding("freshness_anomaly").measured == pytest.approx(freshness.measured + 5, abs=0.002)
+    with warden.session("loader") as s:
+        s.sql("INSERT INTO loads SELECT * FROM range(12)")
+    clock.now += 5
+    after = finding("volume_anomaly")
+    assert after is not volume and not after.passing
