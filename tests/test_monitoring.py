@@ -17,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 import lakewarden
 from lakewarden.core.monitor import Monitor
+from lakewarden.signals.checks import Finding
 from lakewarden.signals.table_state import WriteRecord
 from lakewarden.store.state import StateStore
 from lakewarden.wire import AGENT_HEADER
@@ -278,3 +279,230 @@ def test_external_writer_is_picked_up_within_one_poll(
         .datetime(2026, 11, 27, 10, 39, tzinfo=__import__("datetime").UTC)
         .timestamp()
     )
+
+
+# -- the poll asks the catalog for its newest snapshot only when its files changed ------------
+
+SNAPSHOT_QUERY = "SELECT id FROM lake.current_snapshot()"
+
+
+class Later:
+    """Wall time moved on by ``ahead`` seconds: the catalog files look as old as they would."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead
+
+
+class QueryLog:
+    """Counts the statements the engine ran, from DuckDB's own query log."""
+
+    def __init__(self, warden: lakewarden.Warden) -> None:
+        self._cur = warden.engine.cursor()
+        self._cur.execute("CALL enable_logging('QueryLog')")
+
+    def snapshot_queries(self) -> int:
+        (count,) = self._cur.execute(
+            "SELECT count(*) FROM duckdb_logs WHERE type = 'QueryLog' AND message = ?",
+            [SNAPSHOT_QUERY],
+        ).fetchall()[0]
+        return int(count)
+
+
+def _watched(warden: lakewarden.Warden) -> tuple[Monitor, Later, QueryLog]:
+    """A monitor whose catalog watch reads a clock the test moves, and the engine's query log."""
+    later = Later()
+    warden.tracker.watch.clock = later
+    return Monitor(warden, interval_s=5), later, QueryLog(warden)
+
+
+def _quiet(monitor: Monitor, later: Later, log: QueryLog) -> None:
+    """Let the catalog's files be quiet (as 3 s later), and one tick confirm that they are."""
+    later.ahead += 3
+    asked = log.snapshot_queries()
+    monitor.tick()
+    assert log.snapshot_queries() == asked + 1
+
+
+def _sqlite_warden(lake_dir: Path) -> lakewarden.Warden:
+    settings = lakewarden.Settings(catalog="sqlite")
+    return lakewarden.open(lake_dir, settings=settings, telemetry=lakewarden.Telemetry(env={}))
+
+
+def test_idle_ticks_ask_the_catalog_nothing_once_its_files_are_quiet(
+    warden: lakewarden.Warden,
+) -> None:
+    with warden.session("etl") as s:
+        s.sql("CREATE TABLE t (id BIGINT)")
+        s.sql("INSERT INTO t VALUES (1)")
+    monitor, later, log = _watched(warden)
+    # just written: the files' times may not show a write in the same clock tick, so ask
+    monitor.tick()
+    monitor.tick()
+    assert log.snapshot_queries() == 2
+    _quiet(monitor, later, log)
+    watch = warden.tracker.watch
+    skipped = watch.skipped
+    for _ in range(10):
+        later.ahead += 5
+        monitor.tick()
+    assert log.snapshot_queries() == 3
+    assert watch.skipped == skipped + 10
+    # an explicit refresh still asks
+    warden.refresh()
+    assert log.snapshot_queries() == 4
+
+
+@pytest.mark.parametrize("catalog", ["duckdb", "sqlite"])
+def test_a_raw_commit_in_this_process_is_seen_by_the_next_tick(
+    lake_dir: Path, catalog: str
+) -> None:
+    settings = lakewarden.Settings(catalog=catalog)
+    with lakewarden.open(lake_dir, settings=settings, telemetry=lakewarden.Telemetry(env={})) as w:
+        with w.session("etl") as s:
+            s.sql("CREATE TABLE t (id BIGINT)")
+            s.sql("INSERT INTO t VALUES (1)")
+        monitor, later, log = _watched(w)
+        _quiet(monitor, later, log)
+        monitor.tick()
+        asked = log.snapshot_queries()
+        # on the engine's own connection, past lakewarden's write path (no queued commit)
+        raw = w.engine.cursor()
+        raw.execute("INSERT INTO t VALUES (2), (3)")
+        later.ahead += 5
+        monitor.tick()
+        assert log.snapshot_queries() == asked + 1
+        assert w.table("t").rows == 3
+        assert w.table("t").last_writer == "unknown"
+
+
+def test_a_commit_of_lakewarden_makes_the_next_tick_ask(warden: lakewarden.Warden) -> None:
+    with warden.session("etl") as s:
+        s.sql("CREATE TABLE t (id BIGINT)")
+    monitor, later, log = _watched(warden)
+    _quiet(monitor, later, log)
+    with warden.session("etl") as s:
+        s.sql("INSERT INTO t VALUES (1)")
+    assert warden.tracker.watch.look() is not None  # invalidated by the commit itself
+    later.ahead += 5
+    monitor.tick()
+    assert warden.table("t").rows == 1
+
+
+def test_another_process_commit_to_a_sqlite_catalog_is_seen_by_the_next_tick(
+    lake_dir: Path,
+) -> None:
+    with _sqlite_warden(lake_dir) as w:
+        with w.session("etl") as s:
+            s.sql("CREATE TABLE events (id BIGINT, kind VARCHAR, happened_at TIMESTAMP)")
+            s.sql("INSERT INTO events VALUES (0, 'seed', TIMESTAMP '2026-11-27 09:00:00')")
+        monitor, later, log = _watched(w)
+        _quiet(monitor, later, log)
+        monitor.tick()
+        asked = log.snapshot_queries()
+        subprocess.run(
+            [sys.executable, "-c", EXTERNAL_WRITER, str(lake_dir)],
+            check=True,
+            env=os.environ.copy(),
+            timeout=120,
+        )
+        later.ahead += 5
+        monitor.tick()
+        assert log.snapshot_queries() == asked + 1
+        table = w.table("events")
+        assert table.rows == 41
+        assert table.last_writer == "dbt-run"
+        assert "source" in table.schema
+
+
+def test_the_catalog_is_asked_at_least_once_a_minute(lake_dir: Path) -> None:
+    with _sqlite_warden(lake_dir) as w:
+        with w.session("etl") as s:
+            s.sql("CREATE TABLE t (id BIGINT)")
+        monitor, later, log = _watched(w)
+        _quiet(monitor, later, log)
+        asked = log.snapshot_queries()
+        later.ahead += 59
+        monitor.tick()
+        assert log.snapshot_queries() == asked  # the files look the same: not asked
+        later.ahead += 2  # a minute since the catalog last answered
+        monitor.tick()
+        assert log.snapshot_queries() == asked + 1
+        monitor.tick()
+        assert log.snapshot_queries() == asked + 1  # and trusted again from there
+        later.ahead -= 600  # a clock that jumps back: ask
+        monitor.tick()
+        assert log.snapshot_queries() == asked + 2
+
+
+def test_a_commit_the_files_hide_is_seen_within_a_minute(lake_dir: Path) -> None:
+    """What a file system with cached attributes does: the commit leaves the files looking the
+    same. The minute bound is then the whole delay."""
+    with _sqlite_warden(lake_dir) as w:
+        with w.session("etl") as s:
+            s.sql("CREATE TABLE t (id BIGINT)")
+            s.sql("INSERT INTO t VALUES (1)")
+        monitor, later, log = _watched(w)
+        _quiet(monitor, later, log)
+        meta = lake_dir / "meta.sqlite"
+        before = os.stat(meta)
+        w.engine.cursor().execute("INSERT INTO t VALUES (2)")
+        after = os.stat(meta)
+        if after.st_size != before.st_size:
+            pytest.skip("the commit grew the catalog file; its size cannot be hidden")
+        os.utime(meta, ns=(after.st_atime_ns, before.st_mtime_ns))
+        later.ahead += 30
+        monitor.tick()
+        assert w.table("t").rows == 1  # not seen yet
+        later.ahead += 31
+        monitor.tick()
+        assert w.table("t").rows == 2
+
+
+def test_a_catalog_without_a_local_file_is_asked_on_every_poll(tmp_path: Path) -> None:
+    from lakewarden.store.snapshot_watch import SnapshotWatch
+
+    watch = SnapshotWatch(None)
+    for _ in range(3):
+        look = watch.look()
+        assert look is not None
+        watch.confirm(look)
+    # a file that is not quiet yet is not trusted either; once quiet it is
+    path = tmp_path / "meta.sqlite"
+    path.write_bytes(b"x")
+    later = Later()
+    watch = SnapshotWatch([path, path.with_name("meta.sqlite-journal")], clock=later)
+    look = watch.look()
+    assert look is not None
+    watch.confirm(look)
+    assert watch.look() is not None
+    later.ahead = 3
+    look = watch.look()
+    assert look is not None
+    watch.confirm(look)
+    assert watch.look() is None
+    watch.invalidate()
+    assert watch.look() is not None
+
+
+def test_an_idle_table_keeps_its_anomaly_finding_from_poll_to_poll(history_lake) -> None:  # type: ignore[no-untyped-def]
+    warden, last = history_lake
+    clock = Clock(last + 600)
+    warden.clock = clock
+
+    def finding(check: str, table: str | None = None) -> Finding:
+        (found,) = [f for f in warden.checks(table)["loads"] if f.check == check]
+        return found
+
+    volume, freshness = finding("volume_anomaly"), finding("freshness_anomaly")
+    clock.now += 5  # the next poll: nothing written
+    assert finding("volume_anomaly") is volume
+    assert finding("volume_anomaly", "loads") is volume
+    assert finding("freshness_anomaly").measured == pytest.approx(freshness.measured + 5, abs=0.002)
+    with warden.session("loader") as s:
+        s.sql("INSERT INTO loads SELECT * FROM range(12)")
+    clock.now += 5
+    after = finding("volume_anomaly")
+    assert after is not volume and not after.passing

@@ -16,7 +16,7 @@ from lakewarden import wording
 from lakewarden.analysis.names import normalize
 from lakewarden.core.tracker import Tracker
 from lakewarden.governance.policy import AnomalyRule as PolicyAnomalyRule
-from lakewarden.governance.policy import AnomalySettings, Policy
+from lakewarden.governance.policy import AnomalySettings, Policy, TableContract
 from lakewarden.signals import checks, monitoring
 from lakewarden.signals.anomaly import AnomalyRule
 from lakewarden.signals.table_state import TableState
@@ -32,6 +32,17 @@ def _rule(rule: PolicyAnomalyRule) -> AnomalyRule | None:
     return rule.scorer() if rule.enabled else None
 
 
+def _anomaly_finding(signal: str, m: monitoring.Monitored) -> checks.Finding:
+    return checks.Finding(
+        f"{signal}_anomaly",
+        not m.result.anomalous,
+        m.result.reason,
+        round(m.value, 3) if m.value is not None else None,
+        [m.result.lower, m.result.upper],
+        wording.expected_range(m.result.lower, m.result.upper, _ANOMALY_UNITS[signal]),
+    )
+
+
 class Health:
     def __init__(
         self, tracker: Tracker, policy: Policy, clock: Callable[[], float] = time.time
@@ -42,6 +53,12 @@ class Health:
         self._monitored: tuple[tuple[int, int | None, int], Monitored] | None = None
         self._monitors: dict[str, tuple[int, monitoring.TableMonitor]] = {}
         self._fed = -1  # the tracker's write generation the monitors have all been fed
+        # Every poll judges every table: what does not change between polls is kept. The
+        # contract of each table (the policy is fixed), for the tables as last listed ...
+        self._contracts: tuple[tuple[str, ...], dict[str, TableContract | None]] | None = None
+        # ... and each anomaly finding with the verdict it words: an idle table's volume
+        # verdict is the same object from poll to poll, so its finding is too.
+        self._findings: dict[tuple[str, str], tuple[monitoring.Monitored, checks.Finding]] = {}
         # Its own lock: the first evaluation replays every table's history, and no agent's
         # session may wait for it.
         self._lock = threading.Lock()
@@ -53,28 +70,40 @@ class Health:
         now = self.clock() if now is None else now
         out: dict[str, list[checks.Finding]] = {}
         monitored = self.monitored(now)
-        for state in self._tracker.tables():
-            if table is not None and state.name != normalize(table):
+        states = self._tracker.tables()
+        contracts = self._contracts_of(states)
+        wanted = normalize(table) if table is not None else None
+        known = self._findings
+        kept = {} if wanted is None else known  # a full pass forgets dropped tables
+        for state in states:
+            if wanted is not None and state.name != wanted:
                 continue
-            contract = self._policy.contract(state.name)
+            contract = contracts.get(state.name)
             found = checks.evaluate(state, contract, now) if contract is not None else []
             for signal, m in monitored.get(state.name, {}).items():
-                if m.result.score is not None:
-                    found.append(
-                        checks.Finding(
-                            f"{signal}_anomaly",
-                            not m.result.anomalous,
-                            m.result.reason,
-                            round(m.value, 3) if m.value is not None else None,
-                            [m.result.lower, m.result.upper],
-                            wording.expected_range(
-                                m.result.lower, m.result.upper, _ANOMALY_UNITS[signal]
-                            ),
-                        )
-                    )
+                if m.result.score is None:
+                    continue
+                key = (state.name, signal)
+                last = known.get(key)
+                if last is not None and last[0] is m:
+                    finding = last[1]
+                else:
+                    finding = _anomaly_finding(signal, m)
+                kept[key] = (m, finding)
+                found.append(finding)
             if found:
                 out[state.name] = found
+        self._findings = kept
         return out
+
+    def _contracts_of(self, states: list[TableState]) -> dict[str, TableContract | None]:
+        names = tuple(state.name for state in states)
+        cached = self._contracts
+        if cached is not None and cached[0] == names:
+            return cached[1]
+        contracts = {name: self._policy.contract(name) for name in names}
+        self._contracts = (names, contracts)
+        return contracts
 
     def monitored(self, now: float | None = None) -> Monitored:
         """Volume and freshness anomaly verdicts of every table (kept for the second: the

@@ -39,7 +39,7 @@ class Monitor:
         """One evaluation: catch up with the lake, judge every check now, report changes."""
         now = self.warden.clock()
         try:
-            self.warden.refresh()
+            self.warden.refresh(poll=True)
         except Exception:
             log.exception("could not pick up new commits; judging what is known")
         flips = []

@@ -129,9 +129,12 @@ class Warden:
         name = self.table(table, agent).name
         return self.health.accept_anomaly(name)
 
-    def refresh(self) -> None:
-        """Pick up commits made outside this warden (other processes, other tools)."""
-        self.tracker.sync()
+    def refresh(self, *, poll: bool = False) -> None:
+        """Pick up commits made outside this warden (other processes, other tools). ``poll``
+        (a periodic catch-up, as the monitor's): the catalog is asked only when its files say
+        it may have changed, so an outside commit can take a few polls to be seen (at most a
+        minute); without it the catalog is always asked."""
+        self.tracker.sync(poll=poll)
 
     # -- health and metadata -------------------------------------------------------------------
 

@@ -36,6 +36,9 @@ if importlib.util.find_spec("pandas") is None:
 LAKE_ALIAS = "lake"
 STATE_ALIAS = "lw_state"
 _CATALOG_FILES = {"duckdb": "meta.ducklake", "sqlite": "meta.sqlite"}
+# What a commit writes besides the catalog file itself: DuckDB's write-ahead log; SQLite's
+# rollback journal or, in WAL mode, its write-ahead log.
+_CATALOG_COMPANIONS = {"duckdb": (".wal",), "sqlite": ("-journal", "-wal")}
 _DUCKDB_SUFFIXES = (".duckdb", ".db", ".ddb")
 
 
@@ -52,6 +55,16 @@ class Location:
         """Whether one process holds the lake: a DuckDB-file catalog admits no other, so no
         commit can land between a transaction's snapshot and its commit but this process's."""
         return self.is_lake and self.catalog == "duckdb"
+
+    @property
+    def catalog_files(self) -> tuple[Path, ...] | None:
+        """The local files every commit to the lake's catalog writes; None when there are
+        none to watch (a plain DuckDB file, or a catalog that is not a local file)."""
+        if not self.is_lake or self.catalog not in _CATALOG_FILES:
+            return None
+        meta = self.path / _CATALOG_FILES[self.catalog]
+        companions = _CATALOG_COMPANIONS[self.catalog]
+        return (meta, *(meta.with_name(meta.name + suffix) for suffix in companions))
 
     @property
     def state_path(self) -> Path:
