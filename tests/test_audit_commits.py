@@ -55,7 +55,7 @@ def _restore(w: lakewarden.Warden) -> int:
     return 1
 
 
-# (how the change is made -> records it must leave, whether rows changed)
+# (how the change is made, whether its records ride in the snapshot: it changed rows, no DDL)
 COMMITS = [
     pytest.param(
         _sql("INSERT INTO orders (order_id, status) VALUES (100, 'x')"), True, id="insert-one-row"
