@@ -138,8 +138,10 @@ def read(
     refused statements live in the state database (``refusals``, another DuckDB instance)."""
     snap = (
         f"(SELECT snapshot_id FROM {LAKE_ALIAS}.snapshots() s "
-        "WHERE json_valid(s.commit_extra_info) "
-        "AND json_extract_string(s.commit_extra_info, '$.commit_id') = a.commit_id "
+        # CASE, not AND: another writer's extra info may not be JSON, and only CASE is sure
+        # not to parse it
+        "WHERE CASE WHEN json_valid(s.commit_extra_info) "
+        "THEN json_extract_string(s.commit_extra_info, '$.commit_id') END = a.commit_id "
         "AND a.decision IN ('allowed', 'restored') LIMIT 1)"
         if is_lake
         else "NULL"
