@@ -8,6 +8,7 @@ of commit, because a record in the wrong place is a record lost or a snapshot wi
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -107,6 +108,104 @@ COMMITS = [
         id="batch-of-no-row-writes",
     ),
     pytest.param(_restore, False, id="restore"),
+    # Writes that change rows in ways DuckLake might not treat as a change: each still makes one
+    # snapshot carrying its records.
+    pytest.param(
+        _sql("UPDATE orders SET status = status WHERE order_id < 3"),
+        True,
+        id="update-to-own-value",
+    ),
+    pytest.param(
+        _sql("UPDATE orders SET status = 'new' WHERE order_id < 3"),
+        True,
+        id="update-to-same-literal",
+    ),
+    pytest.param(
+        _sql(
+            "UPDATE orders SET status = 't' WHERE order_id = 1",
+            "UPDATE orders SET status = 'new' WHERE order_id = 1",
+        ),
+        True,
+        id="batch-update-then-revert",
+    ),
+    pytest.param(
+        _sql(
+            "MERGE INTO orders USING (SELECT 1 AS id) s ON orders.order_id = s.id "
+            "WHEN MATCHED THEN UPDATE SET status = 'm'"
+        ),
+        True,
+        id="merge-update",
+    ),
+    pytest.param(
+        _sql(
+            "MERGE INTO orders USING (SELECT 77 AS id) s ON orders.order_id = s.id "
+            "WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'm')"
+        ),
+        True,
+        id="merge-insert",
+    ),
+    pytest.param(
+        _sql(
+            "MERGE INTO orders USING (SELECT 1 AS id) s ON orders.order_id = s.id "
+            "WHEN MATCHED THEN DELETE"
+        ),
+        True,
+        id="merge-delete",
+    ),
+    pytest.param(
+        _sql(
+            "MERGE INTO orders USING (SELECT 1 AS id WHERE false) s "
+            "ON orders.order_id = s.id WHEN MATCHED THEN DELETE"
+        ),
+        False,
+        id="merge-matching-nothing",
+    ),
+    pytest.param(
+        _sql(
+            "MERGE INTO orders USING (SELECT 1 AS id) s ON orders.order_id = s.id "
+            "WHEN MATCHED THEN DO NOTHING"
+        ),
+        False,
+        id="merge-do-nothing",
+    ),
+    pytest.param(_sql("INSERT INTO orders SELECT * FROM orders"), True, id="insert-from-itself"),
+    pytest.param(
+        _sql("INSERT INTO orders SELECT * FROM orders LIMIT 0"), False, id="insert-limit-0"
+    ),
+    pytest.param(
+        _sql("WITH x AS (SELECT 1) INSERT INTO orders SELECT 60, 'c' FROM x"),
+        True,
+        id="insert-with-cte",
+    ),
+    pytest.param(
+        _sql("INSERT INTO orders BY NAME SELECT 'b' AS status, 90 AS order_id"),
+        True,
+        id="insert-by-name",
+    ),
+    pytest.param(_sql("INSERT INTO orders DEFAULT VALUES"), True, id="insert-default-values"),
+    pytest.param(
+        _sql(
+            "UPDATE orders SET status = o2.status FROM orders o2 "
+            "WHERE orders.order_id = o2.order_id AND orders.order_id < 2"
+        ),
+        True,
+        id="update-from-join",
+    ),
+    pytest.param(
+        _sql("DELETE FROM orders USING (SELECT 3 AS id) s WHERE orders.order_id = s.id"),
+        True,
+        id="delete-using",
+    ),
+    pytest.param(
+        _sql(
+            "DELETE FROM orders WHERE order_id < 0",
+            "INSERT INTO orders (order_id, status) VALUES (400, 'a')",
+            "DELETE FROM orders WHERE order_id = 400",
+        ),
+        True,
+        id="batch-no-row-write-then-insert-then-delete-it",
+    ),
+    pytest.param(_sql("TRUNCATE orders"), True, id="truncate"),
 ]
 
 
@@ -212,3 +311,95 @@ def test_forged_extra_info_never_breaks_the_trail(lake_dir: Path, extra: str, en
         listed = http.get("/v1/snapshots")
         assert listed.status_code == 200, listed.text
         assert "intruder" in {s["agent"] for s in listed.json()["snapshots"]}
+
+
+def test_a_write_to_another_schema_is_one_snapshot_with_its_record(
+    warden: lakewarden.Warden,
+) -> None:
+    with warden.session("seed") as s:
+        s.sql("CREATE SCHEMA s2")
+        s.sql("CREATE TABLE s2.t (i INT)")
+    cur = warden.engine.cursor()
+    before = catalog.current_snapshot(cur)
+    with warden.session("etl") as s:
+        s.sql("INSERT INTO s2.t VALUES (1)")
+    after = catalog.current_snapshot(cur)
+    cur.close()
+    assert after == before + 1
+    assert [r["snapshot_id"] for r in warden.audit(agent="etl")] == [after]
+
+
+# Writes an agent may not make, or the engine refuses: no snapshot, no committed record.
+REFUSED = [
+    pytest.param(["INSERT INTO orders VALUES (50, 'r') RETURNING order_id"], id="returning"),
+    pytest.param(["DELETE FROM orders WHERE false RETURNING 5"], id="returning-on-no-row"),
+    pytest.param(["INSERT OR REPLACE INTO orders VALUES (1, 'r')"], id="insert-or-replace"),
+    pytest.param(["INSERT INTO orders VALUES (1, 'r') ON CONFLICT DO NOTHING"], id="on-conflict"),
+    pytest.param(["CREATE TEMP TABLE t AS SELECT 1 AS i"], id="temp-table"),
+    pytest.param(
+        ["DELETE FROM orders WHERE false", "INSERT INTO temp.main.t VALUES (1)"],
+        id="batch-with-temp-write",
+    ),
+    pytest.param(["INSERT INTO memory.main.m VALUES (1)"], id="memory-database"),
+    pytest.param(["COPY orders FROM 'orders.csv'"], id="copy"),
+    pytest.param(["CALL lake.set_commit_message('x', 'y')"], id="set-commit-message"),
+    pytest.param(["INSERT INTO __lakewarden.audit (agent) VALUES ('x')"], id="audit-table"),
+]
+
+
+@pytest.mark.parametrize("statements", REFUSED)
+def test_a_refused_write_makes_no_snapshot_and_no_committed_record(
+    warden: lakewarden.Warden, statements: list[str]
+) -> None:
+    cur = warden.engine.cursor()
+    before = catalog.current_snapshot(cur)
+    table_rows = _audit_rows(warden)
+    with pytest.raises(lakewarden.LakewardenError), warden.session("etl") as s:
+        if len(statements) == 1:
+            s.sql(statements[0])
+        else:
+            s.batch(statements)
+    assert catalog.current_snapshot(cur) == before
+    cur.close()
+    assert _audit_rows(warden) == table_rows
+    records = warden.audit(agent="etl")
+    assert records and all(r["snapshot_id"] is None for r in records)
+    assert {r["decision"] for r in records} <= {"denied", "blocked", "failed"}
+
+
+def test_concurrent_writers_each_get_their_own_snapshot_and_records(
+    warden: lakewarden.Warden,
+) -> None:
+    writers, each = 4, 5
+
+    def write(n: int) -> None:
+        with warden.session(f"w{n}") as s:
+            for i in range(each):
+                if i % 2:
+                    s.sql("DELETE FROM orders WHERE order_id < 0")
+                else:
+                    s.sql("INSERT INTO orders (order_id, status) VALUES (?, ?)", [n * 100 + i, "c"])
+
+    cur = warden.engine.cursor()
+    before = catalog.current_snapshot(cur)
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = catalog.current_snapshot(cur)
+    authors = dict(
+        cur.execute(
+            f"SELECT snapshot_id, author FROM {LAKE_ALIAS}.snapshots() WHERE snapshot_id > ?",
+            [before],
+        ).fetchall()
+    )
+    cur.close()
+    assert after == before + writers * each
+    seen: list[int] = []
+    for n in range(writers):
+        mine = warden.audit(agent=f"w{n}", limit=1000)
+        assert len(mine) == each
+        assert all(authors[r["snapshot_id"]] == f"w{n}" for r in mine)
+        seen += [r["snapshot_id"] for r in mine]
+    assert sorted(seen) == list(range(before + 1, after + 1))
