@@ -88,17 +88,6 @@ class ExecutionError(LakewardenError):
     code = "execution_failed"
 
 
-class Conflict(LakewardenError):
-    """Another commit changed what this write touched first; nothing was committed, and the
-    same statement may be sent again."""
-
-    code = "conflict"
-    retryable = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "retryable": True}
-
-
 class Unauthenticated(LakewardenError):
     """The bearer token is missing or names no agent of the server's policy."""
 

@@ -18,7 +18,6 @@ from lakewarden.analysis import Statement, analyze
 from lakewarden.core.commit import commit
 from lakewarden.core.stages import Stages
 from lakewarden.errors import (
-    Conflict,
     ExecutionError,
     InvalidRequest,
     InvalidSQL,
@@ -131,9 +130,17 @@ class Session:
                     rows_affected=affected,
                 )
             else:
-                result, flagged = self._write(
-                    stmt, params, event, dry_run, flagged, checked_at, limit, started
-                )
+                with Transaction.on(
+                    stages.engine, self._cur, stages.stager(self._stage_tables)
+                ) as tx:
+                    if self._catalog_version() != checked_at:
+                        # A DDL committed while this write waited for the lock: the verdict
+                        # was taken on the catalog before it, the write runs on the one after.
+                        flagged = self._govern(stmt, _remaining(limit, started), limit)
+                        budget = _remaining(limit, started)
+                    affected = tx.run(stmt, params, budget, limit)
+                    result = self._conclude(tx, event, dry_run)
+                result = replace(result, rows_affected=affected)
         except Exception as exc:
             # Engine errors were mapped by the store; anything else is a bug, traced and
             # audited as a failure, then left to the intake to report as an internal error.
@@ -221,66 +228,6 @@ class Session:
         version = None if stale else 0
         with execute.guarded(self._cur, budget, limit):
             return stages.grants.check(self.agent, stmt, self._planner, version)
-
-    def _write(
-        self,
-        stmt: Statement,
-        params: Sequence[Any] | None,
-        event: Event,
-        dry_run: bool,
-        flagged: list[Violation],
-        checked_at: int,
-        limit: float | None,
-        started: float,
-    ) -> tuple[Result, list[Violation]]:
-        """One write as its own transaction; the result and the grants' flags it ran under.
-
-        A staged INSERT runs overlapping others (see :mod:`lakewarden.store.transaction`) and
-        takes the write lock only for its gate and commit. It runs again, holding the lock
-        from the start, when it cannot be judged that way: the catalog's shape changed since
-        its verdict, its rows were not staged, or DuckLake refused the commit because a commit
-        in between deleted or updated rows of its table. Nothing was committed by then.
-        """
-        stages = self._stages
-        overlap = not dry_run and self._can_overlap(stmt)
-        while True:
-            stager = stages.stager(self._stage_tables)
-            with Transaction.on(stages.engine, self._cur, stager, overlap=overlap) as tx:
-                if self._catalog_version() != checked_at:
-                    # A DDL committed after the verdict: it was taken on the catalog before,
-                    # the write runs on the one after.
-                    flagged = self._govern(stmt, _remaining(limit, started), limit)
-                    checked_at = self._catalog_version()
-                affected = tx.run(stmt, params, _remaining(limit, started), limit)
-                if tx.overlap:
-                    tx.hold()
-                    if (
-                        self._catalog_version() != checked_at
-                        or stmt.target is None
-                        or tx.staged(stmt.target) is None
-                        or stages.tracker.snapshot_id is None
-                    ):
-                        overlap = False
-                        continue
-                try:
-                    result = self._conclude(tx, event, dry_run)
-                except Conflict:
-                    if not tx.overlap:
-                        raise
-                    overlap = False
-                    continue
-            return replace(result, rows_affected=affected), flagged
-
-    def _can_overlap(self, stmt: Statement) -> bool:
-        """Whether ``stmt`` is an INSERT whose rows will be staged (so known exactly)."""
-        target = stmt.target
-        return (
-            stmt.statement_type == "INSERT"
-            and target is not None
-            and stmt.tables_written == (target,)
-            and self._stages.tracker.get(target) is not None
-            and self._stage_tables.span(stmt.text, target) is not None
-        )
 
     def _catalog_version(self) -> int:
         return self._stages.grants.generation

@@ -95,9 +95,6 @@ class Engine:
         self.location = location
         self.settings = settings
         self.write_lock = threading.RLock()
-        # The newest snapshot this process committed, set with the write lock held: where a
-        # transaction ran before taking the lock, the snapshot it read may be older.
-        self.last_snapshot: int | None = None
         self._probe_lock = threading.Lock()
         self._probe_cur: duckdb.DuckDBPyConnection | None = None
         self.database = LAKE_ALIAS if location.is_lake else _file_alias(location.path)

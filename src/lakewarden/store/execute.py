@@ -11,7 +11,6 @@ import duckdb
 import pyarrow as pa
 
 from lakewarden.errors import (
-    Conflict,
     ExecutionError,
     InvalidSQL,
     LakewardenError,
@@ -129,22 +128,10 @@ def engine_error(exc: BaseException, expired: bool, timeout: float | None) -> La
         return PolicyDenied(
             f"the engine refused file access: {first}", [Violation("engine_hardening", first)]
         )
-    if isinstance(exc, duckdb.TransactionException) and "Transaction conflict" in str(exc):
-        return Conflict(
-            f"another commit changed the table first: {_conflict(exc)}; nothing was committed, "
-            "send the statement again",
-            [Violation("conflict", _conflict(exc))],
-        )
     if isinstance(exc, duckdb.ParserException):
         return InvalidSQL(f"the statement does not parse: {first}")
     rule = _snake(type(exc).__name__.replace("Exception", "_error"))
     return ExecutionError(f"{first}; nothing was committed", [Violation(rule, first)])
-
-
-def _conflict(exc: BaseException) -> str:
-    """DuckLake's sentence about the conflict, without the lines that wrap it."""
-    lines = [line for line in str(exc).splitlines() if "conflict" in line.lower()]
-    return lines[-1].strip() if lines else str(exc).strip()
 
 
 def _snake(name: str) -> str:

@@ -5,13 +5,6 @@ lock is held from :meth:`Transaction.begin` until the transaction is closed, whi
 does right after the commit: the state the gate judges is the state the commit lands on, and no
 work after the commit keeps other writers waiting. A commit is one DuckLake snapshot whose author is
 the agent and whose extra info names the trace that made it, with its audit records inside.
-
-An *overlapping* transaction (one staged INSERT on a lake only this process writes) runs its
-statement without the lock and takes it only for the gate and the commit, as raw DuckLake
-writers overlap everything but the commit. What it inserted is known exactly from its stage,
-so the gate judges the table's state as the commits before it left it plus those rows, not the
-older snapshot the transaction read; DuckLake refuses its commit (:class:`Conflict`) if a
-commit in between deleted or updated rows of the table or changed its shape.
 """
 
 from __future__ import annotations
@@ -28,13 +21,12 @@ from typing import Any
 import duckdb
 
 from lakewarden.analysis import Statement
-from lakewarden.signals import delta as deltas
 from lakewarden.signals.checks import WriteCounts
 from lakewarden.signals.delta import Delta
 from lakewarden.signals.table_state import ColumnState, TableState
 from lakewarden.store import audit, catalog, staging
 from lakewarden.store.engine import LAKE_ALIAS, Engine
-from lakewarden.store.execute import engine_error, guarded
+from lakewarden.store.execute import guarded
 
 
 @dataclass
@@ -93,8 +85,6 @@ class Transaction:
         database: str,
         exclusive: bool = False,
         stager: staging.Staging | None = None,
-        engine: Engine | None = None,
-        overlap: bool = False,
     ) -> None:
         self.cur = cur
         self.statements: list[Statement] = []
@@ -106,8 +96,6 @@ class Transaction:
         self._staged: dict[str, Delta] = {}  # tables whose every insert was staged
         self._unstaged: set[str] = set()
         self._database = database
-        self._engine = engine
-        self.overlap = overlap
         self._written: dict[str, None] = {}
         self._counts: dict[str, _Counts] = {}
         self._open = False
@@ -122,13 +110,9 @@ class Transaction:
         engine: Engine,
         cur: duckdb.DuckDBPyConnection,
         stager: staging.Staging | None = None,
-        *,
-        overlap: bool = False,
     ) -> Transaction:
         """A transaction of ``engine`` on the caller's cursor ``cur``; with ``stager``, its
-        inserts are staged and measured before the commit (:mod:`lakewarden.store.staging`).
-        ``overlap`` asks for an overlapping transaction (see the module's docstring), granted
-        only where it can be: a lake only this process commits to, with a stager."""
+        inserts are staged and measured before the commit (:mod:`lakewarden.store.staging`)."""
         loc = engine.location
         return cls(
             cur,
@@ -137,8 +121,6 @@ class Transaction:
             database=engine.database,
             exclusive=loc.exclusive,
             stager=stager,
-            engine=engine,
-            overlap=overlap and loc.is_lake and loc.exclusive and stager is not None,
         )
 
     def __enter__(self) -> Transaction:
@@ -154,20 +136,14 @@ class Transaction:
         self.close()
 
     def begin(self) -> None:
-        if not self.overlap:
-            self.hold()
+        self._lock.acquire()
+        self._locked = True
         try:
             self.cur.begin()
         except BaseException:
             self.close()
             raise
         self._open = True
-
-    def hold(self) -> None:
-        """Take the write lock (an overlapping transaction, before its gate and commit)."""
-        if not self._locked:
-            self._lock.acquire()
-            self._locked = True
 
     def run(
         self,
@@ -263,16 +239,7 @@ class Transaction:
         self, table: str, before: TableState | None, columns: Callable[[str], bool]
     ) -> TableState | None:
         """The state ``table`` would be committed in, measured inside the transaction with
-        one aggregate over the chosen columns (the others keep their known null counts).
-
-        An overlapping transaction read an older snapshot than the one it commits on: its
-        table is ``before`` (the commits before it, with the lock held) plus its staged rows.
-        """
-        if self.overlap:
-            delta = self.staged(table)
-            if before is None or delta is None:
-                raise RuntimeError("an overlapping transaction wrote an unstaged table")
-            return deltas.apply(before, delta, when=time.time(), writer=None, snapshot_id=None)
+        one aggregate over the chosen columns (the others keep their known null counts)."""
         schema = catalog.schemas(self.cur, self._database).get(table)
         if schema is None:
             return None
@@ -331,13 +298,7 @@ class Transaction:
                     base = self._stager.tables.snapshot if self._stager is not None else None
                     if base is None:  # the snapshot it follows, unless a stage said so
                         base = catalog.current_snapshot(self.cur)
-                    last = self._engine.last_snapshot if self._engine is not None else None
-                    if last is not None and last > base:  # committed since this one read
-                        base = last
-            try:
-                self.cur.commit()
-            except duckdb.Error as exc:
-                raise engine_error(exc, False, None) from exc
+            self.cur.commit()
         except BaseException:
             self.rollback()
             raise
@@ -347,8 +308,6 @@ class Transaction:
         when = time.time()
         if base is None:
             return Commit(None, when, commit_id)
-        if self._engine is not None:
-            self._engine.last_snapshot = base + 1
         return Commit(base + 1, when, commit_id, certain=self._exclusive)
 
     def rollback(self) -> None:
