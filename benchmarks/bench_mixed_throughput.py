@@ -9,7 +9,13 @@ duration, interleaved (the order rotates and flips like every other case):
   can;
 - raw x8: 8 threads of this process, each its own cursor on the same engine (one DuckDB
   connection with the lake attached), run the same mix on the same table;
-- lakewarden x1: one agent, for the single-client insert latency.
+- lakewarden x1: one agent, for the single-client insert latency;
+- raw x1: one raw thread, the same yardstick applied to the engine alone.
+
+Each kind of round also records the CPU it used: this process's (the server and the raw
+threads share it) and the agent process's, per completed statement. On a machine with fewer
+cores than clients, the agents' own HTTP client and the processor sharing between 8 busy
+statements bound both targets whatever the server does; those figures show by how much.
 
 Each sample is a round's wall time (until the last in-flight statement returned) per completed
 statement. ``mixed_throughput`` is raw x8 vs lakewarden x8 (target: lakewarden completes at
@@ -26,6 +32,7 @@ that round's commits while it runs.
 from __future__ import annotations
 
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -86,6 +93,19 @@ class PercentileOutcome(common.Outcome):
             if b and s
         ]
         return statistics.median(pairs) if pairs else float("nan")
+
+
+def process_cpu_s(pid: int | None = None) -> float | None:
+    """CPU seconds (user + system, all threads) of this process or of ``pid``; None where
+    ``/proc`` cannot tell."""
+    if pid is None:
+        return time.process_time()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Agents:
@@ -161,12 +181,24 @@ def run(quick: bool = False) -> list[common.Outcome]:
         server = ServerThread(warden, port=0).start()
         agents = Agents(server.url)
         raw = RawThreads(warden)
-        tallies: dict[str, list[Tally]] = {"lakewarden x8": [], "raw x8": [], "lakewarden x1": []}
+        tallies: dict[str, list[Tally]] = {
+            "lakewarden x8": [],
+            "raw x8": [],
+            "lakewarden x1": [],
+            "raw x1": [],
+        }
         walls: dict[str, list[float]] = {name: [] for name in tallies}
+        # CPU seconds of each round: (this process, the agent process)
+        cpus: dict[str, list[tuple[float, float | None]]] = {name: [] for name in tallies}
 
         def round_of(name: str, go: Callable[[int, float], tuple[float, Tally]], n: int):
             def one() -> float:
+                here, there = process_cpu_s(), process_cpu_s(agents.proc.pid)
                 wall, tally = go(n, seconds)
+                here_after, there_after = process_cpu_s(), process_cpu_s(agents.proc.pid)
+                assert here is not None and here_after is not None
+                spent = None if there is None or there_after is None else there_after - there
+                cpus[name].append((here_after - here, spent))
                 tallies[name].append(tally)
                 walls[name].append(wall)
                 return wall / max(tally.statements, 1)
@@ -186,10 +218,16 @@ def run(quick: bool = False) -> list[common.Outcome]:
                     "lakewarden x8": round_of("lakewarden x8", agents.round, CLIENTS),
                     "raw x8": round_of("raw x8", raw.round, CLIENTS),
                     "lakewarden x1": round_of("lakewarden x1", agents.round, 1),
+                    "raw x1": round_of("raw x1", raw.round, 1),
                 },
                 repeats=rounds,
                 warmup=1,
-                setup={"lakewarden x8": catch_up, "raw x8": settle, "lakewarden x1": catch_up},
+                setup={
+                    "lakewarden x8": catch_up,
+                    "raw x8": settle,
+                    "lakewarden x1": catch_up,
+                    "raw x1": settle,
+                },
                 self_timed=frozenset(tallies),
             )
         finally:
@@ -218,6 +256,19 @@ def run(quick: bool = False) -> list[common.Outcome]:
     measured = {name: _pooled(ts[1:]) for name, ts in tallies.items()}
     seconds_of = {name: sum(w[1:]) for name, w in walls.items()}
     lw8, raw8, lw1 = measured["lakewarden x8"], measured["raw x8"], measured["lakewarden x1"]
+    raw1 = measured["raw x1"]
+
+    def cpu(name: str) -> str:
+        """CPU per completed statement of a kind of round, this process and the agents'."""
+        done = measured[name].statements or 1
+        here = sum(c[0] for c in cpus[name][1:])
+        agents_s = [c[1] for c in cpus[name][1:]]
+        text = f"{1000 * here / done:.2f} ms here ({here / seconds_of[name]:.2f} cores)"
+        if name.startswith("lakewarden") and None not in agents_s:
+            there = sum(a for a in agents_s if a is not None)
+            share = there / seconds_of[name]
+            text += f", {1000 * there / done:.2f} ms in the agents ({share:.2f} cores)"
+        return text
 
     def rate(name: str) -> str:
         t, s = measured[name], seconds_of[name]
@@ -239,12 +290,25 @@ def run(quick: bool = False) -> list[common.Outcome]:
         "lakewarden x8: read / insert": f"read {_tail(lw8.read_s)}; insert {_tail(lw8.insert_s)}",
         "lakewarden x1: read / insert": f"read {_tail(lw1.read_s)}; insert {_tail(lw1.insert_s)}",
         "raw x8: read / insert": f"read {_tail(raw8.read_s)}; insert {_tail(raw8.insert_s)}",
+        "raw x1: read / insert": f"read {_tail(raw1.read_s)}; insert {_tail(raw1.insert_s)}",
+        # The tail target applied to the engine alone: what 8 statements sharing the cores (and
+        # DuckLake's commit retries) do to a raw INSERT's p99, with no lakewarden in the way.
+        "raw INSERT p99, 8 threads / 1 thread (the tail target applied to raw DuckLake)": (
+            _p99_ratio(raw8.insert_s, raw1.insert_s)
+        ),
+        "raw read p50, 8 threads / 1 thread (processor sharing)": (
+            f"{common.median_s(raw8.read_s)} / {common.median_s(raw1.read_s)}"
+        ),
+        "CPU per statement, raw x8": cpu("raw x8"),
+        "CPU per statement, lakewarden x8": cpu("lakewarden x8"),
+        "CPU per statement, raw x1": cpu("raw x1"),
+        "CPU per statement, lakewarden x1": cpu("lakewarden x1"),
         # Concurrent DuckLake commits on one table conflict and are retried by DuckLake after
         # a wait (ducklake_retry_wait_ms, 100 ms by default): the raw side's insert tail.
         "raw x8 INSERTs that took >= 100 ms (DuckLake's commit retry wait)": (
             f"{sum(s >= 0.1 for s in raw8.insert_s)} of {len(raw8.insert_s)}"
         ),
-        "errors, whole run (lakewarden x8, raw x8, lakewarden x1)": (
+        "errors, whole run (lakewarden x8, raw x8, lakewarden x1, raw x1)": (
             ", ".join(str(errors[name]) for name in tallies)
             + (f"; first: {first_error}" if first_error else "")
         ),
@@ -293,6 +357,13 @@ def _pooled(tallies: Sequence[Tally]) -> Tally:
     for tally in tallies:
         total.add(tally)
     return total
+
+
+def _p99_ratio(subject: Sequence[float], baseline: Sequence[float]) -> str:
+    if not subject or not baseline:
+        return "none"
+    p99s, p99b = common.percentile(subject, 99), common.percentile(baseline, 99)
+    return f"{common.fmt_s(p99s)} / {common.fmt_s(p99b)} = {p99s / p99b:.1f}"
 
 
 def _throughput(tally: Tally, seconds: float) -> float:
