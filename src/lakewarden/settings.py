@@ -10,6 +10,7 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_THREADS | 2 | DuckDB worker threads |
 | LAKEWARDEN_PROFILE_MAX_AGE_S | 86400 | re-base a table's signals by a full profile when older |
 | LAKEWARDEN_CATALOG | duckdb | catalog of a new lake: duckdb (one process) or sqlite (several) |
+| LAKEWARDEN_DATA_PATH | | data files of a lake whose catalog is PostgreSQL (``postgres:DSN``) |
 | LAKEWARDEN_AUDIT_RETENTION_DAYS | 90 | audit-table rows, refusals older than this: pruned |
 | LAKEWARDEN_MAX_STATEMENT_CHARS | 100000 | longest SQL statement accepted, checked before parsing |
 | LAKEWARDEN_MAX_BODY_BYTES | 1MB | largest HTTP request body (REST and MCP), checked before auth |
@@ -24,6 +25,10 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_STATE_SAVE_DELAY_MS | 250 | most a table-state change waits to be saved (0 = at once) |
 
 Audit records carried in snapshots' extra info live as long as their snapshots.
+
+A lake whose catalog is a PostgreSQL database is given as ``postgres:DSN`` (libpq keywords,
+e.g. ``postgres:dbname=lake host=db.internal user=lakewarden``); its password comes from libpq's
+own ``PGPASSWORD`` or ``PGPASSFILE``, never from the connection string.
 
 Read by the CLI as defaults of its options (typer reads them): ``LAKEWARDEN_LAKE`` (--lake),
 ``LAKEWARDEN_POLICY`` (--policy), ``LAKEWARDEN_SERVER`` (--server), ``LAKEWARDEN_TOKEN``
@@ -75,6 +80,9 @@ def parse_size(name: str, raw: str | int) -> int:
 
 
 ENV_LAKE = "LAKEWARDEN_LAKE"
+ENV_DATA_PATH = "LAKEWARDEN_DATA_PATH"
+# ``--lake postgres:DSN``: a lake whose catalog is a PostgreSQL database.
+POSTGRES_PREFIX = "postgres:"
 ENV_POLICY = "LAKEWARDEN_POLICY"
 ENV_SERVER = "LAKEWARDEN_SERVER"
 ENV_TOKEN = "LAKEWARDEN_TOKEN"
@@ -88,6 +96,7 @@ class Settings:
     threads: int = 2
     profile_max_age_s: float = 86400.0
     catalog: str = "duckdb"
+    data_path: str = ""
     audit_retention_days: float = 90.0
     max_statement_chars: int = 100_000
     max_body_bytes: int = 1000**2
@@ -179,6 +188,7 @@ class Settings:
             threads=int(number("LAKEWARDEN_THREADS", cls.threads, int)),
             profile_max_age_s=number("LAKEWARDEN_PROFILE_MAX_AGE_S", cls.profile_max_age_s),
             catalog=env.get("LAKEWARDEN_CATALOG", cls.catalog).strip().lower(),
+            data_path=env.get(ENV_DATA_PATH, cls.data_path).strip(),
             audit_retention_days=number(
                 "LAKEWARDEN_AUDIT_RETENTION_DAYS", cls.audit_retention_days
             ),

@@ -44,6 +44,7 @@ class Warden:
         policy: Policy | str | Path | None = None,
         telemetry: Telemetry | None = None,
         settings: Settings | None = None,
+        data_path: str | Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings or Settings.from_env()
@@ -54,7 +55,7 @@ class Warden:
         else:
             self.policy = load_policy(policy)
         self.telemetry = telemetry or Telemetry()
-        self.engine = Engine(locate(path, self.settings), self.settings)
+        self.engine = Engine(locate(path, self.settings, data_path), self.settings)
         self.instruments = Instruments(self.telemetry.meter)
         self.recorder = self.telemetry.recorder(self.instruments)
         grants = Grants(self.policy, self.engine.database, self.settings.statement_timeout_s)
@@ -194,9 +195,12 @@ def open(
     policy: Policy | str | Path | None = None,
     telemetry: Telemetry | None = None,
     settings: Settings | None = None,
+    data_path: str | Path | None = None,
 ) -> Warden:
-    """Open (or create) a DuckLake lake folder, or a plain DuckDB file ending in ``.duckdb``."""
-    return Warden(path, policy=policy, telemetry=telemetry, settings=settings)
+    """Open (or create) a DuckLake lake folder, a plain DuckDB file ending in ``.duckdb``, or a
+    DuckLake whose catalog is a PostgreSQL database: ``"postgres:dbname=lake host=..."`` with
+    its data files in ``data_path`` (or ``LAKEWARDEN_DATA_PATH``)."""
+    return Warden(path, policy=policy, telemetry=telemetry, settings=settings, data_path=data_path)
 
 
 __all__ = ["Warden", "open"]

@@ -18,7 +18,15 @@ from rich.table import Table
 from lakewarden import __version__
 from lakewarden.errors import LakewardenError
 from lakewarden.intake import lakefiles
-from lakewarden.settings import ENV_LAKE, ENV_POLICY, ENV_POLL_INTERVAL, ENV_SERVER, ENV_TOKEN
+from lakewarden.settings import (
+    ENV_DATA_PATH,
+    ENV_LAKE,
+    ENV_POLICY,
+    ENV_POLL_INTERVAL,
+    ENV_SERVER,
+    ENV_TOKEN,
+    POSTGRES_PREFIX,
+)
 from lakewarden.wire import AGENT_HEADER
 from lakewarden.wording import plural
 
@@ -38,8 +46,15 @@ console = Console()
 # Messages are sentences: never hard-wrapped at 80 columns when stderr is a file or a pipe.
 err_console = Console(stderr=True, soft_wrap=True)
 
-LakeOption = Annotated[
-    Path, typer.Option("--lake", help="DuckLake folder or .duckdb file.", envvar=ENV_LAKE)
+LAKE_HELP = "DuckLake folder, .duckdb file, or postgres:DSN (a PostgreSQL catalog; --data-path)."
+LakeOption = Annotated[str, typer.Option("--lake", help=LAKE_HELP, envvar=ENV_LAKE)]
+DataPathOption = Annotated[
+    str | None,
+    typer.Option(
+        "--data-path",
+        help="Data files of a postgres:DSN lake (a folder every sidecar shares).",
+        envvar=ENV_DATA_PATH,
+    ),
 ]
 PolicyOption = Annotated[
     Path | None, typer.Option("--policy", help="Policy file (YAML).", envvar=ENV_POLICY)
@@ -132,17 +147,25 @@ class _Remote:
         self.client.close()
 
 
+def _target(lake: str) -> str | Path:
+    """What ``--lake`` names: a ``postgres:`` connection string as given, else a path."""
+    return lake if lake.startswith(POSTGRES_PREFIX) else Path(lake)
+
+
 def _ask(
     work: Callable[[_Local | _Remote], T],
-    lake: Path,
+    lake: str,
     policy: Path | None,
     server: str | None,
     token: str | None = None,
     agent: str | None = None,
+    data_path: str | None = None,
 ) -> T:
     """Run ``work`` against the lake, or the server holding it; a clear error on failure."""
     try:
-        backend = _backend(lake, lakefiles.policy_for(lake, policy), server, token, agent)
+        target = _target(lake)
+        policy = lakefiles.policy_for(target, policy)
+        backend = _backend(target, policy, server, token, agent, data_path)
         try:
             return work(backend)
         finally:
@@ -151,12 +174,14 @@ def _ask(
         _fail(exc)
 
 
-def _open_warden(lake: Path, policy: Path | None) -> Any:
+def _open_warden(lake: str, policy: Path | None, data_path: str | None) -> Any:
     """The lake opened in this process, or a clear error and exit code 2."""
     import lakewarden
 
+    target = _target(lake)
     try:
-        return lakewarden.open(lake, policy=lakefiles.policy_for(lake, policy))
+        policy = lakefiles.policy_for(target, policy)
+        return lakewarden.open(target, policy=policy, data_path=data_path)
     except LakewardenError as exc:
         _fail(exc)
 
@@ -171,11 +196,12 @@ def _server_up(url: str) -> bool:
 
 
 def _backend(
-    lake: Path,
+    lake: str | Path,
     policy: Path | None,
     server: str | None,
     token: str | None = None,
     agent: str | None = None,
+    data_path: str | None = None,
 ) -> _Local | _Remote:
     """The lake itself, or, when a server holds it (a DuckDB catalog admits one process), the
     server's API: the same answers either way."""
@@ -184,10 +210,10 @@ def _backend(
     token = lakefiles.cli_token(lake, token)
     if server:
         return _Remote(server, token, agent)
-    if not lake.exists():
+    if isinstance(lake, Path) and not lake.exists():
         raise LakewardenError(f"no lake at {lake}: give --lake DIR (or a .duckdb file)")
     try:
-        return _Local(lakewarden.open(lake, policy=policy))
+        return _Local(lakewarden.open(lake, policy=policy, data_path=data_path))
     except lakewarden.ConfigurationError as exc:
         if "lock" in str(exc).lower() and _server_up(DEFAULT_SERVER):
             err_console.print(
@@ -222,14 +248,17 @@ def version() -> None:
 @app.command()
 def check(
     table: Annotated[str, typer.Argument(help="Table name, e.g. orders or staging.orders.")],
-    lake: LakeOption = Path("lakewarden-demo"),
+    lake: LakeOption = "lakewarden-demo",
+    data_path: DataPathOption = None,
     policy: PolicyOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show a table's data-quality signals: rows, freshness, nulls, schema changes, checks."""
-    info = _ask(lambda backend: backend.table(table), lake, policy, server, token)
+    info = _ask(
+        lambda backend: backend.table(table), lake, policy, server, token, data_path=data_path
+    )
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
@@ -303,14 +332,17 @@ def snapshots(
     table: Annotated[
         str | None, typer.Argument(help="Only snapshots that changed this table.")
     ] = None,
-    lake: LakeOption = Path("lakewarden-demo"),
+    lake: LakeOption = "lakewarden-demo",
+    data_path: DataPathOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """List the lake's snapshots: who committed what, when, and in which trace."""
-    snaps = _ask(lambda backend: backend.snapshots(table, limit), lake, None, server, token)
+    snaps = _ask(
+        lambda b: b.snapshots(table, limit), lake, None, server, token, data_path=data_path
+    )
     if as_json:
         sys.stdout.write(json.dumps(snaps, indent=2) + "\n")
         return
@@ -357,7 +389,8 @@ def _print_snapshots(snaps: list[dict[str, Any]], table: str | None) -> None:
 @anomaly_app.command("accept")
 def anomaly_accept(
     table: Annotated[str, typer.Argument(help="Table whose current level is the new normal.")],
-    lake: LakeOption = Path("lakewarden-demo"),
+    lake: LakeOption = "lakewarden-demo",
+    data_path: DataPathOption = None,
     policy: PolicyOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
@@ -365,7 +398,13 @@ def anomaly_accept(
 ) -> None:
     """Accept TABLE's current volume level (and write pace) as normal: its alerts stop now."""
     result = _ask(
-        lambda backend: backend.accept_anomaly(table, agent), lake, policy, server, token, agent
+        lambda backend: backend.accept_anomaly(table, agent),
+        lake,
+        policy,
+        server,
+        token,
+        agent,
+        data_path,
     )
     what = "accepted as the new normal" if result["changed"] else "nothing anomalous to accept"
     console.print(f"[green]{result['table']}[/]: {what}")
@@ -375,7 +414,8 @@ def anomaly_accept(
 def restore(
     table: Annotated[str, typer.Argument(help="Table to restore.")],
     to: Annotated[int, typer.Option("--to", help="Snapshot id to restore the table to.")],
-    lake: LakeOption = Path("lakewarden-demo"),
+    lake: LakeOption = "lakewarden-demo",
+    data_path: DataPathOption = None,
     policy: PolicyOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
@@ -383,7 +423,13 @@ def restore(
 ) -> None:
     """Make TABLE equal to its content at snapshot --to, as one new, audited commit."""
     result = _ask(
-        lambda backend: backend.restore(table, to, agent), lake, policy, server, token, agent
+        lambda backend: backend.restore(table, to, agent),
+        lake,
+        policy,
+        server,
+        token,
+        agent,
+        data_path,
     )
     rows = result["signals"].get(table, {}).get("rows", "?")
     console.print(
@@ -394,7 +440,8 @@ def restore(
 
 @app.command()
 def audit(
-    lake: LakeOption = Path("lakewarden-demo"),
+    lake: LakeOption = "lakewarden-demo",
+    data_path: DataPathOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
@@ -402,7 +449,7 @@ def audit(
     as_json: JsonOption = False,
 ) -> None:
     """The audit trail: every governed decision, newest first."""
-    records = _ask(lambda backend: backend.audit(agent, limit), lake, None, server, token)
+    records = _ask(lambda b: b.audit(agent, limit), lake, None, server, token, data_path=data_path)
     if as_json:
         sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
         return
@@ -447,10 +494,9 @@ def policy_validate(file: Annotated[Path, typer.Argument(help="Policy file to ch
 
 @app.command()
 def serve(
-    lake: Annotated[
-        Path | None, typer.Option("--lake", help="DuckLake folder.", envvar=ENV_LAKE)
-    ] = None,
+    lake: Annotated[str | None, typer.Option("--lake", help=LAKE_HELP, envvar=ENV_LAKE)] = None,
     duckdb_file: Annotated[Path | None, typer.Option("--duckdb", help="DuckDB file.")] = None,
+    data_path: DataPathOption = None,
     policy: PolicyOption = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on (loopback by default).")
@@ -464,19 +510,20 @@ def serve(
     if (lake is None) == (duckdb_file is None):
         err_console.print("[bold red]error[/]: give exactly one of --lake DIR or --duckdb FILE")
         raise typer.Exit(code=2)
-    target = lake if lake is not None else duckdb_file
+    target = _target(lake) if lake is not None else duckdb_file
     assert target is not None
     try:
         policy = lakefiles.policy_for(target, policy)
         lakefiles.export_lake_tokens(target)
-        warden = lakewarden.open(target, policy=policy)
+        warden = lakewarden.open(target, policy=policy, data_path=data_path)
         check_bind(warden, host)
         if policy is None:
             err_console.print(OPEN_MODE_WARNING)
         else:
             err_console.print(f"policy {policy} (mode {warden.policy.mode})")
+        shown = warden.engine.location.shown
         err_console.print(
-            f"lakewarden {__version__} serving {target} on http://{host}:{port} "
+            f"lakewarden {__version__} serving {shown} on http://{host}:{port} "
             f"(MCP http://{host}:{port}/mcp/, metrics http://{host}:{port}/metrics)"
         )
         run(warden, host, port)
@@ -521,11 +568,12 @@ def mcp_stdio(
     lake: LakeOption,
     agent: Annotated[str, typer.Option("--agent", help="The agent this stdio server acts as.")],
     policy: PolicyOption = None,
+    data_path: DataPathOption = None,
 ) -> None:
     """Serve MCP over stdio for one agent (for MCP clients that spawn their tools)."""
     from lakewarden.intake.mcp import build_mcp
 
-    warden = _open_warden(lake, policy)
+    warden = _open_warden(lake, policy, data_path)
     try:
         build_mcp(warden, stdio_agent=agent).run()
     finally:
@@ -553,7 +601,8 @@ def demo(
 
 @app.command()
 def watch(
-    lake: LakeOption = Path("lakewarden-demo"),
+    lake: LakeOption = "lakewarden-demo",
+    data_path: DataPathOption = None,
     policy: PolicyOption = None,
     interval: Annotated[
         float,
@@ -567,7 +616,7 @@ def watch(
     """Watch a lake: pick up commits made by any writer and re-judge every check on a clock."""
     from lakewarden.core.monitor import Monitor
 
-    warden = _open_warden(lake, policy)
+    warden = _open_warden(lake, policy, data_path)
     if interval <= 0:
         err_console.print("[bold red]error[/]: --interval must be > 0")
         raise typer.Exit(code=2)

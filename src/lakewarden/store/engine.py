@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import re
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ import duckdb
 import pyarrow.lib
 
 from lakewarden.errors import ConfigurationError
-from lakewarden.settings import Settings
+from lakewarden.settings import POSTGRES_PREFIX, Settings
 from lakewarden.store import extensions
 from lakewarden.store.deadline import WATCHDOG
 
@@ -40,15 +43,28 @@ _CATALOG_FILES = {"duckdb": "meta.ducklake", "sqlite": "meta.sqlite"}
 # rollback journal or, in WAL mode, its write-ahead log.
 _CATALOG_COMPANIONS = {"duckdb": (".wal",), "sqlite": ("-journal", "-wal")}
 _DUCKDB_SUFFIXES = (".duckdb", ".db", ".ddb")
+# A password in the connection string would sit in the process list, shell histories and logs:
+# libpq reads it from PGPASSWORD or a PGPASSFILE instead. Keyword form ``password=...`` and URI
+# form ``postgresql://user:secret@host``.
+_DSN_PASSWORD = re.compile(r"(?:^|\s)password\s*=|^postgres(?:ql)?://[^/@]*:[^/@]*@", re.IGNORECASE)
+_DSN_DBNAME = re.compile(r"(?:^|\s)dbname\s*=\s*'?([^'\s]+)", re.IGNORECASE)
+_URI_DBNAME = re.compile(r"^postgres(?:ql)?://[^/]*/([^?]+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Location:
-    """Where a lake lives: a DuckLake folder (``is_lake``) or a plain DuckDB file."""
+    """Where a lake lives: a DuckLake folder (``is_lake``), a plain DuckDB file, or a DuckLake
+    whose catalog is a PostgreSQL database (``dsn``) and whose data files are under ``path``."""
 
     path: Path
     is_lake: bool
-    catalog: str  # duckdb | sqlite for a lake; "file" for a plain DuckDB file
+    catalog: str  # duckdb | sqlite | postgres for a lake; "file" for a plain DuckDB file
+    dsn: str | None = None  # the PostgreSQL connection string of a postgres catalog
+
+    @property
+    def data_path(self) -> Path:
+        """The folder of the lake's data files, the only one the engine may touch."""
+        return self.path if self.catalog == "postgres" else self.path / "data"
 
     @property
     def exclusive(self) -> bool:
@@ -67,18 +83,36 @@ class Location:
         return (meta, *(meta.with_name(meta.name + suffix) for suffix in companions))
 
     @property
-    def state_path(self) -> Path:
+    def state_path(self) -> Path | None:
+        """lakewarden's own state file; None when the state is kept in memory (a lake shared
+        by sidecars on several machines has no folder of its own to keep it in)."""
+        if self.catalog == "postgres":
+            return None
         if self.is_lake:
             return self.path / "lakewarden-state.duckdb"
         return self.path.with_name(self.path.stem + ".lakewarden-state.duckdb")
 
     @property
     def namespace(self) -> str:
-        """``db.namespace`` of the spans."""
+        """``db.namespace`` of the spans: the folder or file name, or the catalog database's."""
+        if self.dsn is not None:
+            match = _DSN_DBNAME.search(self.dsn) or _URI_DBNAME.match(self.dsn)
+            return match.group(1) if match else "postgres"
         return self.path.name
 
+    @property
+    def shown(self) -> str:
+        """The lake as messages name it (a connection string never carries a password)."""
+        if self.dsn is not None:
+            return f"{POSTGRES_PREFIX}{self.dsn} (data in {self.path})"
+        return str(self.path)
 
-def locate(target: str | Path, settings: Settings) -> Location:
+
+def locate(target: str | Path, settings: Settings, data_path: str | Path | None = None) -> Location:
+    """Where ``target`` is: ``postgres:DSN`` (with ``data_path``, else the setting), a DuckDB
+    file, or a DuckLake folder whose catalog is already there or made as settings say."""
+    if isinstance(target, str) and target.startswith(POSTGRES_PREFIX):
+        return _postgres(target[len(POSTGRES_PREFIX) :].strip(), data_path or settings.data_path)
     path = Path(target).expanduser().resolve()
     if path.suffix.lower() in _DUCKDB_SUFFIXES or path.is_file():
         return Location(path, is_lake=False, catalog="file")
@@ -86,6 +120,26 @@ def locate(target: str | Path, settings: Settings) -> Location:
         if (path / name).exists():
             return Location(path, is_lake=True, catalog=catalog)
     return Location(path, is_lake=True, catalog=settings.catalog)
+
+
+def _postgres(dsn: str, data_path: str | Path | None) -> Location:
+    if not dsn:
+        raise ConfigurationError(
+            "postgres: needs a connection string, e.g. "
+            "'postgres:dbname=lake host=db.internal user=lakewarden'"
+        )
+    if _DSN_PASSWORD.search(dsn):
+        raise ConfigurationError(
+            "the PostgreSQL connection string carries a password; remove it and pass the "
+            "password through PGPASSWORD or a PGPASSFILE (never on the command line)"
+        )
+    if not data_path:
+        raise ConfigurationError(
+            "a lake with a PostgreSQL catalog needs the folder of its data files: give "
+            "--data-path DIR or set LAKEWARDEN_DATA_PATH"
+        )
+    path = Path(data_path).expanduser().resolve()
+    return Location(path, is_lake=True, catalog="postgres", dsn=dsn)
 
 
 class Engine:
@@ -102,7 +156,7 @@ class Engine:
             self._con = self._connect()
             self._state = self._connect_state()
         except duckdb.Error as exc:
-            raise ConfigurationError(f"cannot open the lake at {location.path}: {exc}") from exc
+            raise ConfigurationError(f"cannot open the lake at {location.shown}: {exc}") from exc
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         loc = self.location
@@ -111,28 +165,33 @@ class Engine:
             "autoinstall_known_extensions": False,
         }
         if loc.is_lake:
-            (loc.path / "data").mkdir(parents=True, exist_ok=True)
+            loc.data_path.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(":memory:", config=config)
             extensions.load(con, "ducklake")
-            meta = loc.path / _CATALOG_FILES[loc.catalog]
-            if loc.catalog == "sqlite":
+            if loc.catalog == "postgres":
+                extensions.load(con, "postgres")
+                source = f"ducklake:postgres:{loc.dsn}"
+            elif loc.catalog == "sqlite":
                 extensions.load(con, "sqlite")
-                source = f"ducklake:sqlite:{meta}"
+                source = f"ducklake:sqlite:{loc.path / _CATALOG_FILES[loc.catalog]}"
             else:
-                source = f"ducklake:{meta}"
+                source = f"ducklake:{loc.path / _CATALOG_FILES[loc.catalog]}"
             con.execute(
                 f"ATTACH {_quote(source)} AS {LAKE_ALIAS} "
-                f"(DATA_PATH {_quote(str(loc.path / 'data') + '/')})"
+                f"(DATA_PATH {_quote(str(loc.data_path) + '/')})"
             )
             con.execute(f"USE {LAKE_ALIAS}")
             # Only the data files: the catalog, the state database and the policy and token
             # files beside them stay out of reach of every statement the engine runs.
-            allowed = [str(loc.path / "data") + "/"]
+            allowed = [str(loc.data_path) + "/"]
         else:
             loc.path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(loc.path), config=config)
             allowed = []
         tmp = (loc.path if loc.is_lake else loc.path.parent) / ".lakewarden-tmp"
+        if loc.catalog == "postgres":
+            # The data folder may be shared by several sidecars: spill files stay local.
+            tmp = Path(tempfile.gettempdir()) / f"lakewarden-tmp-{os.getpid()}"
         con.execute(f"SET temp_directory = {_quote(str(tmp))}")
         con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in allowed)}]")
         con.execute("SET enable_external_access = false")
@@ -155,7 +214,9 @@ class Engine:
         )
         path = self.location.state_path
         try:
-            con.execute(f"ATTACH {_quote(str(path))} AS {STATE_ALIAS}")
+            con.execute(
+                f"ATTACH {_quote(':memory:' if path is None else str(path))} AS {STATE_ALIAS}"
+            )
         except duckdb.IOException as exc:
             # Another lakewarden process holds the state file (a shared catalog): keep going with
             # state in memory; it is re-based from the lake itself.

@@ -13,6 +13,7 @@ from lakewarden.errors import ConfigurationError
 _PACKAGES = {
     "ducklake": ("duckdb_extension_ducklake", "ducklake"),
     "sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
+    "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner"),
 }
 
 
