@@ -4,6 +4,7 @@ import lakewarden
 
 EXPECTED = {
     "ConfigurationError",
+    "Conflict",
     "ExecutionError",
     "InvalidSQL",
     "LakewardenError",
@@ -34,6 +35,7 @@ def test_all_is_pinned() -> None:
 def test_errors_share_one_root() -> None:
     for name in (
         "ConfigurationError",
+        "Conflict",
         "ExecutionError",
         "InvalidSQL",
         "NotFound",
@@ -43,3 +45,9 @@ def test_errors_share_one_root() -> None:
         "TooLarge",
     ):
         assert issubclass(getattr(lakewarden, name), lakewarden.LakewardenError)
+
+
+def test_only_a_conflict_is_retryable() -> None:
+    assert lakewarden.Conflict("x").retryable
+    assert lakewarden.Conflict("x").to_dict()["retryable"] is True
+    assert "retryable" not in lakewarden.QualityGateFailed("x").to_dict()

@@ -22,6 +22,7 @@ _os.environ.setdefault("DUCKDB_JE_MALLOC_CONF", "retain:false")
 
 from lakewarden.errors import (
     ConfigurationError,
+    Conflict,
     ExecutionError,
     InvalidSQL,
     LakewardenError,
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ConfigurationError",
+    "Conflict",
     "ExecutionError",
     "InvalidSQL",
     "LakewardenError",

@@ -24,6 +24,7 @@ import polars as pl
 
 from lakewarden import __version__
 from lakewarden.errors import (
+    Conflict,
     ExecutionError,
     InvalidRequest,
     InvalidSQL,
@@ -60,6 +61,7 @@ class ServerUnavailable(LakewardenError):
 _ERRORS: dict[str, type[LakewardenError]] = {
     cls.code: cls
     for cls in (
+        Conflict,
         InvalidSQL,
         PolicyDenied,
         QualityGateFailed,

@@ -29,6 +29,8 @@ class LakewardenError(Exception):
     """Base of every lakewarden error."""
 
     code = "error"
+    # Whether sending the same request again may succeed (REST/MCP error field "retryable").
+    retryable = False
 
     def __init__(self, message: str, violations: list[Violation] | None = None) -> None:
         super().__init__(message)
@@ -37,11 +39,14 @@ class LakewardenError(Exception):
         self.trace_id: str | None = None  # the trace of the refused statement, once known
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "code": self.code,
             "message": self.message,
             "violations": [v.to_dict() for v in self.violations],
         }
+        if self.retryable:
+            body["retryable"] = True
+        return body
 
 
 class ConfigurationError(LakewardenError):
@@ -66,6 +71,14 @@ class QualityGateFailed(LakewardenError):
     """The write broke a quality contract and was rolled back; nothing was committed."""
 
     code = "quality_gate_failed"
+
+
+class Conflict(LakewardenError):
+    """Another writer (another sidecar on a shared catalog) committed a conflicting change to
+    the same table first; this write was rolled back, nothing was committed. Send it again."""
+
+    code = "conflict"
+    retryable = True
 
 
 class StatementTimeout(LakewardenError):

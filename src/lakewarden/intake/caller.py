@@ -61,6 +61,7 @@ STATUS: dict[str, int] = {
     "not_found": 404,
     "timeout": 408,
     "quality_gate_failed": 409,
+    "conflict": 409,
     "too_large": 413,
     "execution_failed": 422,
 }

@@ -156,6 +156,8 @@ class Engine:
             self._con = self._connect()
             self._state = self._connect_state()
         except duckdb.Error as exc:
+            if location.catalog == "postgres":
+                raise ConfigurationError(_postgres_failure(location, exc)) from exc
             raise ConfigurationError(f"cannot open the lake at {location.shown}: {exc}") from exc
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -165,7 +167,8 @@ class Engine:
             "autoinstall_known_extensions": False,
         }
         if loc.is_lake:
-            loc.data_path.mkdir(parents=True, exist_ok=True)
+            if loc.catalog != "postgres":
+                loc.data_path.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(":memory:", config=config)
             extensions.load(con, "ducklake")
             if loc.catalog == "postgres":
@@ -181,6 +184,8 @@ class Engine:
                 f"(DATA_PATH {_quote(str(loc.data_path) + '/')})"
             )
             con.execute(f"USE {LAKE_ALIAS}")
+            # Made once the catalog answered: a start-up that fails creates nothing.
+            loc.data_path.mkdir(parents=True, exist_ok=True)
             # Only the data files: the catalog, the state database and the policy and token
             # files beside them stay out of reach of every statement the engine runs.
             allowed = [str(loc.data_path) + "/"]
@@ -264,6 +269,33 @@ class Engine:
     def close(self) -> None:
         self._con.close()
         self._state.close()
+
+
+# libpq's reason for a failed connection, and what to do about it.
+_POSTGRES_FIXES = (
+    ("password authentication failed", "set PGPASSWORD (or PGPASSFILE) to the user's password"),
+    ("no password supplied", "set PGPASSWORD (or PGPASSFILE) to the user's password"),
+    ("role", "check user=: no such role on the server"),
+    (
+        "database",
+        "check dbname=, or create it (lakewarden makes the lake's tables, not the database)",
+    ),
+    ("connection refused", "check host= and port=: is PostgreSQL running and reachable?"),
+    ("timeout expired", "check host= and port=: is PostgreSQL running and reachable?"),
+    ("could not translate host name", "check host=: the name does not resolve"),
+    ("no pg_hba.conf entry", "allow this host and user in the server's pg_hba.conf"),
+)
+
+
+def _postgres_failure(loc: Location, exc: duckdb.Error) -> str:
+    """A start-up error naming what failed and what to fix, without DuckDB's wrapping."""
+    text = str(exc)
+    reason = text.rsplit(" failed: ", 1)[-1] if " failed: " in text else text
+    lines = reason.replace("FATAL:", "").strip().splitlines()
+    reason = " ".join(lines[0].split()) if lines else text
+    fix = next((hint for key, hint in _POSTGRES_FIXES if key in reason.lower()), None)
+    message = f"cannot open the lake's PostgreSQL catalog ({loc.dsn}): {reason}"
+    return f"{message}; {fix}" if fix else message
 
 
 def _file_alias(path: Path) -> str:

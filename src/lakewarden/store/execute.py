@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from lakewarden.errors import (
+    Conflict,
     ExecutionError,
     InvalidSQL,
     LakewardenError,
@@ -123,6 +124,15 @@ def engine_error(exc: BaseException, expired: bool, timeout: float | None) -> La
             f"the statement needs more memory than the engine may use: {first}; "
             "nothing was committed",
             [Violation("memory_limit", first)],
+        )
+    if isinstance(exc, duckdb.TransactionException) and "Transaction conflict" in str(exc):
+        # DuckLake retries a commit that only raced another; this one changed what the other
+        # deleted, updated or altered, so only running the statement again can succeed.
+        detail = str(exc).strip().splitlines()[-1]
+        return Conflict(
+            "another writer committed a conflicting change to the same table first; nothing "
+            "was committed: send the statement again",
+            [Violation("write_conflict", detail)],
         )
     if isinstance(exc, duckdb.PermissionException):
         return PolicyDenied(

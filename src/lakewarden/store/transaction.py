@@ -24,7 +24,7 @@ from lakewarden.analysis import Statement
 from lakewarden.signals.checks import WriteCounts
 from lakewarden.signals.delta import Delta
 from lakewarden.signals.table_state import ColumnState, TableState
-from lakewarden.store import audit, catalog, staging
+from lakewarden.store import audit, catalog, execute, staging
 from lakewarden.store.engine import LAKE_ALIAS, Engine
 from lakewarden.store.execute import guarded
 
@@ -299,6 +299,11 @@ class Transaction:
                     if base is None:  # the snapshot it follows, unless a stage said so
                         base = catalog.current_snapshot(self.cur)
             self.cur.commit()
+        except execute.ENGINE_ERRORS as exc:
+            # A commit the catalog refused (a conflicting commit by another writer, the
+            # catalog unreachable): rolled back, and said in lakewarden's terms.
+            self.rollback()
+            raise execute.engine_error(exc, False, None) from exc
         except BaseException:
             self.rollback()
             raise
