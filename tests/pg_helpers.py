@@ -1,0 +1,157 @@
+"""A real PostgreSQL server for the tests of lakes with a PostgreSQL catalog.
+
+Debian's ``postgresql`` package provides the binaries (CI installs it, see .ci/run, so a missing
+one is a failure, not a skip). Each test session gets its own cluster in a temp folder on a free
+loopback port, with password authentication over TCP, and stops it at the end. ``initdb``
+refuses to run as root: as root, the cluster runs as the ``postgres`` user the package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from server_helpers import free_port
+
+USER = "lakewarden"
+
+
+def _bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or (
+        [p] if (p := shutil.which(name)) else []
+    )
+    if not found:
+        pytest.fail(f"{name} not found: install Debian's 'postgresql' package (see .ci/run)")
+    return found[-1]
+
+
+@dataclass
+class Postgres:
+    port: int
+    password: str
+    folder: Path
+
+    def dsn(self, dbname: str, *, user: str = USER, port: int | None = None) -> str:
+        return f"dbname={dbname} host=127.0.0.1 port={port or self.port} user={user}"
+
+    def env(self, password: str | None = None) -> dict[str, str]:
+        """The environment a client needs: the password through libpq's own variable."""
+        return {**os.environ, "PGPASSWORD": self.password if password is None else password}
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        done = subprocess.run(
+            [
+                _bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                USER,
+                "-d",
+                dbname,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def new_database(self) -> str:
+        name = f"lake_{secrets.token_hex(4)}"
+        self.psql(f"CREATE DATABASE {name}")
+        return name
+
+
+def _as_owner(args: list[str], owner: str | None) -> list[str]:
+    return ["runuser", "-u", owner, "--", *args] if owner else args
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    owner = "postgres" if os.geteuid() == 0 else None
+    folder = Path(tempfile.mkdtemp(prefix="lakewarden-pg-"))
+    data, pwfile = folder / "data", folder / "pw"
+    password = secrets.token_urlsafe(16)
+    pwfile.write_text(password + "\n")
+    if owner:
+        uid = pwd.getpwnam(owner)
+        for path in (folder, pwfile):
+            os.chown(path, uid.pw_uid, uid.pw_gid)
+    port = free_port()
+    run = dict(capture_output=True, text=True, timeout=120, check=False)
+    made = subprocess.run(
+        _as_owner(
+            [
+                _bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+            ],
+            owner,
+        ),
+        **run,  # type: ignore[call-overload]
+    )
+    assert made.returncode == 0, made.stderr
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    started = subprocess.run(
+        _as_owner(
+            [
+                _bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "start",
+            ],
+            owner,
+        ),
+        **run,  # type: ignore[call-overload]
+    )
+    assert started.returncode == 0, started.stderr + (folder / "log").read_text()
+    server = Postgres(port, password, folder)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                server.psql("SELECT 1")
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield server
+    finally:
+        subprocess.run(
+            _as_owner([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], owner),
+            **run,  # type: ignore[call-overload]
+        )
+        shutil.rmtree(folder, ignore_errors=True)

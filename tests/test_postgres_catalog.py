@@ -1,0 +1,352 @@
+"""A lake whose DuckLake catalog is a real PostgreSQL database: governed reads and writes,
+several processes on one lake, conflicts as retryable errors, and bad catalog input refused at
+start-up with what to fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import lakewarden
+from lakewarden.wire import AGENT_HEADER
+from pg_helpers import Postgres, postgres_server
+
+from server_helpers import free_port, serve_process
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_env(pg: Postgres, monkeypatch: pytest.MonkeyPatch) -> Postgres:
+    monkeypatch.setenv("PGPASSWORD", pg.password)
+    return pg
+
+
+def open_pg(pg: Postgres, dbname: str, data: Path, **kw: object) -> lakewarden.Warden:
+    return lakewarden.open(f"postgres:{pg.dsn(dbname)}", data_path=data, **kw)  # type: ignore[arg-type]
+
+
+def test_governed_reads_and_writes_on_a_postgres_catalog(pg_env: Postgres, tmp_path: Path) -> None:
+    db = pg_env.new_database()
+    warden = open_pg(pg_env, db, tmp_path / "data")
+    try:
+        with warden.session(agent="etl") as s:
+            s.sql("CREATE TABLE orders (id BIGINT, email VARCHAR)")
+            r = s.sql("INSERT INTO orders VALUES (1, 'a@x'), (2, NULL)")
+            assert r.rows_affected == 2
+            assert r.signals["orders"].state.rows == 2
+            assert s.sql("SELECT count(*) AS n FROM orders").pl()["n"][0] == 2
+        snap = warden.snapshots("orders", 1)[0]
+        assert (snap.snapshot_id, snap.agent, snap.message) == (
+            r.snapshot_id,
+            "etl",
+            "INSERT orders",
+        )
+        assert snap.trace_id == r.trace_id
+        assert warden.table("orders").columns[1].null_count == 1
+    finally:
+        warden.close()
+    # The catalog lives in PostgreSQL: it is there for the next process, authors included.
+    rows = pg_env.psql("SELECT author FROM ducklake_snapshot_changes WHERE author IS NOT NULL", db)
+    assert {"etl"} <= set(rows.split()) <= {"etl", "lakewarden"}  # lakewarden: its audit table
+    again = open_pg(pg_env, db, tmp_path / "data")
+    try:
+        assert again.table("orders").rows == 2
+    finally:
+        again.close()
+
+
+ATTACKS = [
+    ("postgres_query", "SELECT * FROM postgres_query('__ducklake_metadata_lake', 'SELECT 1')"),
+    ("metadata_read", "SELECT * FROM __ducklake_metadata_lake.public.ducklake_snapshot"),
+    (
+        "metadata_write",
+        "UPDATE __ducklake_metadata_lake.public.ducklake_snapshot_changes SET author = 'x'",
+    ),
+    ("postgres_execute", "CALL postgres_execute('__ducklake_metadata_lake', 'DROP TABLE x')"),
+    (
+        "postgres_scan",
+        "SELECT * FROM postgres_scan('host=127.0.0.1', 'public', 'ducklake_snapshot')",
+    ),
+    ("attach", "ATTACH 'postgres:dbname=postgres host=127.0.0.1' AS p"),
+]
+
+
+@pytest.mark.parametrize(("sql"), [a[1] for a in ATTACKS], ids=[a[0] for a in ATTACKS])
+def test_agents_cannot_reach_the_catalog_database(
+    pg_env: Postgres, tmp_path: Path, sql: str
+) -> None:
+    warden = open_pg(pg_env, pg_env.new_database(), tmp_path / "data")
+    try:
+        with warden.session(agent="attacker") as s, pytest.raises(lakewarden.PolicyDenied):
+            s.sql(sql)
+        assert (
+            pg_env.psql(
+                "SELECT count(*) FROM ducklake_snapshot_changes WHERE author = 'x'",
+                warden.engine.location.namespace,
+            ).strip()
+            == "0"
+        )
+    finally:
+        warden.close()
+
+
+def test_a_conflicting_commit_is_a_retryable_conflict_and_commits_nothing(
+    pg_env: Postgres, tmp_path: Path
+) -> None:
+    """Two sidecars (two engines) on one lake: the second commit loses to a delete that
+    landed while its transaction was open; the agent is told to retry, and a retry works."""
+    db = pg_env.new_database()
+    first = open_pg(pg_env, db, tmp_path / "data")
+    second = open_pg(pg_env, db, tmp_path / "data")
+    try:
+        with first.session(agent="a") as s:
+            s.sql("CREATE TABLE t (id BIGINT)")
+            s.sql("INSERT INTO t VALUES (1), (2)")
+        second.refresh()
+        with (
+            second.session(agent="b") as s,
+            pytest.raises(lakewarden.Conflict) as caught,
+            s.transaction(),
+        ):
+            s.sql("INSERT INTO t VALUES (3)")
+            with first.session(agent="a") as other:
+                other.sql("DELETE FROM t WHERE id = 1")
+        assert caught.value.retryable and caught.value.to_dict()["retryable"] is True
+        assert caught.value.violations[0].rule == "write_conflict"
+        with first.session(agent="a") as s:
+            assert s.sql("SELECT id FROM t ORDER BY id").pl()["id"].to_list() == [2]
+        with second.session(agent="b") as s:
+            s.sql("INSERT INTO t VALUES (3)")  # the retry
+            assert s.sql("SELECT id FROM t ORDER BY id").pl()["id"].to_list() == [2, 3]
+        authors = [snap.agent for snap in first.snapshots("t", 10)]
+        assert authors[:3] == ["b", "a", "a"]
+    finally:
+        first.close()
+        second.close()
+
+
+def _insert_many(url: str, agent: str, ids: list[int], acked: list[int], errors: list[str]) -> None:
+    with httpx.Client(base_url=url, headers={AGENT_HEADER: agent}, timeout=60) as http:
+        for key in ids:
+            for _ in range(20):
+                response = http.post(
+                    "/v1/sql", json={"sql": "INSERT INTO t VALUES (?, ?)", "params": [key, agent]}
+                )
+                if response.status_code == 200:
+                    acked.append(key)
+                    break
+                body = response.json()["error"]
+                if not (response.status_code == 409 and body.get("retryable")):
+                    errors.append(f"{response.status_code} {body}")
+                    break
+            if key % 5 == 0:
+                response = http.post("/v1/sql", json={"sql": "SELECT count(*) FROM t"})
+                if response.status_code != 200:
+                    errors.append(f"read {response.status_code} {response.text[:200]}")
+
+
+def test_two_server_processes_share_one_lake(pg_env: Postgres, tmp_path: Path) -> None:
+    """Two ``lakewarden serve`` processes on one PostgreSQL catalog and one data folder, agents
+    writing through both at once: every acknowledged write is in the lake exactly once, every
+    snapshot names its author, and each server's gauges show the other's commits."""
+    pg = pg_env
+    db = pg.new_database()
+    data = tmp_path / "data"
+    env = {**pg.env(), "LAKEWARDEN_DATA_PATH": str(data), "LAKEWARDEN_POLL_INTERVAL_S": "0.5"}
+    ports = [free_port(), free_port()]
+    setup = open_pg(pg, db, data, settings=lakewarden.Settings(data_path=str(data)))
+    with setup.session(agent="admin") as s:
+        s.sql("CREATE TABLE t (id BIGINT, who VARCHAR)")
+    setup.close()
+    procs = [
+        serve_process(["--lake", f"postgres:{pg.dsn(db)}", "--port", str(port)], env)
+        for port in ports
+    ]
+    try:
+        acked: list[int] = []
+        errors: list[str] = []
+        threads = [
+            threading.Thread(
+                target=_insert_many,
+                args=(
+                    f"http://127.0.0.1:{ports[k % 2]}",
+                    f"agent-{k}",
+                    list(range(k * 1000, k * 1000 + 15)),
+                    acked,
+                    errors,
+                ),
+            )
+            for k in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(acked) == 60
+        ids = [int(x) for x in pg_query_ids(pg, db, data)]
+        assert sorted(ids) == sorted(acked)  # each exactly once
+        authors = pg.psql(
+            "SELECT count(*) FROM ducklake_snapshot_changes"
+            " WHERE snapshot_id > 1 AND author IS NULL",
+            db,
+        )
+        assert authors.strip() == "0"
+        # Within a poll interval or two, both servers count every row, the other's included.
+        for port in ports:
+            assert _gauge_settles(f"http://127.0.0.1:{port}", 60.0)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def pg_query_ids(pg: Postgres, db: str, data: Path) -> list[str]:
+    """The ids in the table, read by a plain engine in another process (not by a server)."""
+    code = (
+        "import sys, lakewarden\n"
+        f"w = lakewarden.open(sys.argv[1], data_path={str(data)!r})\n"
+        "with w.session(agent='check') as s:\n"
+        "    print('\\n'.join(str(i) for i in s.sql('SELECT id FROM t').pl()['id']))\n"
+        "w.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"postgres:{pg.dsn(db)}"],
+        env=pg.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def _gauge_settles(url: str, expected: float, timeout_s: float = 20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(url + "/metrics", timeout=5).text
+        for line in text.splitlines():
+            if (
+                line.startswith("lakewarden_table_rows{")
+                and 'db_collection_name="t"' in line
+                and float(line.rsplit(" ", 1)[1]) == expected
+            ):
+                return True
+        time.sleep(0.25)
+    return False
+
+
+BAD = [
+    ("wrong_password", {"password": "not-it"}, "password authentication failed", "PGPASSWORD"),
+    ("no_server", {"port": "1"}, "Connection refused", "host= and port="),
+    ("no_database", {"dbname": "nosuch"}, 'database "nosuch" does not exist', "dbname="),
+]
+
+
+@pytest.mark.parametrize(("change", "reason", "fix"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_catalog_input_fails_at_start_up_and_creates_nothing(
+    pg: Postgres,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, str],
+    reason: str,
+    fix: str,
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", change.get("password", pg.password))
+    db = change.get("dbname") or pg.new_database()
+    dsn = pg.dsn(db, user=change.get("user", "lakewarden"), port=int(change.get("port", pg.port)))
+    data = tmp_path / "data"
+    with pytest.raises(lakewarden.ConfigurationError) as caught:
+        lakewarden.open(f"postgres:{dsn}", data_path=data)
+    message = caught.value.message
+    assert reason in message and fix in message
+    assert pg.password not in message and "not-it" not in message
+    assert not data.exists()  # nothing created half-way
+    if "dbname" not in change:
+        assert (
+            pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", db).strip() == "0"
+        )
+
+
+@pytest.mark.parametrize(
+    ("lake", "data_path", "expected"),
+    [
+        ("postgres:dbname=x password=secret host=h", "d", "PGPASSWORD"),
+        ("postgres:postgresql://u:secret@h/x", "d", "PGPASSWORD"),
+        ("postgres:", "d", "needs a connection string"),
+        ("postgres:dbname=x host=h", None, "--data-path"),
+    ],
+    ids=["password_keyword", "password_uri", "empty", "no_data_path"],
+)
+def test_malformed_postgres_lakes_are_refused(
+    lake: str, data_path: str | None, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LAKEWARDEN_DATA_PATH", raising=False)
+    with pytest.raises(lakewarden.ConfigurationError) as caught:
+        lakewarden.open(lake, data_path=tmp_path / data_path if data_path else None)
+    assert expected in caught.value.message
+    assert "secret" not in caught.value.message
+
+
+def test_the_cli_names_the_fix_and_exits_2(pg: Postgres, tmp_path: Path) -> None:
+    db = pg.new_database()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lakewarden.intake.cli",
+            "serve",
+            "--lake",
+            f"postgres:{pg.dsn(db)}",
+            "--data-path",
+            str(tmp_path / "data"),
+            "--port",
+            str(free_port()),
+        ],
+        env=pg.env("wrong"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "password authentication failed" in done.stderr and "PGPASSWORD" in done.stderr
+    assert pg.password not in done.stderr + done.stdout
+    snapshots = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lakewarden.intake.cli",
+            "snapshots",
+            "--lake",
+            f"postgres:{pg.dsn(db)}",
+            "--data-path",
+            str(tmp_path / "data"),
+            "--json",
+        ],
+        env=pg.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert snapshots.returncode == 0, snapshots.stderr
+    assert isinstance(json.loads(snapshots.stdout), list)
+    assert os.path.isdir(tmp_path / "data")
