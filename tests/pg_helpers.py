@@ -1,9 +1,11 @@
-"""A real PostgreSQL server for the tests of lakes with a PostgreSQL catalog.
+"""A real PostgreSQL server and a real S3-compatible server for the tests of lakes with a
+PostgreSQL catalog and data in object storage.
 
 Debian's ``postgresql`` package provides the binaries (CI installs it, see .ci/run, so a missing
 one is a failure, not a skip). Each test session gets its own cluster in a temp folder on a free
 loopback port, with password authentication over TCP, and stops it at the end. ``initdb``
 refuses to run as root: as root, the cluster runs as the ``postgres`` user the package creates.
+The S3 server is moto's (``moto[server]``, a test dependency), started the same way.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,3 +159,67 @@ def postgres_server() -> Iterator[Postgres]:
             **run,  # type: ignore[call-overload]
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class S3:
+    """A real S3-compatible HTTP server (moto's), with credentials in the AWS variables."""
+
+    endpoint: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "lakewarden-test",
+            "AWS_SECRET_ACCESS_KEY": "lakewarden-test-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        env = self.env()
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_REGION"],
+        )
+
+    def new_bucket(self) -> str:
+        name = f"lake-{secrets.token_hex(4)}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str) -> list[str]:
+        listed = self.client().list_objects_v2(Bucket=bucket)
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+
+@contextmanager
+def s3_server() -> Iterator[S3]:
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    if not moto.exists():
+        pytest.fail("moto_server not found: pip install '.[test]' (it needs moto[server])")
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield S3(endpoint)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -17,7 +17,7 @@ import pytest
 
 import lakewarden
 from lakewarden.wire import AGENT_HEADER
-from pg_helpers import Postgres, postgres_server
+from pg_helpers import S3, Postgres, postgres_server, s3_server
 
 from server_helpers import free_port, serve_process
 
@@ -26,6 +26,19 @@ from server_helpers import free_port, serve_process
 def pg() -> Iterator[Postgres]:
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3: S3, pg_env: Postgres, monkeypatch: pytest.MonkeyPatch) -> S3:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    return s3
 
 
 @pytest.fixture
@@ -350,3 +363,46 @@ def test_the_cli_names_the_fix_and_exits_2(pg: Postgres, tmp_path: Path) -> None
     assert snapshots.returncode == 0, snapshots.stderr
     assert isinstance(json.loads(snapshots.stdout), list)
     assert os.path.isdir(tmp_path / "data")
+
+
+def test_data_in_object_storage(pg_env: Postgres, s3_env: S3) -> None:
+    """The catalog in PostgreSQL, the data files in an S3 bucket: governed writes land there,
+    and an agent still reaches nothing outside the lake's prefix."""
+    bucket = s3_env.new_bucket()
+    s3_env.client().put_object(Bucket=bucket, Key="elsewhere/secret.csv", Body=b"a\n1\n")
+    db = pg_env.new_database()
+    url = f"s3://{bucket}/lake"
+    warden = lakewarden.open(f"postgres:{pg_env.dsn(db)}", data_path=url)
+    try:
+        assert warden.engine.location.data == url + "/"
+        with warden.session(agent="etl") as s:
+            s.sql("CREATE TABLE events (id BIGINT, kind VARCHAR)")
+            r = s.sql("INSERT INTO events SELECT range, 'k' || (range % 3) FROM range(5000)")
+            assert r.rows_affected == 5000 and r.signals["events"].state.rows == 5000
+            assert s.sql("SELECT count(*) AS n FROM events").pl()["n"][0] == 5000
+            for attack in (
+                f"SELECT * FROM read_csv('s3://{bucket}/elsewhere/secret.csv')",
+                f"SELECT * FROM read_parquet('s3://{bucket}/lake/**/*.parquet')",
+                "SELECT * FROM duckdb_secrets()",
+                "SELECT current_setting('s3_secret_access_key')",
+            ):
+                with pytest.raises(lakewarden.PolicyDenied):
+                    s.sql(attack)
+        keys = s3_env.keys(bucket)
+        assert any(k.startswith("lake/") and k.endswith(".parquet") for k in keys), keys
+    finally:
+        warden.close()
+
+
+def test_a_missing_bucket_fails_at_start_up_and_creates_nothing(
+    pg_env: Postgres, s3_env: S3
+) -> None:
+    db = pg_env.new_database()
+    with pytest.raises(lakewarden.ConfigurationError) as caught:
+        lakewarden.open(f"postgres:{pg_env.dsn(db)}", data_path="s3://no-such-bucket/lake")
+    assert "no-such-bucket" in caught.value.message
+    assert "create it first" in caught.value.message
+    assert "lakewarden-test-secret" not in caught.value.message
+    assert (
+        pg_env.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", db).strip() == "0"
+    )

@@ -22,7 +22,7 @@ import pyarrow.lib
 
 from lakewarden.errors import ConfigurationError
 from lakewarden.settings import POSTGRES_PREFIX, Settings
-from lakewarden.store import extensions
+from lakewarden.store import extensions, objectstore
 from lakewarden.store.deadline import WATCHDOG
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,20 @@ class Location:
     is_lake: bool
     catalog: str  # duckdb | sqlite | postgres for a lake; "file" for a plain DuckDB file
     dsn: str | None = None  # the PostgreSQL connection string of a postgres catalog
+    # s3://bucket/prefix/ of a postgres lake's data files in object storage; ``path`` is then
+    # only the local folder for the engine's spill files.
+    data_url: str | None = None
 
     @property
     def data_path(self) -> Path:
-        """The folder of the lake's data files, the only one the engine may touch."""
+        """The local folder of the lake's data files (when they are not in object storage)."""
         return self.path if self.catalog == "postgres" else self.path / "data"
+
+    @property
+    def data(self) -> str:
+        """Where the lake's data files are, as DATA_PATH takes it: the only place the engine
+        may read or write."""
+        return self.data_url or str(self.data_path) + "/"
 
     @property
     def exclusive(self) -> bool:
@@ -104,7 +113,7 @@ class Location:
     def shown(self) -> str:
         """The lake as messages name it (a connection string never carries a password)."""
         if self.dsn is not None:
-            return f"{POSTGRES_PREFIX}{self.dsn} (data in {self.path})"
+            return f"{POSTGRES_PREFIX}{self.dsn} (data in {self.data})"
         return str(self.path)
 
 
@@ -138,6 +147,11 @@ def _postgres(dsn: str, data_path: str | Path | None) -> Location:
             "a lake with a PostgreSQL catalog needs the folder of its data files: give "
             "--data-path DIR or set LAKEWARDEN_DATA_PATH"
         )
+    if objectstore.is_remote(str(data_path)):
+        # The engine's spill files stay on local disk, per process.
+        scratch = Path(tempfile.gettempdir()) / f"lakewarden-{os.getpid()}"
+        url = objectstore.normalize(str(data_path))
+        return Location(scratch, is_lake=True, catalog="postgres", dsn=dsn, data_url=url)
     path = Path(data_path).expanduser().resolve()
     return Location(path, is_lake=True, catalog="postgres", dsn=dsn)
 
@@ -171,6 +185,8 @@ class Engine:
                 loc.data_path.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(":memory:", config=config)
             extensions.load(con, "ducklake")
+            if loc.data_url is not None:
+                objectstore.connect(con, loc.data_url)
             if loc.catalog == "postgres":
                 extensions.load(con, "postgres")
                 source = f"ducklake:postgres:{loc.dsn}"
@@ -179,16 +195,14 @@ class Engine:
                 source = f"ducklake:sqlite:{loc.path / _CATALOG_FILES[loc.catalog]}"
             else:
                 source = f"ducklake:{loc.path / _CATALOG_FILES[loc.catalog]}"
-            con.execute(
-                f"ATTACH {_quote(source)} AS {LAKE_ALIAS} "
-                f"(DATA_PATH {_quote(str(loc.data_path) + '/')})"
-            )
+            con.execute(f"ATTACH {_quote(source)} AS {LAKE_ALIAS} (DATA_PATH {_quote(loc.data)})")
             con.execute(f"USE {LAKE_ALIAS}")
-            # Made once the catalog answered: a start-up that fails creates nothing.
-            loc.data_path.mkdir(parents=True, exist_ok=True)
+            if loc.data_url is None:
+                # Made once the catalog answered: a start-up that fails creates nothing.
+                loc.data_path.mkdir(parents=True, exist_ok=True)
             # Only the data files: the catalog, the state database and the policy and token
             # files beside them stay out of reach of every statement the engine runs.
-            allowed = [str(loc.data_path) + "/"]
+            allowed = [loc.data]
         else:
             loc.path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(loc.path), config=config)
@@ -196,7 +210,7 @@ class Engine:
         tmp = (loc.path if loc.is_lake else loc.path.parent) / ".lakewarden-tmp"
         if loc.catalog == "postgres":
             # The data folder may be shared by several sidecars: spill files stay local.
-            tmp = Path(tempfile.gettempdir()) / f"lakewarden-tmp-{os.getpid()}"
+            tmp = Path(tempfile.gettempdir()) / f"lakewarden-{os.getpid()}" / "tmp"
         con.execute(f"SET temp_directory = {_quote(str(tmp))}")
         con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in allowed)}]")
         con.execute("SET enable_external_access = false")
@@ -284,6 +298,7 @@ _POSTGRES_FIXES = (
     ("timeout expired", "check host= and port=: is PostgreSQL running and reachable?"),
     ("could not translate host name", "check host=: the name does not resolve"),
     ("no pg_hba.conf entry", "allow this host and user in the server's pg_hba.conf"),
+    ("does not match existing data path", "give the data path the lake was made with"),
 )
 
 

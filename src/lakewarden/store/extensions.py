@@ -14,6 +14,7 @@ _PACKAGES = {
     "ducklake": ("duckdb_extension_ducklake", "ducklake"),
     "sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
     "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner"),
+    "httpfs": ("duckdb_extension_httpfs", "httpfs"),
 }
 
 
