@@ -24,6 +24,7 @@ from lakewarden.errors import ConfigurationError
 from lakewarden.settings import POSTGRES_PREFIX, Settings
 from lakewarden.store import extensions, objectstore
 from lakewarden.store.deadline import WATCHDOG
+from lakewarden.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ if importlib.util.find_spec("pandas") is None:
 
 LAKE_ALIAS = "lake"
 STATE_ALIAS = "lw_state"
+# The catalog database of a postgres lake, attached to the state instance (never to agents').
+CATALOG_ALIAS = "lw_catalog"
 _CATALOG_FILES = {"duckdb": "meta.ducklake", "sqlite": "meta.sqlite"}
 # What a commit writes besides the catalog file itself: DuckDB's write-ahead log; SQLite's
 # rollback journal or, in WAL mode, its write-ahead log.
@@ -162,7 +165,6 @@ class Engine:
     def __init__(self, location: Location, settings: Settings) -> None:
         self.location = location
         self.settings = settings
-        self.write_lock = threading.RLock()
         self._probe_lock = threading.Lock()
         self._probe_cur: duckdb.DuckDBPyConnection | None = None
         self.database = LAKE_ALIAS if location.is_lake else _file_alias(location.path)
@@ -173,6 +175,12 @@ class Engine:
             if location.catalog == "postgres":
                 raise ConfigurationError(_postgres_failure(location, exc)) from exc
             raise ConfigurationError(f"cannot open the lake at {location.shown}: {exc}") from exc
+        # Every change to the lake, one at a time: in this process, and across the sidecars
+        # that share a PostgreSQL catalog (see store/writelock.py).
+        shared = location.catalog == "postgres"
+        self.write_lock = WriteLock(
+            self._state.cursor() if shared else None, CATALOG_ALIAS, settings.statement_timeout_s
+        )
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         loc = self.location
@@ -231,6 +239,9 @@ class Engine:
                 "threads": 1,
             },
         )
+        if self.location.dsn is not None:
+            extensions.load(con, "postgres")
+            con.execute(f"ATTACH {_quote(self.location.dsn)} AS {CATALOG_ALIAS} (TYPE postgres)")
         path = self.location.state_path
         try:
             con.execute(

@@ -10,7 +10,6 @@ the agent and whose extra info names the trace that made it, with its audit reco
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from lakewarden.signals.table_state import ColumnState, TableState
 from lakewarden.store import audit, catalog, execute, staging
 from lakewarden.store.engine import LAKE_ALIAS, Engine
 from lakewarden.store.execute import guarded
+from lakewarden.store.writelock import WriteLock
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Transaction:
     def __init__(
         self,
         cur: duckdb.DuckDBPyConnection,
-        write_lock: threading.RLock,
+        write_lock: WriteLock,
         *,
         is_lake: bool,
         database: str,
