@@ -337,7 +337,7 @@ def shifted_lake(tmp_path: Path, lake_dir: Path) -> tuple[Path, Path]:
     rows[-6:] = [r * 1.5 for r in rows[-6:]]
     history = [WriteRecord(t, int(n), 0, "etl", None) for t, n in zip(times, rows, strict=True)]
     with lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as w:
-        StateStore(w.engine.state_cursor()).save([], [], None, [("loads", r) for r in history])
+        StateStore.of(w.engine).save([], [], None, [("loads", r) for r in history])
     return lake_dir, policy
 
 

@@ -125,7 +125,7 @@ def history_lake(tmp_path: Path, lake_dir: Path) -> tuple[lakewarden.Warden, flo
     # before now; the warden opened after it trains on it like on any other history
     history = _hourly_loads(time.time(), days=30, seed=7)
     with lakewarden.open(lake_dir, telemetry=lakewarden.Telemetry(env={})) as w:
-        StateStore(w.engine.state_cursor()).save([], [], None, [("loads", r) for r in history])
+        StateStore.of(w.engine).save([], [], None, [("loads", r) for r in history])
     warden = lakewarden.open(lake_dir, policy=policy, telemetry=lakewarden.Telemetry(env={}))
     assert warden.tracker.writes("loads") == history
     return warden, history[-1].time

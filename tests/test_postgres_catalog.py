@@ -124,7 +124,8 @@ def test_a_conflicting_commit_is_a_retryable_conflict_and_commits_nothing(
     nothing of it was committed, and the retry works."""
     db = pg_env.new_database()
     warden = open_pg(pg_env, db, tmp_path / "data")
-    outsider = open_pg(pg_env, db, tmp_path / "data").engine.cursor()  # takes no lock
+    other = open_pg(pg_env, db, tmp_path / "data")
+    outsider = other.engine.cursor()  # a raw cursor takes no lock
     try:
         with warden.session(agent="a") as s:
             s.sql("CREATE TABLE t (id BIGINT)")
@@ -146,6 +147,7 @@ def test_a_conflicting_commit_is_a_retryable_conflict_and_commits_nothing(
         assert authors[0] == "b" and "b" not in authors[1:]
     finally:
         outsider.close()
+        other.close()
         warden.close()
 
 
@@ -208,9 +210,10 @@ def test_two_server_processes_share_one_lake(pg_env: Postgres, tmp_path: Path) -
     with setup.session(agent="admin") as s:
         s.sql("CREATE TABLE t (id BIGINT, who VARCHAR)")
     setup.close()
+    logs = [(tmp_path / f"server-{port}.log").open("w") for port in ports]
     procs = [
-        serve_process(["--lake", f"postgres:{pg.dsn(db)}", "--port", str(port)], env)
-        for port in ports
+        serve_process(["--lake", f"postgres:{pg.dsn(db)}", "--port", str(port)], env, stderr=log)
+        for port, log in zip(ports, logs, strict=True)
     ]
     try:
         acked: list[int] = []
@@ -245,11 +248,16 @@ def test_two_server_processes_share_one_lake(pg_env: Postgres, tmp_path: Path) -
         # Within a poll interval or two, both servers count every row, the other's included.
         for port in ports:
             assert _gauge_settles(f"http://127.0.0.1:{port}", 60.0)
+        for port in ports:
+            logged = (tmp_path / f"server-{port}.log").read_text()
+            assert "Traceback" not in logged, logged
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+        for log in logs:
+            log.close()
 
 
 def pg_query_ids(pg: Postgres, db: str, data: Path) -> list[str]:
@@ -509,3 +517,48 @@ def test_two_sidecars_racing_cannot_break_a_contract_together(
     finally:
         for warden in sidecars:
             warden.close()
+
+
+def test_a_new_sidecar_catches_up_from_the_shared_state_without_a_rescan(
+    pg_env: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """State lives in the catalog database: a sidecar starting on a fresh machine loads it
+    and replays only the commits after it, and profiles no table."""
+    from lakewarden.store import catalog
+
+    db = pg_env.new_database()
+    first = open_pg(pg_env, db, tmp_path / "data")
+    try:
+        with first.session(agent="etl") as s:
+            s.sql("CREATE TABLE big (id BIGINT, note VARCHAR)")
+            s.sql(
+                "INSERT INTO big SELECT range, CASE WHEN range % 4 <> 0 THEN 'n' END "
+                "FROM range(5000)"
+            )
+            s.sql("CREATE TABLE small (id BIGINT)")
+            s.sql("INSERT INTO small VALUES (1), (2)")
+    finally:
+        first.close()  # saves its state, in PostgreSQL
+    assert "big" in pg_env.psql("SELECT name FROM lakewarden.table_state", db)
+    # Another sidecar commits after the saved state; the newcomer must replay it.
+    second = open_pg(pg_env, db, tmp_path / "data")
+    with second.session(agent="etl") as s:
+        s.sql("INSERT INTO small VALUES (3)")
+    profiled: list[str] = []
+    real = catalog.profile
+
+    def counting(cur, table, *args, **kwargs):  # type: ignore[no-untyped-def]
+        profiled.append(table)
+        return real(cur, table, *args, **kwargs)
+
+    monkeypatch.setattr(catalog, "profile", counting)
+    newcomer = open_pg(pg_env, db, tmp_path / "data")
+    try:
+        newcomer.refresh()
+        assert newcomer.table("small").rows == 3
+        big = newcomer.table("big")
+        assert big.rows == 5000 and big.columns[1].null_count == 1250
+        assert profiled == []
+    finally:
+        newcomer.close()
+        second.close()

@@ -83,7 +83,7 @@ class Tracker:
         self._on_reshape = on_reshape  # a commit changed what statements bind against
         self._lock = threading.RLock()
         self._cur = engine.cursor()
-        self._store = StateStore(engine.state_cursor())
+        self._store = StateStore.of(engine)
         self.states, self.snapshot_id = self._store.load()
         # Says when a poll may skip asking the catalog for its newest snapshot: see sync().
         self.watch = SnapshotWatch(engine.location.catalog_files)

@@ -30,13 +30,12 @@ import duckdb
 from lakewarden.analysis.names import INTERNAL_SCHEMA
 from lakewarden.errors import Violation
 from lakewarden.store import catalog
-from lakewarden.store.engine import LAKE_ALIAS, STATE_ALIAS, Engine
+from lakewarden.store.engine import LAKE_ALIAS, Engine
 
 log = logging.getLogger(__name__)
 
 SCHEMA = INTERNAL_SCHEMA
 TABLE = f"{SCHEMA}.audit"
-REFUSALS = f"{STATE_ALIAS}.main.refusals"
 AUTHOR = "lakewarden"
 _KEY = "audit"  # in a snapshot's extra info
 
@@ -105,8 +104,8 @@ def ensure(cur: duckdb.DuckDBPyConnection) -> None:
     cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({_COLUMNS})")
 
 
-def ensure_refusals(cur: duckdb.DuckDBPyConnection) -> None:
-    cur.execute(f"CREATE TABLE IF NOT EXISTS {REFUSALS} ({_COLUMNS})")
+def ensure_refusals(cur: duckdb.DuckDBPyConnection, table: str) -> None:
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_COLUMNS})")
 
 
 def insert(cur: duckdb.DuckDBPyConnection, records: list[AuditRecord], table: str = TABLE) -> None:
@@ -130,6 +129,7 @@ def read(
     cur: duckdb.DuckDBPyConnection,
     refusals: duckdb.DuckDBPyConnection,
     *,
+    refusals_table: str,
     agent: str | None,
     limit: int,
     is_lake: bool,
@@ -159,7 +159,7 @@ def read(
     if is_lake:
         rows += _from_snapshots(cur, agent, limit)
     rows += refusals.execute(
-        f"SELECT {columns.format(snap='NULL')} FROM {REFUSALS} a {where} "
+        f"SELECT {columns.format(snap='NULL')} FROM {refusals_table} a {where} "
         "ORDER BY a.time DESC LIMIT ?",
         [*params, int(limit)],
     ).fetchall()
@@ -239,8 +239,10 @@ class AuditLog:
             self._bookkeeping(ensure, "audit trail")
             self._bookkeeping(lambda cur: prune(cur, retention), "audit retention")
         self._refusals = engine.state_cursor()
-        ensure_refusals(self._refusals)
-        prune(self._refusals, retention, REFUSALS)
+        # Beside lakewarden's other state: shared by the sidecars of a PostgreSQL catalog.
+        self._refusals_table = f"{engine.state_schema}.refusals"
+        ensure_refusals(self._refusals, self._refusals_table)
+        prune(self._refusals, retention, self._refusals_table)
 
     def _bookkeeping(
         self, work: Callable[[duckdb.DuckDBPyConnection], object], message: str
@@ -265,7 +267,7 @@ class AuditLog:
         """Record a decision that committed nothing (denied, blocked, failed); never raises."""
         try:
             with self._lock:
-                insert(self._refusals, [record], REFUSALS)
+                insert(self._refusals, [record], self._refusals_table)
         except Exception:
             log.exception("could not write the audit record of a refused statement")
 
@@ -277,6 +279,7 @@ class AuditLog:
                 return read(
                     cur,
                     self._refusals,
+                    refusals_table=self._refusals_table,
                     agent=agent,
                     limit=limit,
                     is_lake=self._engine.location.is_lake,

@@ -24,7 +24,7 @@ from lakewarden.errors import ConfigurationError
 from lakewarden.settings import POSTGRES_PREFIX, Settings
 from lakewarden.store import extensions, objectstore
 from lakewarden.store.deadline import WATCHDOG
-from lakewarden.store.writelock import WriteLock
+from lakewarden.store.writelock import STATE_LOCK_KEY, WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ LAKE_ALIAS = "lake"
 STATE_ALIAS = "lw_state"
 # The catalog database of a postgres lake, attached to the state instance (never to agents').
 CATALOG_ALIAS = "lw_catalog"
+SHARED_SCHEMA = "lakewarden"  # lakewarden's shared state, in the catalog database
 _CATALOG_FILES = {"duckdb": "meta.ducklake", "sqlite": "meta.sqlite"}
 # What a commit writes besides the catalog file itself: DuckDB's write-ahead log; SQLite's
 # rollback journal or, in WAL mode, its write-ahead log.
@@ -242,6 +243,16 @@ class Engine:
         if self.location.dsn is not None:
             extensions.load(con, "postgres")
             con.execute(f"ATTACH {_quote(self.location.dsn)} AS {CATALOG_ALIAS} (TYPE postgres)")
+            # IF NOT EXISTS still races a sidecar starting at the same moment; the advisory lock
+            # makes the second wait and then find the schema there.
+            con.execute(
+                "CALL postgres_execute(?, ?)",
+                [
+                    CATALOG_ALIAS,
+                    f"SELECT pg_advisory_xact_lock({STATE_LOCK_KEY}); "
+                    f"CREATE SCHEMA IF NOT EXISTS {SHARED_SCHEMA}",
+                ],
+            )
         path = self.location.state_path
         try:
             con.execute(
@@ -255,6 +266,18 @@ class Engine:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         return con
+
+    @property
+    def state_schema(self) -> str:
+        """Where lakewarden's own state lives: a schema of the lake's PostgreSQL catalog
+        database, which every sidecar of the lake shares, or the state file's (one process)."""
+        if self.location.dsn is not None:
+            return f"{CATALOG_ALIAS}.{SHARED_SCHEMA}"
+        return f"{STATE_ALIAS}.main"
+
+    @property
+    def state_shared(self) -> bool:
+        return self.location.dsn is not None
 
     def state_cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor on lakewarden's state database (never handed to agents)."""

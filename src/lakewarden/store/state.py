@@ -3,6 +3,14 @@
 The state lives in its own small DuckDB file beside the lake and records the lake snapshot it is
 true at; after a restart only the snapshots since then are replayed from the change feed.
 
+On a lake whose catalog is PostgreSQL the state lives in that database (schema ``lakewarden``),
+shared by every sidecar of the lake: a sidecar starting on a fresh machine loads it and replays
+only the snapshots after it. Each sidecar applies every commit of the lake (its own and, through
+the change feed, the others'), so any two hold the same state of a table at the same snapshot;
+a save keeps the newer of the stored and the saved state of each table (saves take a lock of
+their own in turn), write history is keyed by snapshot so the same write saved by two sidecars
+is one row, and the mark is the newest snapshot any of them saved.
+
 The anomaly models keep no state of their own here: they are rebuilt by replaying ``history()``
 with the times a table's new level was accepted (``accepts``/``add_accept``). Those three methods
 are the whole persisted interface of the models.
@@ -10,20 +18,18 @@ are the whole persisted interface of the models.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
 
 from lakewarden.signals.table_state import TableState, WriteRecord
-from lakewarden.store.engine import STATE_ALIAS
+from lakewarden.store.engine import CATALOG_ALIAS, Engine
+from lakewarden.store.writelock import STATE_LOCK_KEY
 
-_TABLES = f"{STATE_ALIAS}.main.table_state"
-_META = f"{STATE_ALIAS}.main.meta"
-_HISTORY = f"{STATE_ALIAS}.main.history"
-_ACCEPTS = f"{STATE_ALIAS}.main.anomaly_accepts"
 ACCEPTS_KEEP = 20  # per table: older accepts lie before the kept history anyway
 HISTORY_KEEP = 5000  # writes per table kept for anomaly training (about 7 months of hourly loads)
 
@@ -34,22 +40,76 @@ class StateStore:
     """The state database. Its cursor is used from request threads and the saver's: one
     lock around each use (a DuckDB cursor is not safe for concurrent use)."""
 
-    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+    def __init__(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        schema: str,
+        *,
+        shared: bool = False,
+        catalog: str = "",
+    ) -> None:
+        """``schema`` holds the tables; ``shared`` when other sidecars use them too, through
+        ``catalog`` (the attached PostgreSQL database whose advisory lock orders the saves)."""
         self._cur = cur
         self._lock = threading.Lock()
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {_TABLES} (name VARCHAR PRIMARY KEY, state JSON)")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {_META} (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {_HISTORY} (name VARCHAR, time DOUBLE, "
-            "rows_added BIGINT, rows_removed BIGINT, writer VARCHAR, snapshot_id BIGINT)"
+        self._shared = shared
+        self._catalog = catalog
+        self._tables = f"{schema}.table_state"
+        self._meta = f"{schema}.meta"
+        self._history = f"{schema}.history"
+        self._accepts = f"{schema}.anomaly_accepts"
+        # Shared history is keyed by (table, snapshot): two sidecars saving the same write
+        # keep one row.
+        key = ", PRIMARY KEY (name, snapshot_id)" if shared else ""
+        # The postgres extension's INSERT OR REPLACE updates a json column with a varchar
+        # (PostgreSQL refuses); text there.
+        kind = "VARCHAR" if shared else "JSON"
+        with self._transaction():
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._tables} "
+                f"(name VARCHAR PRIMARY KEY, state {kind})"
+            )
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._meta} (key VARCHAR PRIMARY KEY, value VARCHAR)"
+            )
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._history} (name VARCHAR, time DOUBLE, "
+                f"rows_added BIGINT, rows_removed BIGINT, writer VARCHAR, snapshot_id BIGINT{key})"
+            )
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self._accepts} (name VARCHAR, time DOUBLE)")
+
+    @classmethod
+    def of(cls, engine: Engine) -> StateStore:
+        """The state store of ``engine``'s lake: shared in its catalog database, or its own."""
+        return cls(
+            engine.state_cursor(),
+            engine.state_schema,
+            shared=engine.state_shared,
+            catalog=CATALOG_ALIAS,
         )
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {_ACCEPTS} (name VARCHAR, time DOUBLE)")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction; on shared state, holding the state's advisory lock to its end."""
+        cur = self._cur
+        cur.begin()
+        try:
+            if self._shared:
+                cur.execute(
+                    "CALL postgres_execute(?, ?)",
+                    [self._catalog, f"SELECT pg_advisory_xact_lock({STATE_LOCK_KEY})"],
+                )
+            yield
+            cur.commit()
+        except BaseException:
+            cur.rollback()
+            raise
 
     def accepts(self, name: str) -> list[float]:
         """When the table's anomalous level was accepted as its new normal, oldest first."""
         with self._lock:
             rows = self._cur.execute(
-                f"SELECT time FROM {_ACCEPTS} WHERE name = ? "
+                f"SELECT time FROM {self._accepts} WHERE name = ? "
                 f"ORDER BY time DESC LIMIT {ACCEPTS_KEEP}",
                 [name],
             ).fetchall()
@@ -57,15 +117,19 @@ class StateStore:
 
     def add_accept(self, name: str, at: float) -> None:
         with self._lock:
-            self._cur.execute(f"INSERT INTO {_ACCEPTS} VALUES (?, ?)", [name, at])
+            self._cur.execute(f"INSERT INTO {self._accepts} VALUES (?, ?)", [name, at])
 
     def load(self) -> tuple[dict[str, TableState], int | None]:
         """All table states and the snapshot they are true at (None: no state yet)."""
         tables = {
             name: TableState.from_json(text)
-            for name, text in self._cur.execute(f"SELECT name, state FROM {_TABLES}").fetchall()
+            for name, text in self._cur.execute(
+                f"SELECT name, state FROM {self._tables}"
+            ).fetchall()
         }
-        rows = self._cur.execute(f"SELECT value FROM {_META} WHERE key = 'snapshot_id'").fetchall()
+        rows = self._cur.execute(
+            f"SELECT value FROM {self._meta} WHERE key = 'snapshot_id'"
+        ).fetchall()
         return tables, (int(rows[0][0]) if rows else None)
 
     def history(self) -> dict[str, list[WriteRecord]]:
@@ -73,7 +137,7 @@ class StateStore:
         rows = self._cur.execute(
             f"SELECT name, time, rows_added, rows_removed, writer, snapshot_id FROM ("
             f"  SELECT *, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS n "
-            f"  FROM {_HISTORY}) WHERE n <= {HISTORY_KEEP} ORDER BY name, time"
+            f"  FROM {self._history}) WHERE n <= {HISTORY_KEEP} ORDER BY name, time"
         ).fetchall()
         out: dict[str, list[WriteRecord]] = {}
         for name, *rest in rows:
@@ -83,9 +147,9 @@ class StateStore:
     def prune_history(self) -> None:
         """Keep the newest ``HISTORY_KEEP`` writes of each table."""
         self._cur.execute(
-            f"DELETE FROM {_HISTORY} WHERE (name, time) IN (SELECT name, time FROM ("
+            f"DELETE FROM {self._history} WHERE (name, time) IN (SELECT name, time FROM ("
             f"  SELECT name, time, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS n"
-            f"  FROM {_HISTORY}) WHERE n > {HISTORY_KEEP})"
+            f"  FROM {self._history}) WHERE n > {HISTORY_KEEP})"
         )
 
     def save(
@@ -107,30 +171,54 @@ class StateStore:
         writes: Sequence[tuple[str, WriteRecord]],
     ) -> None:
         cur = self._cur
-        cur.begin()
-        try:
+        with self._transaction():
+            if self._shared:
+                changed, snapshot_id = self._newer(changed, snapshot_id)
             for name in removed:
-                cur.execute(f"DELETE FROM {_TABLES} WHERE name = ?", [name])
-                cur.execute(f"DELETE FROM {_HISTORY} WHERE name = ?", [name])
-                cur.execute(f"DELETE FROM {_ACCEPTS} WHERE name = ?", [name])
+                cur.execute(f"DELETE FROM {self._tables} WHERE name = ?", [name])
+                cur.execute(f"DELETE FROM {self._history} WHERE name = ?", [name])
+                cur.execute(f"DELETE FROM {self._accepts} WHERE name = ?", [name])
             if writes:
+                verb = "INSERT OR IGNORE" if self._shared else "INSERT"
                 cur.executemany(
-                    f"INSERT INTO {_HISTORY} VALUES (?, ?, ?, ?, ?, ?)",
+                    f"{verb} INTO {self._history} VALUES (?, ?, ?, ?, ?, ?)",
                     [[name, *w] for name, w in writes],
                 )
             if changed:
                 cur.executemany(
-                    f"INSERT OR REPLACE INTO {_TABLES} VALUES (?, ?)",
+                    f"INSERT OR REPLACE INTO {self._tables} VALUES (?, ?)",
                     [[s.name, s.to_json()] for s in changed],
                 )
             if snapshot_id is not None:
                 cur.execute(
-                    f"INSERT OR REPLACE INTO {_META} VALUES ('snapshot_id', ?)", [str(snapshot_id)]
+                    f"INSERT OR REPLACE INTO {self._meta} VALUES ('snapshot_id', ?)",
+                    [str(snapshot_id)],
                 )
-            cur.commit()
-        except BaseException:
-            cur.rollback()
-            raise
+
+    def _newer(
+        self, changed: Sequence[TableState], snapshot_id: int | None
+    ) -> tuple[list[TableState], int | None]:
+        """What of a save is newer than what another sidecar saved: the states at a later
+        snapshot than the stored ones, and the mark if it moves forward."""
+        names = [s.name for s in changed]
+        stored: dict[str, int | None] = {}
+        if names:
+            for name, text in self._cur.execute(
+                f"SELECT name, state FROM {self._tables} WHERE name IN "
+                f"({', '.join('?' for _ in names)})",
+                names,
+            ).fetchall():
+                stored[name] = TableState.from_json(text).snapshot_id
+        keep = [
+            s for s in changed if (old := stored.get(s.name)) is None or (s.snapshot_id or 0) >= old
+        ]
+        rows = self._cur.execute(
+            f"SELECT value FROM {self._meta} WHERE key = 'snapshot_id'"
+        ).fetchall()
+        mark = int(rows[0][0]) if rows else None
+        if snapshot_id is not None and mark is not None and snapshot_id < mark:
+            snapshot_id = None
+        return keep, snapshot_id
 
 
 @dataclass

@@ -25,6 +25,8 @@ from lakewarden.errors import Conflict, ExecutionError, Violation
 
 # One key for the lake (advisory locks are per database): "lakewarden" as a 64-bit number.
 LOCK_KEY = int.from_bytes(b"lakewrdn", "big") & 0x7FFF_FFFF_FFFF_FFFF
+# Another, for lakewarden's shared state (its tables made, its saves one at a time).
+STATE_LOCK_KEY = int.from_bytes(b"lwstate!", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class WriteLock:
