@@ -49,6 +49,21 @@ def changes(metric: str, labels: str, by: str = "") -> str:
     return agg("sum", by, f"increase({sel(metric, labels)}[$__rate_interval])")
 
 
+def schema_changes(labels: str, by: str) -> str:
+    """Like :func:`changes` for schema changes, which every sidecar of a lake counts (each sees
+    every commit): per table and kind the largest sidecar's count, not their sum."""
+    increase = f"increase({sel('lakewarden_schema_changes_total', labels)}[$__rate_interval])"
+    return agg("sum", by, agg("max", "db_collection_name, lakewarden_change", increase))
+
+
+def failing_checks(labels: str, by: str = "") -> str:
+    """Checks failing now. Every sidecar of a lake reports each check: a check counts once,
+    as failing when any sidecar sees it fail."""
+    checks = sel("lakewarden_check_passing", labels)
+    passing = agg("min", "db_collection_name, lakewarden_check_name", checks)
+    return agg("sum", by, f"1 - {passing}")
+
+
 def in_range(metric: str, labels: str, by: str = "", extra: str = "") -> str:
     """Total increase over the dashboard's time range."""
     return agg("sum", by, f"increase({sel(metric, labels, extra)}[$__range])")
@@ -328,7 +343,7 @@ def dashboard(
 
 
 def fleet() -> Json:
-    failing = agg("sum", "db_collection_name", f"1 - {CHECKS}")
+    failing = failing_checks(JOB, "db_collection_name")
     tables = table(
         "Tables",
         "Every table with its size, time since its last write, its freshness SLA and the number "
@@ -363,7 +378,7 @@ def fleet() -> Json:
             override("table", prop("links", [TABLE_LINK])),
         ],
     )
-    failing_checks = table(
+    failing_table = table(
         "Failing checks",
         "Every check that fails now, by table.",
         [(f"{agg('min', 'db_collection_name, lakewarden_check_name', CHECKS)} == 0", "")],
@@ -460,7 +475,7 @@ def fleet() -> Json:
                 w=14,
                 h=8,
             ),
-            failing_checks,
+            failing_table,
             row("Writes"),
             timeseries(
                 "Rows written by table",
@@ -497,11 +512,7 @@ def fleet() -> Json:
                 "Columns added, removed or retyped (alert LakewardenSchemaDrift).",
                 [
                     (
-                        changes(
-                            "lakewarden_schema_changes_total",
-                            JOB,
-                            "db_collection_name, lakewarden_change",
-                        ),
+                        schema_changes(JOB, "db_collection_name, lakewarden_change"),
                         "{{db_collection_name}} {{lakewarden_change}}",
                     )
                 ],
@@ -650,7 +661,7 @@ def table_detail() -> Json:
             stat(
                 "Failing checks",
                 "Checks of the table that fail now.",
-                [(f"sum(1 - {checks})", "")],
+                [(failing_checks(TABLE), "")],
                 thresholds=ALERTING,
                 w=4,
                 h=4,
@@ -749,7 +760,7 @@ def table_detail() -> Json:
                 "Columns added, removed or retyped (alert LakewardenSchemaDrift).",
                 [
                     (
-                        changes("lakewarden_schema_changes_total", TABLE, "lakewarden_change"),
+                        schema_changes(TABLE, "lakewarden_change"),
                         "{{lakewarden_change}}",
                     )
                 ],
@@ -764,7 +775,7 @@ def table_detail() -> Json:
                 [
                     (
                         agg(
-                            "sum",
+                            "max",
                             "lakewarden_change",
                             sel("lakewarden_schema_changes_total", TABLE),
                         ),

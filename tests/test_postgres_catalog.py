@@ -248,6 +248,13 @@ def test_two_server_processes_share_one_lake(pg_env: Postgres, tmp_path: Path) -
         # Within a poll interval or two, both servers count every row, the other's included.
         for port in ports:
             assert _gauge_settles(f"http://127.0.0.1:{port}", 60.0)
+        # A sidecar counts the rows its own agents wrote, not the others' (so dashboards sum
+        # them): across the fleet the counters add up to the rows in the table.
+        written = [
+            _metric_sum(f"http://127.0.0.1:{port}", "lakewarden_rows_written_total")
+            for port in ports
+        ]
+        assert sum(written) == 60 and all(w > 0 for w in written), written
         for port in ports:
             logged = (tmp_path / f"server-{port}.log").read_text()
             assert "Traceback" not in logged, logged
@@ -279,6 +286,15 @@ def pg_query_ids(pg: Postgres, db: str, data: Path) -> list[str]:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
+
+
+def _metric_sum(url: str, name: str, table: str = "t") -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and f'db_collection_name="{table}"' in line
+    )
 
 
 def _gauge_settles(url: str, expected: float, timeout_s: float = 20.0) -> bool:
