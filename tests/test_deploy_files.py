@@ -222,7 +222,9 @@ def test_plain_scrape_config_keeps_the_annotated_pods(
 
 @pytest.mark.parametrize("kustomization", sorted(K8S.rglob("kustomization.yaml")), ids=rel)
 def test_kustomization_lists_existing_resources(kustomization: Path) -> None:
-    listed = {(kustomization.parent / r).resolve() for r in load(kustomization)["resources"]}
+    spec = load(kustomization)
+    listed = {(kustomization.parent / r).resolve() for r in spec["resources"]}
+    listed |= {(kustomization.parent / p["path"]).resolve() for p in spec.get("patches", [])}
     assert all(path.exists() for path in listed)
     manifests_here = {p.resolve() for p in kustomization.parent.glob("*.yaml")} - {kustomization}
     assert manifests_here <= listed, "a manifest is not in the kustomization"
@@ -247,6 +249,52 @@ def test_manifest_matches_the_kubernetes_schema(manifest: dict[str, Any]) -> Non
     )
     # 1.33: native sidecars are GA; strict: unknown fields (a misspelt key) are errors.
     kubernetes_validate.validate(manifest, "1.33", strict=True)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> list[dict[str, Any]]:
+    """The fleet variant as kustomize builds it (deploy/kubernetes/fleet)."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with kustomize) is not installed")
+    result = run("kubectl", "kustomize", K8S / "fleet")
+    assert result.returncode == 0, result.stderr
+    return list(yaml.safe_load_all(result.stdout))
+
+
+def test_fleet_sidecars_share_a_postgres_catalog_lake_with_no_lake_volume(
+    fleet: list[dict[str, Any]],
+) -> None:
+    (deployment,) = [d for d in fleet if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] > 1
+    pod = deployment["spec"]["template"]["spec"]
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == "lakewarden")
+    assert "--lake" not in sidecar["args"] and sidecar["restartPolicy"] == "Always"
+    env = {e["name"]: e for e in sidecar["env"]}
+    (config,) = [
+        d for d in fleet if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "lakewarden-fleet"
+    ]
+    ref = env["LAKEWARDEN_LAKE"]["valueFrom"]["configMapKeyRef"]
+    assert config["data"][ref["key"]].startswith("postgres:")
+    assert "password" not in config["data"][ref["key"]]
+    data_ref = env["LAKEWARDEN_DATA_PATH"]["valueFrom"]["configMapKeyRef"]
+    assert config["data"][data_ref["key"]].startswith("s3://")
+    secrets = {d["metadata"]["name"]: d for d in fleet if d["kind"] == "Secret"}
+    for name in ("PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        key = env[name]["valueFrom"]["secretKeyRef"]
+        assert key["key"] in secrets[key["name"]]["stringData"], name
+    assert all(
+        v.startswith("REPLACE-ME") for s in secrets.values() for v in s["stringData"].values()
+    )
+    assert "/data" not in {m["mountPath"] for m in sidecar["volumeMounts"]}
+    assert "lake" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_fleet_manifests_match_the_kubernetes_schema(fleet: list[dict[str, Any]]) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed (test extra)"
+    )
+    for manifest in fleet:
+        kubernetes_validate.validate(manifest, "1.33", strict=True)
 
 
 @pytest.mark.parametrize(
