@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from benchmarks.services import S3, Postgres, postgres_server, s3_server
 
 import lakewarden
 from lakewarden.wire import AGENT_HEADER
-from pg_helpers import S3, Postgres, postgres_server, s3_server
 
 from server_helpers import free_port, serve_process
 

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ _DATA_KEYS = (
 )
 # Replaying more snapshots than this after a restart costs more than re-profiling every table.
 MAX_REPLAY = 500
+_RUN = 256  # most commits one change-feed query covers when replaying others' commits
 # Signals of the newest snapshots applied, for a committer whose commit another thread applied.
 _RECENT = 1024
 
@@ -161,15 +162,15 @@ class Tracker:
             if look is None:
                 return self._rebase_stale()
             current = catalog.current_snapshot(self._cur)
-            if self.snapshot_id is None or current - self.snapshot_id > MAX_REPLAY:
+            known = self.snapshot_id
+            if known is None or current - known > MAX_REPLAY:
                 updates = self._rebase_all(current)
             else:
                 updates = {}
                 # DuckLake's snapshots() lists the lake's whole history before any filter
                 # applies (~25 us per snapshot): skip it when nothing was committed.
                 if current != self.snapshot_id:
-                    for snap in catalog.snapshots(self._cur, since=self.snapshot_id):
-                        updates.update(self._apply_snapshot(snap))
+                    updates.update(self._replay(catalog.snapshots(self._cur, since=known)))
                 updates.update(self._rebase_stale())
             self.watch.confirm(look)
             return updates
@@ -261,10 +262,8 @@ class Tracker:
             done = self._recent.get(sid, {})
             return {t: done[t] for t in item.tables if t in done}
         if sid > known + 1:  # commits of others first, in order
-            for snap in catalog.snapshots(self._cur, since=known):
-                if snap.snapshot_id >= sid:
-                    break
-                self._apply_snapshot(snap)
+            others = [s for s in catalog.snapshots(self._cur, since=known) if s.snapshot_id < sid]
+            self._replay(others)
         return self._apply_own(item, sid)
 
     def _apply_own(self, item: Pending, sid: int) -> dict[str, TableSignals]:
@@ -293,6 +292,81 @@ class Tracker:
             self._recent.popitem(last=False)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _replay(self, snaps: Sequence[catalog.Snapshot]) -> dict[str, TableSignals]:
+        """Apply commits of others, in order. Runs of commits that only changed rows of known
+        tables read each table's change feed once for the whole run and split it by snapshot:
+        a sidecar of a fleet replays every other sidecar's commits, and one feed query per
+        commit (~5 ms, and ~3 ms more to map table ids, on a PostgreSQL catalog) made that cost
+        grow with the fleet."""
+        updates: dict[str, TableSignals] = {}
+        i = 0
+        while i < len(snaps):
+            run = [snaps[i]]
+            while (
+                self._rows_only(run[-1])
+                and i + len(run) < len(snaps)
+                and len(run) < _RUN
+                and self._rows_only(snaps[i + len(run)])
+            ):
+                run.append(snaps[i + len(run)])
+            if len(run) > 1:
+                updates.update(self._apply_run(run))
+            else:
+                updates.update(self._apply_snapshot(run[0]))
+            i += len(run)
+        return updates
+
+    @staticmethod
+    def _rows_only(snap: catalog.Snapshot) -> bool:
+        return bool(snap.changes) and all(
+            key in _DATA_KEYS and key.startswith(("tables_", "inlined_")) for key in snap.changes
+        )
+
+    def _apply_run(self, run: Sequence[catalog.Snapshot]) -> dict[str, TableSignals]:
+        """Apply consecutive commits that only changed rows: per touched table one change
+        feed over the run, split by snapshot, applied snapshot by snapshot."""
+        ids = catalog.table_ids(self._cur)
+        touched: list[tuple[catalog.Snapshot, set[str]]] = []
+        for snap in run:
+            names = {
+                normalize(n)
+                for key, values in snap.changes.items()
+                for n in (ids.get(v, "") for v in values)
+                if n and not is_internal(n)
+            }
+            touched.append((snap, names))
+        tables = set().union(*(names for _, names in touched))
+        if any(name not in self.states for name in tables):
+            # A table this process does not know yet: snapshot by snapshot, which profiles it.
+            out: dict[str, TableSignals] = {}
+            for snap in run:
+                out.update(self._apply_snapshot(snap))
+            return out
+        parts: dict[str, dict[int, pl.DataFrame]] = {}
+        for name in tables:
+            started = time.perf_counter()
+            frame = catalog.changes(self._cur, name, run[0].snapshot_id, run[-1].snapshot_id)
+            parts[name] = {
+                int(key[0]): part
+                for key, part in frame.partition_by("snapshot_id", as_dict=True).items()
+            }
+            self._timer("delta", time.perf_counter() - started)
+        updates: dict[str, TableSignals] = {}
+        for snap, names in touched:
+            writer, stamp = snap.agent or "unknown", snap.time.timestamp()
+            done = {}
+            for name in names:
+                part = parts[name].get(snap.snapshot_id)
+                event_time = self.states[name].event_time_column
+                delta = (
+                    deltas.from_changes(part, event_time) if part is not None else deltas.Delta()
+                )
+                done[name] = self._apply(name, delta, snap.snapshot_id, writer, stamp)
+            self._save(done, snap.snapshot_id)
+            self._remember_signals(snap.snapshot_id, done)
+            updates.update(done)
+        return updates
 
     def _apply_snapshot(self, snap: catalog.Snapshot) -> dict[str, TableSignals]:
         ids = catalog.table_ids(self._cur)

@@ -9,7 +9,7 @@ only the snapshots after it. Each sidecar applies every commit of the lake (its 
 the change feed, the others'), so any two hold the same state of a table at the same snapshot;
 a save keeps the newer of the stored and the saved state of each table (saves take a lock of
 their own in turn), write history is keyed by snapshot so the same write saved by two sidecars
-is one row, and the mark is the newest snapshot any of them saved.
+is one row (the second finds it there), and the mark is the newest snapshot any of them saved.
 
 The anomaly models keep no state of their own here: they are rebuilt by replaying ``history()``
 with the times a table's new level was accepted (``accepts``/``add_accept``). Those three methods
@@ -178,10 +178,11 @@ class StateStore:
                 cur.execute(f"DELETE FROM {self._tables} WHERE name = ?", [name])
                 cur.execute(f"DELETE FROM {self._history} WHERE name = ?", [name])
                 cur.execute(f"DELETE FROM {self._accepts} WHERE name = ?", [name])
+            if self._shared:
+                writes = self._unsaved(writes)
             if writes:
-                verb = "INSERT OR IGNORE" if self._shared else "INSERT"
                 cur.executemany(
-                    f"{verb} INTO {self._history} VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO {self._history} VALUES (?, ?, ?, ?, ?, ?)",
                     [[name, *w] for name, w in writes],
                 )
             if changed:
@@ -194,6 +195,28 @@ class StateStore:
                     f"INSERT OR REPLACE INTO {self._meta} VALUES ('snapshot_id', ?)",
                     [str(snapshot_id)],
                 )
+
+    def _unsaved(self, writes: Sequence[tuple[str, WriteRecord]]) -> list[tuple[str, WriteRecord]]:
+        """The writes no other sidecar saved yet (each sidecar records every commit it sees).
+        The postgres extension inserts by COPY, which has no ON CONFLICT: filtered here, under
+        the state's lock."""
+        if not writes:
+            return []
+        first = min(w.snapshot_id or 0 for _, w in writes)
+        names = sorted({name for name, _ in writes})
+        saved = set(
+            self._cur.execute(
+                f"SELECT name, snapshot_id FROM {self._history} WHERE snapshot_id >= ? "
+                f"AND name IN ({', '.join('?' for _ in names)})",
+                [first, *names],
+            ).fetchall()
+        )
+        out, seen = [], set()
+        for name, w in writes:
+            if (name, w.snapshot_id) not in saved and (name, w.snapshot_id) not in seen:
+                seen.add((name, w.snapshot_id))
+                out.append((name, w))
+        return out
 
     def _newer(
         self, changed: Sequence[TableState], snapshot_id: int | None

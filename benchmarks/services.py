@@ -1,8 +1,8 @@
-"""A real PostgreSQL server and a real S3-compatible server for the tests of lakes with a
-PostgreSQL catalog and data in object storage.
+"""A real PostgreSQL server and a real S3-compatible server, for the tests and benchmarks of
+lakes with a PostgreSQL catalog and data in object storage.
 
 Debian's ``postgresql`` package provides the binaries (CI installs it, see .ci/run, so a missing
-one is a failure, not a skip). Each test session gets its own cluster in a temp folder on a free
+one is an error, not a skip). Each test session gets its own cluster in a temp folder on a free
 loopback port, with password authentication over TCP, and stops it at the end. ``initdb``
 refuses to run as root: as root, the cluster runs as the ``postgres`` user the package creates.
 The S3 server is moto's (``moto[server]``, a test dependency), started the same way.
@@ -15,6 +15,7 @@ import os
 import pwd
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,11 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from server_helpers import free_port
-
 USER = "lakewarden"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _bin(name: str) -> str:
@@ -37,7 +40,7 @@ def _bin(name: str) -> str:
         [p] if (p := shutil.which(name)) else []
     )
     if not found:
-        pytest.fail(f"{name} not found: install Debian's 'postgresql' package (see .ci/run)")
+        raise RuntimeError(f"{name} not found: install Debian's 'postgresql' package (.ci/run)")
     return found[-1]
 
 
@@ -202,7 +205,7 @@ def s3_server() -> Iterator[S3]:
     port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
     if not moto.exists():
-        pytest.fail("moto_server not found: pip install '.[test]' (it needs moto[server])")
+        raise RuntimeError("moto_server not found: pip install '.[test]' (it needs moto[server])")
     proc = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
