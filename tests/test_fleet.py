@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -207,3 +211,42 @@ def test_catalog_credentials_never_reach_the_command_line_or_the_logs(
     logged = Path(sidecar.log.name).read_text()
     for secret in (pg.password, s3.env()["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in cmdline and secret not in logged
+
+
+def test_the_local_fleet_script_runs_three_sidecars_on_one_lake() -> None:
+    """deploy/fleet/local-fleet.sh, as docs/fleet.md tells users to run it."""
+    folder = Path(tempfile.mkdtemp(prefix="lakewarden-fleet-"))
+    folder.chmod(0o755)  # the cluster may run as the postgres user
+    ports = [free_port() for _ in range(3)]
+    env = {
+        **os.environ,
+        "LAKEWARDEN_FLEET_PORTS": " ".join(map(str, ports)),
+        "LAKEWARDEN_FLEET_PG_PORT": str(free_port()),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    script = Path(__file__).resolve().parents[1] / "deploy" / "fleet" / "local-fleet.sh"
+    proc = subprocess.Popen(
+        ["bash", str(script), str(folder / "fleet")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = []
+        while len(ready) < 3:
+            line = proc.stdout.readline()
+            assert line, f"the script ended early (exit {proc.poll()})"
+            if line.startswith("sidecar ready"):
+                ready.append(line)
+        first, last = (f"http://127.0.0.1:{p}" for p in (ports[0], ports[2]))
+        for sql in ("CREATE TABLE t (id BIGINT)", "INSERT INTO t VALUES (1), (2)"):
+            assert httpx.post(first + "/v1/sql", json={"sql": sql}, timeout=60).status_code == 200
+        answer = httpx.post(last + "/v1/sql", json={"sql": "SELECT count(*) FROM t"}, timeout=60)
+        assert answer.json()["rows"] == [[2]]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert "fleet stopped" in out
