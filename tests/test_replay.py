@@ -66,3 +66,61 @@ def test_a_run_of_outside_commits_replays_like_one_by_one(
         assert state.snapshot_id == writes[-1].snapshot_id
     finally:
         warden.close()
+
+
+HISTORY = [
+    "CREATE SCHEMA staging",
+    "CREATE TABLE staging.orders (id BIGINT, note VARCHAR)",
+    "CREATE VIEW v AS SELECT 1 AS x",
+    'CREATE TABLE "Odd ""Name"", here" (a INT)',
+    "INSERT INTO staging.orders SELECT range, 'x' FROM range(3)",
+    "INSERT INTO staging.orders SELECT range, 'y' FROM range(2000)",
+    "DELETE FROM staging.orders WHERE id = 1",
+    "DELETE FROM staging.orders WHERE id > 1500",
+    "UPDATE staging.orders SET note = 'z' WHERE id = 2",
+    "ALTER TABLE staging.orders ADD COLUMN extra INT",
+    'INSERT INTO "Odd ""Name"", here" VALUES (1)',
+    "DROP VIEW v",
+    'DROP TABLE "Odd ""Name"", here"',
+]
+
+
+@pytest.mark.parametrize("catalog_kind", ["duckdb", "sqlite"])
+def test_snapshots_read_from_the_catalog_tables_match_ducklakes_own_list(
+    tmp_path: Path, catalog_kind: str
+) -> None:
+    """catalog.snapshots reads DuckLake's metadata tables (the snapshots() function lists the
+    whole history first); every field and change map must be what snapshots() says."""
+    warden = lakewarden.open(tmp_path / "lake", settings=lakewarden.Settings(catalog=catalog_kind))
+    cur = warden.engine.cursor()
+    try:
+        for sql in HISTORY:
+            cur.execute(sql)
+        ours = catalog.snapshots(cur, since=-1)
+        theirs = cur.execute(
+            "SELECT snapshot_id, snapshot_time, author, commit_message, changes "
+            "FROM lake.snapshots() ORDER BY snapshot_id"
+        ).fetchall()
+        assert [s.snapshot_id for s in ours] == [row[0] for row in theirs]
+        for snap, (_, when, author, message, changes) in zip(ours, theirs, strict=True):
+            assert snap.time.timestamp() == pytest.approx(when.timestamp(), abs=1e-3)
+            assert (snap.agent, snap.message) == (author, message)
+            expected = {
+                key: [
+                    v.replace('""', '"').replace('"', "") if key.endswith("_created") else v
+                    for v in values
+                ]
+                for key, values in (changes or {}).items()
+            }
+            got = {
+                key: [v.replace('"', "") for v in values] for key, values in snap.changes.items()
+            }
+            assert got == expected, snap.snapshot_id
+        newest = catalog.snapshots(cur, limit=3)
+        assert [s.snapshot_id for s in newest] == [row[0] for row in theirs[::-1][:3]]
+        assert 'Odd "Name", here' in {
+            v.split(".", 1)[1] for s in ours for v in s.changes.get("tables_created", [])
+        }
+    finally:
+        cur.close()
+        warden.close()

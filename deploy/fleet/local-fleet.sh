@@ -31,7 +31,7 @@ if [ ! -d "$DIR/pg" ]; then
     "${AS[@]}" "$BIN/initdb" -D "$DIR/pg" -U lakewarden --pwfile="$DIR/pg.password" \
         --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 fi
-"${AS[@]}" "$BIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w \
+"${AS[@]}" "$BIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg/postgres.log" -w \
     -o "-p $PG_PORT -k $DIR/pg -c listen_addresses=127.0.0.1" start >/dev/null
 PIDS=()
 stop() {

@@ -18,18 +18,19 @@ are the whole persisted interface of the models.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import duckdb
 
 from lakewarden.signals.table_state import TableState, WriteRecord
-from lakewarden.store.engine import CATALOG_ALIAS, Engine
+from lakewarden.store.engine import CATALOG_ALIAS, SHARED_SCHEMA, Engine
 from lakewarden.store.writelock import STATE_LOCK_KEY
 
+_SHARED = SHARED_SCHEMA  # the schema, as PostgreSQL names it
 ACCEPTS_KEEP = 20  # per table: older accepts lie before the kept history anyway
 HISTORY_KEEP = 5000  # writes per table kept for anomaly training (about 7 months of hourly loads)
 
@@ -58,25 +59,33 @@ class StateStore:
         self._meta = f"{schema}.meta"
         self._history = f"{schema}.history"
         self._accepts = f"{schema}.anomaly_accepts"
-        # Shared history is keyed by (table, snapshot): two sidecars saving the same write
-        # keep one row.
-        key = ", PRIMARY KEY (name, snapshot_id)" if shared else ""
-        # The postgres extension's INSERT OR REPLACE updates a json column with a varchar
-        # (PostgreSQL refuses); text there.
-        kind = "VARCHAR" if shared else "JSON"
-        with self._transaction():
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._tables} "
-                f"(name VARCHAR PRIMARY KEY, state {kind})"
+        if shared:
+            # PostgreSQL's own DDL, in one script under the state's lock: sidecars starting at
+            # the same moment race IF NOT EXISTS otherwise.
+            self._script(
+                [
+                    f"CREATE TABLE IF NOT EXISTS {_SHARED}.table_state (name text PRIMARY KEY, "
+                    "state text NOT NULL, snapshot_id bigint)",
+                    f"CREATE TABLE IF NOT EXISTS {_SHARED}.meta (key text PRIMARY KEY, value text)",
+                    f"CREATE TABLE IF NOT EXISTS {_SHARED}.history (name text, time double "
+                    "precision, rows_added bigint, rows_removed bigint, writer text, snapshot_id "
+                    "bigint, PRIMARY KEY (name, snapshot_id))",
+                    f"CREATE TABLE IF NOT EXISTS {_SHARED}.anomaly_accepts (name text, time "
+                    "double precision)",
+                ]
             )
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._meta} (key VARCHAR PRIMARY KEY, value VARCHAR)"
-            )
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._history} (name VARCHAR, time DOUBLE, "
-                f"rows_added BIGINT, rows_removed BIGINT, writer VARCHAR, snapshot_id BIGINT{key})"
-            )
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {self._accepts} (name VARCHAR, time DOUBLE)")
+            return
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._tables} (name VARCHAR PRIMARY KEY, state JSON)"
+        )
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._meta} (key VARCHAR PRIMARY KEY, value VARCHAR)"
+        )
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._history} (name VARCHAR, time DOUBLE, "
+            "rows_added BIGINT, rows_removed BIGINT, writer VARCHAR, snapshot_id BIGINT)"
+        )
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {self._accepts} (name VARCHAR, time DOUBLE)")
 
     @classmethod
     def of(cls, engine: Engine) -> StateStore:
@@ -88,22 +97,20 @@ class StateStore:
             catalog=CATALOG_ALIAS,
         )
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One transaction; on shared state, holding the state's advisory lock to its end."""
-        cur = self._cur
-        cur.begin()
-        try:
-            if self._shared:
-                cur.execute(
-                    "CALL postgres_execute(?, ?)",
-                    [self._catalog, f"SELECT pg_advisory_xact_lock({STATE_LOCK_KEY})"],
-                )
-            yield
-            cur.commit()
-        except BaseException:
-            cur.rollback()
-            raise
+    def _script(self, statements: Sequence[str]) -> None:
+        """Run PostgreSQL statements in the catalog database as one transaction, after the
+        state's advisory lock. One script, in PostgreSQL's default READ COMMITTED: each
+        statement sees what another sidecar committed before the lock was granted (a DuckDB
+        transaction through the postgres extension is REPEATABLE READ, its snapshot taken
+        before the lock wait, so it would not)."""
+        script = "; ".join(
+            [
+                "SET LOCAL standard_conforming_strings = on",
+                f"SELECT pg_advisory_xact_lock({STATE_LOCK_KEY})",
+                *statements,
+            ]
+        )
+        self._cur.execute("CALL postgres_execute(?, ?)", [self._catalog, script])
 
     def accepts(self, name: str) -> list[float]:
         """When the table's anomalous level was accepted as its new normal, oldest first."""
@@ -120,16 +127,22 @@ class StateStore:
             self._cur.execute(f"INSERT INTO {self._accepts} VALUES (?, ?)", [name, at])
 
     def load(self) -> tuple[dict[str, TableState], int | None]:
-        """All table states and the snapshot they are true at (None: no state yet)."""
-        tables = {
-            name: TableState.from_json(text)
-            for name, text in self._cur.execute(
-                f"SELECT name, state FROM {self._tables}"
+        """All table states and the snapshot they are true at (None: no state yet).
+
+        Both read in one transaction: on shared state another sidecar may save between two
+        reads, and a mark newer than the states under it would skip commits they lack."""
+        cur = self._cur
+        cur.begin()
+        try:
+            tables = {
+                name: TableState.from_json(text)
+                for name, text in cur.execute(f"SELECT name, state FROM {self._tables}").fetchall()
+            }
+            rows = cur.execute(
+                f"SELECT value FROM {self._meta} WHERE key = 'snapshot_id'"
             ).fetchall()
-        }
-        rows = self._cur.execute(
-            f"SELECT value FROM {self._meta} WHERE key = 'snapshot_id'"
-        ).fetchall()
+        finally:
+            cur.rollback()
         return tables, (int(rows[0][0]) if rows else None)
 
     def history(self) -> dict[str, list[WriteRecord]]:
@@ -170,16 +183,16 @@ class StateStore:
         snapshot_id: int | None,
         writes: Sequence[tuple[str, WriteRecord]],
     ) -> None:
+        if self._shared:
+            self._script(_shared_save(changed, removed, snapshot_id, writes))
+            return
         cur = self._cur
-        with self._transaction():
-            if self._shared:
-                changed, snapshot_id = self._newer(changed, snapshot_id)
+        cur.begin()
+        try:
             for name in removed:
                 cur.execute(f"DELETE FROM {self._tables} WHERE name = ?", [name])
                 cur.execute(f"DELETE FROM {self._history} WHERE name = ?", [name])
                 cur.execute(f"DELETE FROM {self._accepts} WHERE name = ?", [name])
-            if self._shared:
-                writes = self._unsaved(writes)
             if writes:
                 cur.executemany(
                     f"INSERT INTO {self._history} VALUES (?, ?, ?, ?, ?, ?)",
@@ -195,53 +208,66 @@ class StateStore:
                     f"INSERT OR REPLACE INTO {self._meta} VALUES ('snapshot_id', ?)",
                     [str(snapshot_id)],
                 )
+            cur.commit()
+        except BaseException:
+            cur.rollback()
+            raise
 
-    def _unsaved(self, writes: Sequence[tuple[str, WriteRecord]]) -> list[tuple[str, WriteRecord]]:
-        """The writes no other sidecar saved yet (each sidecar records every commit it sees).
-        The postgres extension inserts by COPY, which has no ON CONFLICT: filtered here, under
-        the state's lock."""
-        if not writes:
-            return []
-        first = min(w.snapshot_id or 0 for _, w in writes)
-        names = sorted({name for name, _ in writes})
-        saved = set(
-            self._cur.execute(
-                f"SELECT name, snapshot_id FROM {self._history} WHERE snapshot_id >= ? "
-                f"AND name IN ({', '.join('?' for _ in names)})",
-                [first, *names],
-            ).fetchall()
+
+def _shared_save(
+    changed: Sequence[TableState],
+    removed: Sequence[str],
+    snapshot_id: int | None,
+    writes: Sequence[tuple[str, WriteRecord]],
+) -> list[str]:
+    """A save as PostgreSQL statements: a table's state replaces the stored one only when it is
+    true at the same or a later snapshot, a write another sidecar saved already is skipped, and
+    the mark only moves forward. Values are literals (postgres_execute binds no parameters):
+    text through :func:`_text`, numbers formatted from Python numbers."""
+    out = []
+    for name in removed:
+        for table in ("table_state", "history", "anomaly_accepts"):
+            out.append(f"DELETE FROM {_SHARED}.{table} WHERE name = {_text(name)}")
+    if writes:
+        rows = ", ".join(
+            f"({_text(name)}, {_number(w.time)}, {_number(w.rows_added)}, "
+            f"{_number(w.rows_removed)}, {_text(w.writer)}, {_number(w.snapshot_id)})"
+            for name, w in writes
         )
-        out, seen = [], set()
-        for name, w in writes:
-            if (name, w.snapshot_id) not in saved and (name, w.snapshot_id) not in seen:
-                seen.add((name, w.snapshot_id))
-                out.append((name, w))
-        return out
+        out.append(f"INSERT INTO {_SHARED}.history VALUES {rows} ON CONFLICT DO NOTHING")
+    for state in changed:
+        out.append(
+            f"INSERT INTO {_SHARED}.table_state VALUES ({_text(state.name)}, "
+            f"{_text(state.to_json())}, {_number(state.snapshot_id)}) ON CONFLICT (name) DO "
+            "UPDATE SET state = EXCLUDED.state, snapshot_id = EXCLUDED.snapshot_id WHERE "
+            f"{_SHARED}.table_state.snapshot_id IS NULL OR EXCLUDED.snapshot_id IS NULL OR "
+            f"{_SHARED}.table_state.snapshot_id <= EXCLUDED.snapshot_id"
+        )
+    if snapshot_id is not None:
+        out.append(
+            f"INSERT INTO {_SHARED}.meta VALUES ('snapshot_id', {_text(str(int(snapshot_id)))}) "
+            f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value WHERE "
+            f"{_SHARED}.meta.value::bigint <= EXCLUDED.value::bigint"
+        )
+    return out
 
-    def _newer(
-        self, changed: Sequence[TableState], snapshot_id: int | None
-    ) -> tuple[list[TableState], int | None]:
-        """What of a save is newer than what another sidecar saved: the states at a later
-        snapshot than the stored ones, and the mark if it moves forward."""
-        names = [s.name for s in changed]
-        stored: dict[str, int | None] = {}
-        if names:
-            for name, text in self._cur.execute(
-                f"SELECT name, state FROM {self._tables} WHERE name IN "
-                f"({', '.join('?' for _ in names)})",
-                names,
-            ).fetchall():
-                stored[name] = TableState.from_json(text).snapshot_id
-        keep = [
-            s for s in changed if (old := stored.get(s.name)) is None or (s.snapshot_id or 0) >= old
-        ]
-        rows = self._cur.execute(
-            f"SELECT value FROM {self._meta} WHERE key = 'snapshot_id'"
-        ).fetchall()
-        mark = int(rows[0][0]) if rows else None
-        if snapshot_id is not None and mark is not None and snapshot_id < mark:
-            snapshot_id = None
-        return keep, snapshot_id
+
+def _text(value: str | None) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings is on in the script), or NULL."""
+    if value is None:
+        return "NULL"
+    if "\x00" in value:
+        raise ValueError("a NUL character cannot be stored in PostgreSQL text")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _number(value: float | int | None) -> str:
+    if value is None:
+        return "NULL"
+    number = float(value) if isinstance(value, float) else int(value)
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"{number} cannot be stored")
+    return repr(number)
 
 
 @dataclass
