@@ -234,10 +234,13 @@ def test_the_local_fleet_script_runs_three_sidecars_on_one_lake() -> None:
     )
     try:
         assert proc.stdout is not None
-        ready = []
+        ready, seen = [], []
         while len(ready) < 3:
             line = proc.stdout.readline()
-            assert line, f"the script ended early (exit {proc.poll()})"
+            seen.append(line)
+            if not line:
+                logs = {p.name: p.read_text()[-2000:] for p in (folder / "fleet").glob("*.log")}
+                raise AssertionError(f"the script ended early: {''.join(seen)} {logs}")
             if line.startswith("sidecar ready"):
                 ready.append(line)
         first, last = (f"http://127.0.0.1:{p}" for p in (ports[0], ports[2]))

@@ -578,3 +578,47 @@ def test_a_new_sidecar_catches_up_from_the_shared_state_without_a_rescan(
     finally:
         newcomer.close()
         second.close()
+
+
+def test_sidecars_starting_together_on_a_new_catalog_take_turns(
+    pg_env: Postgres, tmp_path: Path
+) -> None:
+    """The first ATTACH of a new catalog creates DuckLake's tables, and the first sidecar its
+    state tables: three processes started at once on an empty database all come up."""
+    from server_helpers import wait_ready
+
+    db = pg_env.new_database()
+    env = {**pg_env.env(), "LAKEWARDEN_DATA_PATH": str(tmp_path / "data")}
+    ports = [free_port() for _ in range(3)]
+    logs = [(tmp_path / f"{port}.log").open("w") for port in ports]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lakewarden.intake.cli",
+                "serve",
+                "--lake",
+                f"postgres:{pg_env.dsn(db)}",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+        for port, log in zip(ports, logs, strict=True)
+    ]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            wait_ready(f"http://127.0.0.1:{port}", proc)
+        for port in ports:
+            assert "Traceback" not in (tmp_path / f"{port}.log").read_text()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        for log in logs:
+            log.close()

@@ -55,7 +55,7 @@ for port in "${PORTS[@]}"; do
     PIDS+=($!)
 done
 for port in "${PORTS[@]}"; do
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 240); do
         curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
         sleep 0.5
     done

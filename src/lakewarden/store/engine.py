@@ -24,7 +24,7 @@ from lakewarden.errors import ConfigurationError
 from lakewarden.settings import POSTGRES_PREFIX, Settings
 from lakewarden.store import extensions, objectstore
 from lakewarden.store.deadline import WATCHDOG
-from lakewarden.store.writelock import STATE_LOCK_KEY, WriteLock
+from lakewarden.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ class Engine:
         self._probe_cur: duckdb.DuckDBPyConnection | None = None
         self.database = LAKE_ALIAS if location.is_lake else _file_alias(location.path)
         try:
-            self._con = self._connect()
             self._state = self._connect_state()
+            self._con = self._connect()
         except duckdb.Error as exc:
             if location.catalog == "postgres":
                 raise ConfigurationError(_postgres_failure(location, exc)) from exc
@@ -204,7 +204,14 @@ class Engine:
                 source = f"ducklake:sqlite:{loc.path / _CATALOG_FILES[loc.catalog]}"
             else:
                 source = f"ducklake:{loc.path / _CATALOG_FILES[loc.catalog]}"
-            con.execute(f"ATTACH {_quote(source)} AS {LAKE_ALIAS} (DATA_PATH {_quote(loc.data)})")
+            attach = f"ATTACH {_quote(source)} AS {LAKE_ALIAS} (DATA_PATH {_quote(loc.data)})"
+            if loc.catalog == "postgres":
+                # The first ATTACH of a new catalog creates DuckLake's tables: sidecars that
+                # start together take turns, under the fleet's write lock.
+                with WriteLock(self._state.cursor(), CATALOG_ALIAS):
+                    con.execute(attach)
+            else:
+                con.execute(attach)
             con.execute(f"USE {LAKE_ALIAS}")
             if loc.data_url is None:
                 # Made once the catalog answered: a start-up that fails creates nothing.
@@ -243,16 +250,6 @@ class Engine:
         if self.location.dsn is not None:
             extensions.load(con, "postgres")
             con.execute(f"ATTACH {_quote(self.location.dsn)} AS {CATALOG_ALIAS} (TYPE postgres)")
-            # IF NOT EXISTS still races a sidecar starting at the same moment; the advisory lock
-            # makes the second wait and then find the schema there.
-            con.execute(
-                "CALL postgres_execute(?, ?)",
-                [
-                    CATALOG_ALIAS,
-                    f"SELECT pg_advisory_xact_lock({STATE_LOCK_KEY}); "
-                    f"CREATE SCHEMA IF NOT EXISTS {SHARED_SCHEMA}",
-                ],
-            )
         path = self.location.state_path
         try:
             con.execute(

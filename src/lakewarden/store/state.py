@@ -64,6 +64,7 @@ class StateStore:
             # the same moment race IF NOT EXISTS otherwise.
             self._script(
                 [
+                    f"CREATE SCHEMA IF NOT EXISTS {_SHARED}",
                     f"CREATE TABLE IF NOT EXISTS {_SHARED}.table_state (name text PRIMARY KEY, "
                     "state text NOT NULL, snapshot_id bigint)",
                     f"CREATE TABLE IF NOT EXISTS {_SHARED}.meta (key text PRIMARY KEY, value text)",
@@ -72,6 +73,11 @@ class StateStore:
                     "bigint, PRIMARY KEY (name, snapshot_id))",
                     f"CREATE TABLE IF NOT EXISTS {_SHARED}.anomaly_accepts (name text, time "
                     "double precision)",
+                    # The audit log's refusal records (store/audit.py), made here under the
+                    # lock too.
+                    f"CREATE TABLE IF NOT EXISTS {_SHARED}.refusals (time timestamptz, agent "
+                    "text, decision text, operation text, summary text, statement_hash text, "
+                    "tables text[], violations text, trace_id text, span_id text, commit_id text)",
                 ]
             )
             return
