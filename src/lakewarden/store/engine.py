@@ -251,6 +251,8 @@ class Engine:
             extensions.load(con, "postgres")
             con.execute(f"ATTACH {_quote(self.location.dsn)} AS {CATALOG_ALIAS} (TYPE postgres)")
         path = self.location.state_path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a new lake's folder
         try:
             con.execute(
                 f"ATTACH {_quote(':memory:' if path is None else str(path))} AS {STATE_ALIAS}"

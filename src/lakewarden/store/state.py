@@ -365,8 +365,11 @@ class WriteBehind:
                     batch.snapshot_id,
                     batch.writes,
                 )
-            except Exception:
-                log.exception("could not save table state; retrying with the next changes")
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                log.exception(
+                    "could not save table state (%s); retrying with the next changes", first
+                )
                 with self._cond:
                     batch.merge(self._pending)
                     self._pending = batch
