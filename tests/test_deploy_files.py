@@ -297,8 +297,35 @@ def test_fleet_manifests_match_the_kubernetes_schema(fleet: list[dict[str, Any]]
         kubernetes_validate.validate(manifest, "1.33", strict=True)
 
 
+def test_compose_fleet_shares_one_lake_and_prometheus_scrapes_every_sidecar() -> None:
+    services = load(COMPOSE_DIR / "fleet.yaml")["services"]
+    sidecars = {name: s for name, s in services.items() if name.startswith("lakewarden-")}
+    assert len(sidecars) == 3
+    lakes = {s["environment"]["LAKEWARDEN_LAKE"] for s in sidecars.values()}
+    (lake,) = lakes
+    assert lake.startswith("postgres:") and "password" not in lake
+    assert "host=catalog" in lake and "catalog" in services and "objectstore" in services
+    for sidecar in sidecars.values():
+        env = sidecar["environment"]
+        assert env["LAKEWARDEN_DATA_PATH"].startswith("s3://")
+        for secret in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY"):
+            assert env[secret].startswith("${") and ":?" in env[secret], secret
+        assert "--lake" not in sidecar["command"] and sidecar["read_only"] is True
+        assert env["AWS_ENDPOINT_URL"].split("//")[1].split(":")[0] in services
+    config = load(DEPLOY / "prometheus" / "prometheus-fleet.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "lakewarden"]
+    targets = {t.split(":")[0] for c in job["static_configs"] for t in c["targets"]}
+    assert targets == set(sidecars)
+    mounts = bind_mounts(services["prometheus"])
+    assert mounts["/etc/prometheus/prometheus.yml"].name == "prometheus-fleet.yml"
+    for service in services.values():
+        assert all(path.exists() for path in bind_mounts(service).values())
+
+
 @pytest.mark.parametrize(
-    "path", [*sorted(K8S.rglob("*.yaml")), COMPOSE_DIR / "docker-compose.yaml"], ids=rel
+    "path",
+    [*sorted(K8S.rglob("*.yaml")), COMPOSE_DIR / "docker-compose.yaml", COMPOSE_DIR / "fleet.yaml"],
+    ids=rel,
 )
 def test_images_are_pinned(path: Path) -> None:
     images = re.findall(r"^\s*image:\s*(\S+)", path.read_text(), flags=re.M)

@@ -44,9 +44,10 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_promtool_accepts_the_compose_prometheus_config() -> None:
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-fleet.yml"])
+def test_promtool_accepts_the_compose_prometheus_config(config: str) -> None:
     # Rule files are relative to the config, so promtool also checks the rules it loads.
-    result = run(tool("promtool"), "check", "config", "prometheus.yml", cwd=PROMETHEUS_DIR)
+    result = run(tool("promtool"), "check", "config", config, cwd=PROMETHEUS_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 rule files found" in result.stdout
 
