@@ -622,3 +622,20 @@ def test_sidecars_starting_together_on_a_new_catalog_take_turns(
             proc.wait(timeout=30)
         for log in logs:
             log.close()
+
+
+def test_a_conflict_is_a_retryable_409_through_rest_and_the_same_code_through_mcp() -> None:
+    import json as json_module
+
+    from lakewarden.intake import mcp as mcp_door
+    from lakewarden.intake.caller import Failure
+
+    error = lakewarden.Conflict("lost to another commit", [])
+    failure = Failure.of(error, "trace")
+    assert failure.status == 409
+    assert failure.body["error"]["code"] == "conflict"
+    assert failure.body["error"]["retryable"] is True
+    result = mcp_door._error(failure)
+    assert result.is_error
+    body = json_module.loads(result.content[0].text)
+    assert body["error"]["code"] == "conflict" and body["error"]["retryable"] is True
