@@ -1,4 +1,5 @@
-"""Shared fixtures: a real DuckLake lake in a temp folder, spans captured in memory."""
+"""Shared fixtures: a real DuckLake lake in a temp folder, spans captured in memory, and (for
+lakes with a PostgreSQL catalog) one real PostgreSQL cluster and one S3 server per test run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from benchmarks.services import S3, Postgres, postgres_server, s3_server
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,3 +61,17 @@ def sample(warden: lakewarden.Warden, name: str, **labels: str) -> float:
     found = [v for k, v in samples(warden, name).items() if set(labels.items()) <= set(k)]
     assert len(found) == 1, f"{name}{labels}: {len(found)} matching samples"
     return found[0]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Postgres]:
+    """A PostgreSQL cluster on a free port for the run; each test makes its own database."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    """An S3-compatible server (moto's) for the run; each test makes its own bucket."""
+    with s3_server() as server:
+        yield server

@@ -13,12 +13,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from benchmarks.services import S3, Postgres, postgres_server, s3_server
+from benchmarks.services import S3, Postgres
 
 import lakewarden
 from lakewarden.wire import AGENT_HEADER
@@ -27,18 +26,6 @@ from server_helpers import free_port, serve_process
 
 AGENTS_PER_SIDECAR = 4
 WRITES_PER_AGENT = 10
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    with s3_server() as server:
-        yield server
 
 
 class Sidecar:

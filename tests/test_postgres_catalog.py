@@ -9,29 +9,16 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from benchmarks.services import S3, Postgres, postgres_server, s3_server
+from benchmarks.services import S3, Postgres
 
 import lakewarden
 from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import free_port, serve_process
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    with s3_server() as server:
-        yield server
 
 
 @pytest.fixture
