@@ -626,3 +626,47 @@ def test_a_conflict_is_a_retryable_409_through_rest_and_the_same_code_through_mc
     assert result.is_error
     body = json_module.loads(result.content[0].text)
     assert body["error"]["code"] == "conflict" and body["error"]["retryable"] is True
+
+
+HOSTILE_NAMES = [
+    "x'); DROP SCHEMA lakewarden CASCADE; --",
+    "it''s quoted twice'",
+    'dollar$$quote"double',
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=["injection", "quotes", "dollar"])
+def test_hostile_table_names_reach_the_shared_state_as_data(
+    pg_env: Postgres, tmp_path: Path, name: str
+) -> None:
+    """Table names are the agents' to choose (with DDL rights) and are written into the shared
+    state's SQL as literals: they must arrive as data, and the state tables stay whole."""
+    db = pg_env.new_database()
+    warden = open_pg(pg_env, db, tmp_path / "data")
+    quoted = '"' + name.replace('"', '""') + '"'
+    try:
+        with warden.session(agent="etl") as s:
+            s.sql(f"CREATE TABLE {quoted} (id BIGINT)")
+            s.sql(f"INSERT INTO {quoted} VALUES (1), (2)")
+    finally:
+        warden.close()
+    saved = pg_env.psql("SELECT name FROM lakewarden.table_state", db).splitlines()
+    assert name.lower() in saved
+    assert pg_env.psql("SELECT count(*) FROM lakewarden.meta", db).strip() == "1"
+    again = open_pg(pg_env, db, tmp_path / "data")
+    try:
+        assert again.table(name.lower()).rows == 2
+    finally:
+        again.close()
+
+
+def test_the_password_can_come_from_a_pgpassfile(
+    pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg.port}:*:lakewarden:{pg.password}\n")
+    passfile.chmod(0o600)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    warden = open_pg(pg, pg.new_database(), tmp_path / "data")
+    warden.close()
