@@ -111,9 +111,7 @@ def read_bound_plan(doc: dict[str, Any]) -> BoundPlan:
                 if ref is not None:
                     writes.append(ref)
             elif kind.startswith(("LOGICAL_CREATE", "LOGICAL_DROP", "LOGICAL_ALTER")):
-                ref = _ddl_ref(node.get("info"))
-                if ref is not None:
-                    created.append(ref)
+                created.extend(_ddl_refs(node.get("info")))
         elif kind == "TABLE_FUNCTION":  # in a DDL body, which the plan carries unbound
             func = node.get("function") or {}
             table_functions.append(str(func.get("function_name", "")).lower())
@@ -170,11 +168,18 @@ def _entry_ref(info: Any, key: str) -> TableRef | None:
     )
 
 
-def _ddl_ref(info: Any) -> TableRef | None:
+def _ddl_refs(info: Any) -> list[TableRef]:
+    """The object a DDL statement changes and, for a rename, the name it takes: the new name
+    is created as much as the old one is dropped."""
     if not isinstance(info, dict):
-        return None
+        return []
+    refs = []
     for key in ("table", "view_name", "name"):
         ref = _entry_ref(info, key)
         if ref is not None:
-            return ref
-    return None
+            refs.append(ref)
+            break
+    renamed = _entry_ref(info, "new_table_name")
+    if renamed is not None:
+        refs.append(renamed)
+    return refs

@@ -121,6 +121,17 @@ def plan_refusals(stmt: Statement, plan: BoundPlan, lake_database: str) -> list[
                 f"checked against the policy; {_REWRITE}",
             )
         )
+    for ref in plan.created:
+        if "." in ref.table or "." in ref.schema:
+            # Tables are named "schema.table" in grants, contracts, metrics and the audit
+            # trail: a name with a dot would read as another schema's table there.
+            out.append(
+                Violation(
+                    "object_name",
+                    f'"{ref.schema}"."{ref.table}": a name with "." in it reads as a '
+                    "schema-qualified name in grants, contracts and metrics; choose another",
+                )
+            )
     for ref in (*plan.scans, *plan.writes, *plan.created):
         if _outside(ref, lake_database):
             out.append(
