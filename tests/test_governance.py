@@ -189,3 +189,18 @@ def test_dry_run_matches_the_real_write(governed: lakewarden.Warden, sql: str) -
             real_rules = {v.rule for v in exc.violations}
     assert {v.rule for v in dry.violations} == real_rules
     assert dry.signals["orders"].rows == 10 + (5 if "range" in sql else 1)
+
+
+@pytest.mark.parametrize(
+    "new_name", ['"staging.orders"', '"orders "', '"v\u00a0"'], ids=["dotted", "blank", "nbsp"]
+)
+def test_a_view_cannot_be_renamed_to_a_name_that_passes_for_another(
+    governed: lakewarden.Warden, new_name: str
+) -> None:
+    """An attacker's way around the name rule: DuckDB spells a view's new name apart from a
+    table's (new_view_name), so a renamed view slipped past it."""
+    with governed.session("admin") as s:
+        s.sql("CREATE VIEW v AS SELECT 1 AS a")
+        with pytest.raises(lakewarden.PolicyDenied) as info:
+            s.sql(f"ALTER VIEW v RENAME TO {new_name}")
+    assert "object_name" in {v.rule for v in info.value.violations}

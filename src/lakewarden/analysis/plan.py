@@ -56,6 +56,7 @@ class BoundPlan:
     created: tuple[TableRef, ...]  # objects a DDL statement creates, drops or alters
     functions: tuple[str, ...]  # calls kept in the bound plan, and calls in DDL bodies
     unresolved_scans: int  # scan functions whose table could not be read from the plan
+    schemas_created: tuple[str, ...] = ()  # schemas a CREATE SCHEMA makes
 
 
 def read_parse_tree(doc: dict[str, Any]) -> ParseTree:
@@ -91,6 +92,7 @@ def read_bound_plan(doc: dict[str, Any]) -> BoundPlan:
     scans: list[TableRef] = []
     writes: list[TableRef] = []
     created: list[TableRef] = []
+    schemas: list[str] = []
     functions: list[str] = []
     unresolved = 0
     for node in _nodes(doc.get("plans", [])):
@@ -111,7 +113,10 @@ def read_bound_plan(doc: dict[str, Any]) -> BoundPlan:
                 if ref is not None:
                     writes.append(ref)
             elif kind.startswith(("LOGICAL_CREATE", "LOGICAL_DROP", "LOGICAL_ALTER")):
-                created.extend(_ddl_refs(node.get("info")))
+                info = node.get("info")
+                created.extend(_ddl_refs(info))
+                if kind == "LOGICAL_CREATE_SCHEMA" and isinstance(info, dict):
+                    schemas.append(str(info.get("schema") or ""))
         elif kind == "TABLE_FUNCTION":  # in a DDL body, which the plan carries unbound
             func = node.get("function") or {}
             table_functions.append(str(func.get("function_name", "")).lower())
@@ -126,6 +131,7 @@ def read_bound_plan(doc: dict[str, Any]) -> BoundPlan:
         scans=tuple(dict.fromkeys(scans)),
         writes=tuple(dict.fromkeys(writes)),
         created=tuple(dict.fromkeys(created)),
+        schemas_created=tuple(dict.fromkeys(schemas)),
         functions=tuple(dict.fromkeys(functions)),
         unresolved_scans=unresolved,
     )
@@ -179,7 +185,8 @@ def _ddl_refs(info: Any) -> list[TableRef]:
         if ref is not None:
             refs.append(ref)
             break
-    renamed = _entry_ref(info, "new_table_name")
-    if renamed is not None:
-        refs.append(renamed)
+    for key in ("new_table_name", "new_view_name"):  # ALTER TABLE / ALTER VIEW ... RENAME TO
+        renamed = _entry_ref(info, key)
+        if renamed is not None:
+            refs.append(renamed)
     return refs

@@ -20,6 +20,7 @@ violations follow the agent's policy mode.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 from lakewarden.analysis.names import INTERNAL_SCHEMA
@@ -121,15 +122,17 @@ def plan_refusals(stmt: Statement, plan: BoundPlan, lake_database: str) -> list[
                 f"checked against the policy; {_REWRITE}",
             )
         )
-    for ref in plan.created:
-        if "." in ref.table or "." in ref.schema:
-            # Tables are named "schema.table" in grants, contracts, metrics and the audit
-            # trail: a name with a dot would read as another schema's table there.
+    for name in (
+        *(p for ref in plan.created for p in (ref.schema, ref.table)),
+        *plan.schemas_created,
+    ):
+        if ambiguous_name(name):
             out.append(
                 Violation(
                     "object_name",
-                    f'"{ref.schema}"."{ref.table}": a name with "." in it reads as a '
-                    "schema-qualified name in grants, contracts and metrics; choose another",
+                    f"{name!r}: a name with '.', leading or trailing blanks or invisible "
+                    "characters reads as another object's name in grants, contracts and "
+                    "metrics; choose another",
                 )
             )
     for ref in (*plan.scans, *plan.writes, *plan.created):
@@ -149,6 +152,18 @@ def plan_refusals(stmt: Statement, plan: BoundPlan, lake_database: str) -> list[
             )
         )
     return out
+
+
+def ambiguous_name(name: str) -> bool:
+    """Whether a schema, table or view name would pass for another's where lakewarden names
+    objects: tables are spelled "schema.table" (grants, contracts, metrics, the audit trail),
+    and names are matched with surrounding blanks ignored. Found by trying: ``"staging.orders"``
+    in ``main``, ``"orders "``, ``"orders\u00a0"``, a zero-width space."""
+    return (
+        "." in name
+        or name != name.strip()
+        or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name)
+    )
 
 
 def grant_violations(agent: str, rules: AgentPolicy, plan: BoundPlan) -> list[Violation]:
