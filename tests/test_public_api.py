@@ -6,6 +6,7 @@ EXPECTED = {
     "ConfigurationError",
     "Conflict",
     "ExecutionError",
+    "InsufficientStorage",
     "InvalidSQL",
     "LakewardenError",
     "NotFound",
@@ -18,6 +19,7 @@ EXPECTED = {
     "StatementTimeout",
     "Telemetry",
     "TooLarge",
+    "Unavailable",
     "Violation",
     "Warden",
     "__version__",
@@ -43,11 +45,15 @@ def test_errors_share_one_root() -> None:
         "QualityGateFailed",
         "StatementTimeout",
         "TooLarge",
+        "Unavailable",
+        "InsufficientStorage",
     ):
         assert issubclass(getattr(lakewarden, name), lakewarden.LakewardenError)
 
 
-def test_only_a_conflict_is_retryable() -> None:
-    assert lakewarden.Conflict("x").retryable
-    assert lakewarden.Conflict("x").to_dict()["retryable"] is True
+def test_only_conflicts_and_outages_are_retryable() -> None:
+    for name in ("Conflict", "Unavailable", "InsufficientStorage"):
+        error = getattr(lakewarden, name)("x")
+        assert error.retryable, name
+        assert error.to_dict()["retryable"] is True, name
     assert "retryable" not in lakewarden.QualityGateFailed("x").to_dict()

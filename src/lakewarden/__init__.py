@@ -24,6 +24,7 @@ from lakewarden.errors import (
     ConfigurationError,
     Conflict,
     ExecutionError,
+    InsufficientStorage,
     InvalidSQL,
     LakewardenError,
     NotFound,
@@ -31,6 +32,7 @@ from lakewarden.errors import (
     QualityGateFailed,
     StatementTimeout,
     TooLarge,
+    Unavailable,
     Violation,
 )
 
@@ -75,6 +77,7 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "ExecutionError",
+    "InsufficientStorage",
     "InvalidSQL",
     "LakewardenError",
     "NotFound",
@@ -87,6 +90,7 @@ __all__ = [
     "StatementTimeout",
     "Telemetry",
     "TooLarge",
+    "Unavailable",
     "Violation",
     "Warden",
     "__version__",

@@ -81,6 +81,23 @@ class Conflict(LakewardenError):
     retryable = True
 
 
+class Unavailable(LakewardenError):
+    """The sidecar cannot take the statement now: it is shutting down, or the lake's catalog
+    database or data path cannot be reached or written. Nothing was committed; send it again
+    (to another sidecar, or after the outage)."""
+
+    code = "unavailable"
+    retryable = True
+
+
+class InsufficientStorage(LakewardenError):
+    """The lake's data path has no space left for the write; it was rolled back and nothing was
+    committed. Send it again once space is freed."""
+
+    code = "insufficient_storage"
+    retryable = True
+
+
 class StatementTimeout(LakewardenError):
     """The statement ran longer than its time limit and was interrupted; nothing was committed."""
 

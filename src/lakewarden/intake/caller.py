@@ -64,6 +64,8 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "too_large": 413,
     "execution_failed": 422,
+    "unavailable": 503,
+    "insufficient_storage": 507,
 }
 
 
