@@ -6,12 +6,18 @@ metrics really crossed the wire, not that some in-memory exporter saw them.
     with OTLPReceiver() as receiver:
         ...  # export to receiver.grpc_endpoint or receiver.http_endpoint + "/v1/traces"
         receiver.wait_for(lambda r: any(s["name"] == "query" for s in r.spans()))
+
+Faults for tests of a collector in trouble: ``receiver.behaviour = "refuse"`` answers every export
+with an error (HTTP 503, gRPC UNAVAILABLE), ``"stall"`` holds each export ``stall_s`` seconds
+before answering, ``"accept"`` is the default. Fixed ports let a test start the receiver where
+an exporter already points, to show that export resumes.
 """
 
 from __future__ import annotations
 
 import copy
 import gzip
+import socket
 import threading
 import time
 import zlib
@@ -121,6 +127,8 @@ class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if self._receiver._misbehave():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "refusing exports")
         self._receiver._ingest(request, "grpc")
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -134,6 +142,8 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         request: metrics_service_pb2.ExportMetricsServiceRequest,
         context: grpc.ServicerContext,
     ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        if self._receiver._misbehave():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "refusing exports")
         self._receiver._ingest(request, "grpc")
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
@@ -194,6 +204,9 @@ class _OTLPHandler(BaseHTTPRequestHandler):
             self.server.receiver._note_rejected(f"POST {self.path}: {exc}")
             self.send_error(400, f"malformed OTLP body: {exc}")
             return
+        if self.server.receiver._misbehave():
+            self.send_error(503, "refusing exports")
+            return
         self.server.receiver._ingest(request, "http")
         payload = response_type().SerializeToString()
         self.send_response(200)
@@ -210,7 +223,10 @@ class _OTLPHandler(BaseHTTPRequestHandler):
 class OTLPReceiver:
     """In-process OTLP endpoint for both gRPC and HTTP/protobuf, bound to loopback only."""
 
-    def __init__(self) -> None:
+    def __init__(self, grpc_port: int = 0, http_port: int = 0) -> None:
+        self.behaviour = "accept"  # or "refuse", "stall"
+        self.stall_s = 30.0
+        self.attempts = 0  # export requests seen, answered or not
         self._lock = threading.Lock()
         self._spans: list[dict[str, Any]] = []
         self._metrics: list[dict[str, Any]] = []
@@ -219,8 +235,8 @@ class OTLPReceiver:
         self._grpc_pool: futures.ThreadPoolExecutor | None = None
         self._http_server: _HTTPServer | None = None
         self._http_thread: threading.Thread | None = None
-        self._grpc_port = 0
-        self._http_port = 0
+        self._grpc_port = grpc_port
+        self._http_port = http_port
 
     @property
     def grpc_endpoint(self) -> str:
@@ -251,11 +267,11 @@ class OTLPReceiver:
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
             _MetricsServicer(self), server
         )
-        self._grpc_port = server.add_insecure_port(f"{_HOST}:0")
+        self._grpc_port = server.add_insecure_port(f"{_HOST}:{self._grpc_port}")
         server.start()
         self._grpc_server = server
 
-        http_server = _HTTPServer((_HOST, 0), _OTLPHandler)
+        http_server = _HTTPServer((_HOST, self._http_port), _OTLPHandler)
         http_server.receiver = self
         self._http_port = http_server.server_address[1]
         # A short poll interval keeps stop() (and so every test using the receiver) fast.
@@ -268,6 +284,14 @@ class OTLPReceiver:
         self._http_thread.start()
         # Only now may stop() call shutdown(), which would block forever without serve_forever.
         self._http_server = http_server
+
+    def _misbehave(self) -> bool:
+        """Count the attempt; True when it must be refused. A stall happens here."""
+        with self._lock:
+            self.attempts += 1
+        if self.behaviour == "stall":
+            time.sleep(self.stall_s)
+        return self.behaviour == "refuse"
 
     def stop(self) -> None:
         if self._http_server is not None:
@@ -361,3 +385,15 @@ class OTLPReceiver:
     def _note_rejected(self, reason: str) -> None:
         with self._lock:
             self._rejected.append(reason)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on (yet): where an exporter meets a collector that is down."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((_HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

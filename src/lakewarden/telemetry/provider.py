@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -32,6 +34,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from lakewarden import __version__
 from lakewarden.errors import ConfigurationError
+from lakewarden.telemetry.export import (
+    SIGNALS,
+    CountedMetricExporter,
+    CountedSpanExporter,
+    Losses,
+    count_queue_drops,
+)
 from lakewarden.telemetry.instruments import Instruments
 from lakewarden.telemetry.recorder import PresetIds, Recorder
 
@@ -43,6 +52,10 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
 # Signal computation is usually sub-millisecond; the default OTel buckets start at 5 (seconds).
 SIGNAL_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
 PROTOCOLS = ("grpc", "http/protobuf")
+# The longest a flush or a shutdown waits for a collector. The SDK's own flush has no time
+# limit (it exports batch after batch, each up to OTEL_EXPORTER_OTLP_TIMEOUT), so a stalled
+# collector would otherwise hold a SIGTERM past the pod's grace period.
+FLUSH_LIMIT_S = 5.0
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -61,10 +74,31 @@ def _protocol(env: Mapping[str, str], signal: str) -> str:
     return value
 
 
-def _endpoint_set(env: Mapping[str, str], signal: str) -> bool:
-    return bool(
-        env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+def _endpoint(env: Mapping[str, str], signal: str) -> str:
+    return env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
     )
+
+
+def _bounded(work: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Run ``work`` for at most ``timeout_s``; past that it is left to finish in the background."""
+
+    def guarded() -> None:
+        try:
+            work()
+        except Exception:  # telemetry must never break the caller
+            log.exception("telemetry %s failed", what)
+
+    thread = threading.Thread(target=guarded, name=f"lakewarden-telemetry-{what}", daemon=True)
+    thread.start()
+    thread.join(max(timeout_s, 0.0))
+    if thread.is_alive():
+        log.warning(
+            "telemetry %s did not finish within %.0f s (is the OTLP collector stalled?); "
+            "what it had not sent is lost",
+            what,
+            timeout_s,
+        )
 
 
 def _otlp_span_exporter(protocol: str) -> SpanExporter:
@@ -77,14 +111,14 @@ def _otlp_span_exporter(protocol: str) -> SpanExporter:
     return OTLPSpanExporter()
 
 
-def _otlp_metric_reader(protocol: str) -> MetricReader:
+def _otlp_metric_reader(protocol: str, losses: Losses) -> MetricReader:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
             OTLPMetricExporter,
         )
-    return PeriodicExportingMetricReader(OTLPMetricExporter())
+    return PeriodicExportingMetricReader(CountedMetricExporter(OTLPMetricExporter(), losses))
 
 
 class Telemetry:
@@ -105,11 +139,23 @@ class Telemetry:
         self.resource = Resource.create(attrs)
         processors: list[SpanProcessor] = [SimpleSpanProcessor(e) for e in span_exporters]
         readers: list[MetricReader] = list(metric_readers)
+        self.losses = {
+            "spans": Losses("spans", "the OTLP endpoint " + _endpoint(env, "TRACES")),
+            "metrics": Losses("metrics", "the OTLP endpoint " + _endpoint(env, "METRICS")),
+        }
         if not self.disabled:
-            if _endpoint_set(env, "TRACES"):
-                processors.append(BatchSpanProcessor(_otlp_span_exporter(_protocol(env, "TRACES"))))
-            if _endpoint_set(env, "METRICS"):
-                readers.append(_otlp_metric_reader(_protocol(env, "METRICS")))
+            if _endpoint(env, "TRACES"):
+                exporter = _otlp_span_exporter(_protocol(env, "TRACES"))
+                processors.append(
+                    count_queue_drops(
+                        BatchSpanProcessor(CountedSpanExporter(exporter, self.losses["spans"])),
+                        self.losses["spans"],
+                    )
+                )
+            if _endpoint(env, "METRICS"):
+                readers.append(
+                    _otlp_metric_reader(_protocol(env, "METRICS"), self.losses["metrics"])
+                )
         self.registry = CollectorRegistry()
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
@@ -138,11 +184,25 @@ class Telemetry:
             else self.tracer_provider.get_tracer(SCOPE, __version__)
         )
         self.meter = self.meter_provider.get_meter(SCOPE, __version__)
+        dropped = self.meter.create_counter(
+            "lakewarden.telemetry.dropped",
+            unit="{item}",
+            description="Spans and metric points lost on their way out (collector down, "
+            "refusing or too slow; queues full).",
+        )
+        for signal in SIGNALS:
+            self.losses[signal].counter = dropped
+            dropped.add(0, {"lakewarden.signal": signal})  # the series exists before a loss
+        self._dropped = dropped
         self._recorders: list[Recorder] = []
 
     def recorder(self, instruments: Instruments) -> Recorder:
         """The background recorder of statement spans and metric points."""
-        recorder = Recorder(self.tracer, self.ids, instruments, enabled=not self.disabled)
+        overflow = {
+            signal: Losses(signal, "the statement telemetry queue", self._dropped)
+            for signal in SIGNALS
+        }
+        recorder = Recorder(self.tracer, self.ids, instruments, overflow, enabled=not self.disabled)
         self._recorders.append(recorder)
         return recorder
 
@@ -152,22 +212,28 @@ class Telemetry:
             recorder.flush(timeout_s=2.0)
         return generate_latest(self.registry)
 
-    def flush(self, timeout_s: float = 10.0) -> None:
+    def flush(self, timeout_s: float = FLUSH_LIMIT_S) -> None:
+        """Send what is pending; never waits longer than ``timeout_s`` for a collector."""
+        deadline = time.monotonic() + timeout_s
         for recorder in self._recorders:
             recorder.flush(timeout_s)
         millis = int(timeout_s * 1000)
-        for flush in (self.tracer_provider.force_flush, self.meter_provider.force_flush):
-            try:
-                flush(millis)
-            except Exception:  # telemetry must never break the caller
-                log.exception("telemetry flush failed")
 
-    def shutdown(self) -> None:
+        def flush_all() -> None:
+            self.tracer_provider.force_flush(millis)
+            self.meter_provider.force_flush(millis)
+
+        _bounded(flush_all, deadline - time.monotonic(), "flush")
+
+    def shutdown(self, timeout_s: float = FLUSH_LIMIT_S) -> None:
+        deadline = time.monotonic() + timeout_s
         for recorder in self._recorders:
             recorder.close()
-        self.flush()
-        for stop in (self.tracer_provider.shutdown, self.meter_provider.shutdown):
-            try:
-                stop()
-            except Exception:
-                log.exception("telemetry shutdown failed")
+        self.flush(timeout_s)
+
+        def stop_all() -> None:
+            millis = max(int((deadline - time.monotonic()) * 1000), 100)
+            self.tracer_provider.shutdown()
+            self.meter_provider.shutdown(millis)
+
+        _bounded(stop_all, deadline - time.monotonic() + 1.0, "shutdown")

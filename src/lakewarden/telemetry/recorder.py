@@ -33,6 +33,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from lakewarden.errors import Violation
+from lakewarden.telemetry.export import Losses
 from lakewarden.telemetry.instruments import Instruments
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,18 @@ def flush_all(timeout_s: float = 10.0) -> None:
 
 class Recorder:
     def __init__(
-        self, tracer: trace.Tracer, ids: PresetIds, instruments: Instruments, enabled: bool
+        self,
+        tracer: trace.Tracer,
+        ids: PresetIds,
+        instruments: Instruments,
+        overflow: Mapping[str, Losses],
+        enabled: bool,
     ) -> None:
         self._tracer = tracer
         self._ids = ids
         self._instruments = instruments
+        self._overflow = overflow
         self.enabled = enabled
-        self.dropped = 0
         # A deque and a periodic drain, not a queue that wakes the thread per statement: the
         # wake-up and the GIL hand-off would cost the agent more than the telemetry itself.
         self._pending: collections.deque[Event] = collections.deque()
@@ -148,7 +154,11 @@ class Recorder:
         if not self.enabled:
             return
         if len(self._pending) >= QUEUE_SIZE:
-            self.dropped += 1
+            # The statement's span and its metric points are both lost.
+            why = f"{QUEUE_SIZE} statements are waiting to be recorded"
+            self._overflow["spans"].lost(1, why)
+            if event.record_metrics:
+                self._overflow["metrics"].lost(1, why)
             return
         self._idle.clear()
         self._pending.append(event)
@@ -185,6 +195,8 @@ class Recorder:
                         self._metrics(event)
                 except Exception:  # telemetry must never take the sidecar down
                     log.exception("could not record telemetry for %s", event.name)
+            for losses in self._overflow.values():
+                losses.delivered()  # the queue is empty: an overflow, if any, is over
             self._idle.set()
 
     def _span(self, e: Event) -> None:
