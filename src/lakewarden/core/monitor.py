@@ -3,13 +3,15 @@
 Each tick picks up commits made outside this process (another writer on a shared catalog, a
 batch job), re-evaluates every check at the current time (so a table nobody writes turns stale)
 and reports each check that changes state: a span event on a ``CHECK <table>`` span and a log
-line. The warden's clock is injectable, so tests move time instead of sleeping.
+line. The warden's clock is injectable, so tests move time instead of sleeping. Every
+``maintenance.every`` of the policy, a tick also runs the lake's maintenance.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from lakewarden.core.warden import Warden
@@ -34,6 +36,7 @@ class Monitor:
         self._states: dict[tuple[str, str], bool] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._maintained_at = time.monotonic()  # the first run comes one period after start
 
     def tick(self) -> list[Transition]:
         """One evaluation: catch up with the lake, judge every check now, report changes."""
@@ -52,7 +55,29 @@ class Monitor:
                     flips.append(Transition(table, f.check, f.passing, f.detail, now))
         for flip in flips:
             self._report(flip)
+        self._maybe_maintain()
         return flips
+
+    def _maybe_maintain(self) -> None:
+        rules = self.warden.policy.maintenance
+        if not rules.enabled or time.monotonic() - self._maintained_at < rules.every:
+            return
+        self._maintained_at = time.monotonic()
+        try:
+            run = self.warden.maintain()
+        except Exception:
+            log.exception("lake maintenance failed; it runs again in %.0f s", rules.every)
+            return
+        if run.files_merged or run.snapshots_expired or run.files_deleted:
+            log.info(
+                "lake maintenance: %d files merged into %d, %d snapshots expired, %d files "
+                "deleted, in %.2f s",
+                run.files_merged,
+                run.files_written,
+                run.snapshots_expired,
+                run.files_deleted,
+                run.seconds,
+            )
 
     def _report(self, flip: Transition) -> None:
         state = "passing again" if flip.passing else "failing"

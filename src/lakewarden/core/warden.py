@@ -27,7 +27,7 @@ from lakewarden.result import Result
 from lakewarden.settings import Settings
 from lakewarden.signals import checks, monitoring
 from lakewarden.signals.table_state import TableState
-from lakewarden.store import catalog
+from lakewarden.store import catalog, maintenance
 from lakewarden.store.audit import AuditLog
 from lakewarden.store.engine import Engine, locate
 from lakewarden.telemetry import Telemetry
@@ -136,6 +136,16 @@ class Warden:
         it may have changed, so an outside commit can take a few polls to be seen (at most a
         minute); without it the catalog is always asked."""
         self.tracker.sync(poll=poll)
+
+    def maintain(self) -> maintenance.MaintenanceRun:
+        """DuckLake's maintenance under the policy's ``maintenance`` rules (merge small files,
+        expire snapshots past the restore window, delete files nothing needs)."""
+        keep = self.policy.maintenance.keep_snapshots
+        if keep is not None:  # the audit trail of a commit rides in its snapshot
+            keep = max(keep, self.settings.audit_retention_days * 86400)
+        run = maintenance.maintain(self.engine, keep)
+        self.tracker.sync()  # the merge is a snapshot of its own
+        return run
 
     # -- health and metadata -------------------------------------------------------------------
 

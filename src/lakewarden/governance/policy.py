@@ -55,6 +55,7 @@ __all__ = [
     "AnomalySettings",
     "ColumnContract",
     "FreshnessRule",
+    "Maintenance",
     "Mode",
     "Policy",
     "TableContract",
@@ -301,6 +302,23 @@ class TableContract(_Model):
         return name.lower() in self.columns
 
 
+class Maintenance(_Model):
+    """DuckLake's own upkeep, run by the sidecar on its clock (``core.monitor``).
+
+    Every write of more rows than DuckLake inlines leaves a data file, and a table read scans
+    them all: a sidecar under steady small writes made ~2.5 files a second (``benchmarks/soak.py``).
+    ``every`` merges adjacent small files into larger ones (a new snapshot; time travel and
+    restore still see the old files). ``keep_snapshots`` is the restore window: snapshots older
+    than it are expired and the files only they used are deleted. Snapshots are never expired
+    before the audit retention (``LAKEWARDEN_AUDIT_RETENTION_DAYS``), since the audit trail of
+    a commit rides in its snapshot.
+    """
+
+    enabled: StrictBool = True
+    every: Duration = 600.0
+    keep_snapshots: Duration | None = None  # None: keep every snapshot
+
+
 class Policy(_Model):
     """A whole policy file; :meth:`open` is the policy used when there is no file."""
 
@@ -308,6 +326,7 @@ class Policy(_Model):
     mode: Mode = "enforce"
     agents: dict[AgentName, AgentPolicy] = Field(default_factory=dict)
     restore: tuple[AgentName, ...] = ()  # after agents: its check reads them
+    maintenance: Maintenance = Field(default_factory=Maintenance)
     tables: Annotated[dict[TableName, TableContract], _distinct_after(_table_name, "table")] = (
         Field(default_factory=dict)
     )

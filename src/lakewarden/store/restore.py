@@ -24,6 +24,11 @@ def check_target(cur: duckdb.DuckDBPyConnection, table: str, snapshot_id: int) -
     try:
         cur.execute(f"SELECT 1 FROM {table_ref(table)} AT (VERSION => {snapshot_id}) LIMIT 0")
     except duckdb.Error as exc:
+        if "No snapshot found" in str(exc):
+            raise NotFound(
+                f"snapshot {snapshot_id} has expired: it is older than the lake's restore "
+                "window (the policy's maintenance.keep_snapshots); see `lakewarden snapshots`"
+            ) from exc
         raise NotFound(f"table {table!r} did not exist at snapshot {snapshot_id}: {exc}") from exc
     if table not in catalog.schemas(cur, LAKE_ALIAS):
         raise NotFound(
