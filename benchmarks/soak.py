@@ -45,16 +45,17 @@ POLICY = """\
 version: 1
 mode: enforce
 agents:
-  admin: {token_env: LW_SOAK_ADMIN, read: ["*"], write: ["*"], ddl: true}
-  writer: {token_env: LW_SOAK_WRITER, read: ["events"], write: ["events"]}
-  analyst: {token_env: LW_SOAK_ANALYST, read: ["events"]}
-  careless: {token_env: LW_SOAK_CARELESS, read: ["events"], write: ["events"]}
+  admin: {{token_env: LW_SOAK_ADMIN, read: ["*"], write: ["*"], ddl: true}}
+  writer: {{token_env: LW_SOAK_WRITER, read: ["events"], write: ["events"]}}
+  analyst: {{token_env: LW_SOAK_ANALYST, read: ["events"]}}
+  careless: {{token_env: LW_SOAK_CARELESS, read: ["events"], write: ["events"]}}
+maintenance: {{every: {every}}}
 tables:
   events:
     event_time: ts
     schema: locked
-    volume: {max_delete_ratio: 0.1}
-    columns: {id: {type: BIGINT, nullable: false}, amount: {max_null_ratio: 0.5}}
+    volume: {{max_delete_ratio: 0.1}}
+    columns: {{id: {{type: BIGINT, nullable: false}}, amount: {{max_null_ratio: 0.5}}}}
 """
 CREATE = (
     f"CREATE TABLE {TABLE} (id BIGINT, agent VARCHAR, ts TIMESTAMP, amount DOUBLE, note VARCHAR)"
@@ -72,6 +73,7 @@ class Window:
     threads: int
     fds: int
     data_files: int
+    scan_s: float = 0.0  # a full-table aggregate at the end of the window
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     outcomes: Counter[str] = field(default_factory=Counter)
 
@@ -216,10 +218,10 @@ class Sidecar:
     lake: Path
 
 
-def start_sidecar(directory: Path) -> Sidecar:
+def start_sidecar(directory: Path, maintenance_every: str) -> Sidecar:
     lake = directory / "lake"
     policy = directory / "policy.yaml"
-    policy.write_text(POLICY)
+    policy.write_text(POLICY.format(every=maintenance_every))
     tokens = {role: secrets.token_hex(16) for role in ("admin", "writer", "analyst", "careless")}
     env = dict(os.environ) | {f"LW_SOAK_{r.upper()}": t for r, t in tokens.items()}
     port = free_port()
@@ -255,7 +257,7 @@ def admin_sql(sidecar: Sidecar, sql: str) -> dict[str, object]:
     return body
 
 
-def scan_latency(sidecar: Sidecar, repeats: int = 15) -> float:
+def scan_latency(sidecar: Sidecar, repeats: int = 5) -> float:
     """Median seconds of a full-table aggregate, the read that small files hurt most."""
     samples = []
     for _ in range(repeats):
@@ -278,6 +280,7 @@ class Report:
     duplicated: int
     rss_growth: float
     files_end: int
+    files_scanned_end: int
     scan_start_s: float
     scan_end_s: float
 
@@ -300,8 +303,30 @@ def rss_growth(windows: Sequence[Window], duration_s: float) -> float:
     return after[-1].rss_mb / after[0].rss_mb - 1
 
 
-def soak(duration_s: float, sample_s: float, directory: Path) -> Report:
-    sidecar = start_sidecar(directory)
+def current_files(lake: Path) -> int:
+    """Data files a scan of the table reads now (the lake opened directly, the sidecar gone)."""
+    import glob
+
+    import duckdb
+    import duckdb_extension_ducklake
+
+    extension = glob.glob(
+        duckdb_extension_ducklake.__path__[0] + "/extensions/*/ducklake.duckdb_extension"
+    )[0]
+    con = duckdb.connect()
+    try:
+        con.execute(f"LOAD '{extension}'")
+        con.execute(
+            f"ATTACH 'ducklake:{lake}/meta.ducklake' AS lake (DATA_PATH '{lake}/data/', READ_ONLY)"
+        )
+        row = con.execute(f"SELECT count(*) FROM ducklake_list_files('lake', '{TABLE}')")
+        return int(row.fetchone()[0])  # type: ignore[index]
+    finally:
+        con.close()
+
+
+def soak(duration_s: float, sample_s: float, directory: Path, maintenance_every: str) -> Report:
+    sidecar = start_sidecar(directory, maintenance_every)
     try:
         admin_sql(sidecar, CREATE)
         admin_sql(sidecar, "CREATE TABLE secrets (k VARCHAR)")  # no agent but admin may read it
@@ -336,6 +361,7 @@ def soak(duration_s: float, sample_s: float, directory: Path) -> Report:
             finished.at_s, finished.rss_mb = window.at_s, window.rss_mb
             finished.threads, finished.fds = window.threads, window.fds
             finished.data_files = window.data_files
+            finished.scan_s = scan_latency(sidecar, repeats=3)
             windows.append(finished)
             print(summary_line(finished), flush=True)
         stop.set()
@@ -344,6 +370,10 @@ def soak(duration_s: float, sample_s: float, directory: Path) -> Report:
         body = admin_sql(sidecar, f"SELECT id, count(*) FROM {TABLE} WHERE id > 0 GROUP BY id")
         counts = {int(row[0]): int(row[1]) for row in body["rows"]}  # type: ignore[attr-defined]
         acked = set(ledger.acked_ids)
+        scan_end = scan_latency(sidecar)
+        sidecar.proc.send_signal(signal.SIGTERM)
+        if sidecar.proc.wait(60) != 0:
+            ledger.errors.append(f"the sidecar exited with {sidecar.proc.returncode} on SIGTERM")
         report = Report(
             duration_s=duration_s,
             windows=windows,
@@ -353,15 +383,14 @@ def soak(duration_s: float, sample_s: float, directory: Path) -> Report:
             duplicated=sum(1 for c in counts.values() if c > 1),
             rss_growth=rss_growth(windows, duration_s),
             files_end=data_files(sidecar.lake),
+            files_scanned_end=current_files(sidecar.lake),
             scan_start_s=scan_start,
-            scan_end_s=scan_latency(sidecar),
+            scan_end_s=scan_end,
         )
     finally:
-        sidecar.proc.send_signal(signal.SIGTERM)
-        try:
-            sidecar.proc.wait(60)
-        except subprocess.TimeoutExpired:
+        if sidecar.proc.poll() is None:
             sidecar.proc.kill()
+            sidecar.proc.wait()
     return report
 
 
@@ -376,7 +405,7 @@ def summary_line(w: Window) -> str:
     bad = sum(n for key, n in w.outcomes.items() if "unexpected" in key)
     return (
         f"{w.at_s:7.0f}s rss {w.rss_mb:7.1f} MB threads {w.threads} fds {w.fds} "
-        f"files {w.data_files} | {kinds} | unexpected {bad}"
+        f"files {w.data_files} scan {common.fmt_s(w.scan_s)} | {kinds} | unexpected {bad}"
     )
 
 
@@ -384,12 +413,15 @@ def markdown(report: Report, command: str) -> str:
     lines = [
         f"Command: `{command}` ({common.today()}, {common.machine()}, load {common.load()})",
         "",
-        "| minute | RSS MB | threads | fds | data files | read p50 / p99 | write p50 / p99 "
-        "| blocked p50 / p99 | refused p50 / p99 | unexpected |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| minute | RSS MB | threads | fds | data files | table scan | read p50 / p99 "
+        "| write p50 / p99 | blocked p50 / p99 | refused p50 / p99 | unexpected |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     step = max(1, len(report.windows) // 30)
-    for w in report.windows[::step] + ([report.windows[-1]] if report.windows else []):
+    shown = report.windows[::step]
+    if report.windows and shown[-1] is not report.windows[-1]:
+        shown.append(report.windows[-1])
+    for w in shown:
         cells = [
             f"{pct(w.latencies.get(k, []), 50)} / {pct(w.latencies.get(k, []), 99)}"
             for k in ("read", "write", "blocked", "refused")
@@ -397,8 +429,7 @@ def markdown(report: Report, command: str) -> str:
         bad = sum(n for key, n in w.outcomes.items() if "unexpected" in key)
         lines.append(
             f"| {w.at_s / 60:.1f} | {w.rss_mb:.0f} | {w.threads} | {w.fds} | {w.data_files} | "
-            + " | ".join(cells)
-            + f" | {bad} |"
+            f"{common.fmt_s(w.scan_s)} | " + " | ".join(cells) + f" | {bad} |"
         )
     totals: Counter[str] = Counter()
     for w in report.windows:
@@ -410,7 +441,8 @@ def markdown(report: Report, command: str) -> str:
         f"- unexpected errors: {len(report.errors)}"
         + (f" (first: {report.errors[0]})" if report.errors else ""),
         f"- acknowledged rows {report.acked}, lost {report.lost}, duplicated {report.duplicated}",
-        f"- data files at the end: {report.files_end}; full-table aggregate "
+        f"- data files at the end: {report.files_end} on disk, {report.files_scanned_end} read "
+        f"by a scan of the table; full-table aggregate "
         f"{common.fmt_s(report.scan_start_s)} at the start, {common.fmt_s(report.scan_end_s)} "
         "at the end",
         f"- verdict: {'PASS' if report.passed else 'FAIL'}",
@@ -439,9 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--write", type=Path, help="put the result into this Markdown file")
     parser.add_argument("--json", type=Path, help="also write the raw windows as JSON here")
+    parser.add_argument(
+        "--maintenance-every", default="10m", help="the policy's maintenance.every (default 10m)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lakewarden-soak-") as tmp:
-        report = soak(args.duration, args.sample, Path(tmp))
+        report = soak(args.duration, args.sample, Path(tmp), args.maintenance_every)
     text = markdown(report, common.command_line())
     print(text)
     if args.write:
@@ -456,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "threads": w.threads,
                         "fds": w.fds,
                         "data_files": w.data_files,
+                        "scan_s": w.scan_s,
                         "latencies": w.latencies,
                         "outcomes": w.outcomes,
                     }
