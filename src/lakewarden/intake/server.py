@@ -1,8 +1,8 @@
 """The sidecar's HTTP server: REST, MCP (``/mcp``), ``/metrics``, ``/healthz``, ``/readyz``.
 
-One ASGI app per Warden, one port. :func:`run` serves it with uvicorn in the foreground (uvicorn
-finishes in-flight requests on SIGTERM/SIGINT before the warden closes); :class:`ServerThread`
-serves it in a background thread (demo, tests).
+One ASGI app per Warden, one port. :func:`run` serves it with uvicorn in the foreground; on
+SIGTERM/SIGINT it drains first (:mod:`lakewarden.intake.drain`), then the warden closes;
+:class:`ServerThread` serves it in a background thread (demo, tests).
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import signal
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 
 import httpx
 import uvicorn
@@ -28,6 +30,7 @@ from lakewarden import __version__
 from lakewarden.core.monitor import Monitor
 from lakewarden.core.warden import Warden
 from lakewarden.errors import ConfigurationError
+from lakewarden.intake.drain import Drain
 from lakewarden.intake.limits import (
     bounded_body,
     bounded_protocol,
@@ -56,9 +59,14 @@ __all__ = [
     "uvicorn_config",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7117
-# Seconds uvicorn waits for in-flight requests after SIGTERM before it drops them.
+# Seconds the statements in flight at SIGTERM get to finish, while new ones are refused with 503;
+# then uvicorn stops, and waits as long again for requests that are still open before it drops
+# them. Statements still running after that end at their own time limit. Both fit Kubernetes'
+# default terminationGracePeriodSeconds of 30.
 GRACEFUL_SHUTDOWN_S = 10
 # Threads running agent statements at once (more requests wait for one). Statements mostly
 # wait on DuckDB, which has its own thread limit (LAKEWARDEN_THREADS); the bound keeps a flood
@@ -87,7 +95,8 @@ def prestarted(threads: int, name: str) -> ThreadPoolExecutor:
     return pool
 
 
-def create_app(warden: Warden) -> ASGIApp:
+def create_app(warden: Warden, drain: Drain | None = None) -> ASGIApp:
+    drain = drain or Drain()
     workers = prestarted(STATEMENT_WORKERS, "lakewarden-sql")
     prober = prestarted(1, "lakewarden-ready")  # /readyz answers even when workers are busy
     WATCHDOG.start()
@@ -119,7 +128,7 @@ def create_app(warden: Warden) -> ASGIApp:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        if not app.state.ready:
+        if not app.state.ready or drain.draining:
             return JSONResponse({"ready": False, "reason": "starting or stopping"}, 503)
         loop = asyncio.get_running_loop()
         try:
@@ -140,10 +149,12 @@ def create_app(warden: Warden) -> ASGIApp:
     # The body cap wraps everything, the fast paths included: no request body is read past it,
     # and none is read at all when its declared length is over it.
     settings = warden.settings
-    return bounded_body(
-        mcp_first(fast_path(app, sql), mcp_endpoint),
-        settings.max_body_bytes,
-        settings.request_read_timeout_s,
+    return drain.wrap(
+        bounded_body(
+            mcp_first(fast_path(app, sql), mcp_endpoint),
+            settings.max_body_bytes,
+            settings.request_read_timeout_s,
+        )
     )
 
 
@@ -223,14 +234,34 @@ def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
     )
 
 
-def _config(warden: Warden, host: str, port: int) -> uvicorn.Config:
-    return uvicorn_config(create_app(warden), warden.settings, host, port)
+def _config(warden: Warden, host: str, port: int, drain: Drain | None = None) -> uvicorn.Config:
+    return uvicorn_config(create_app(warden, drain), warden.settings, host, port)
 
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT once it has drained its requests, which would end the
     process before the warden flushes telemetry and state; the signal is handled here instead:
-    finish in-flight statements, close the warden, exit 0."""
+    drain (refuse new statements, finish those in flight), close the warden, exit 0."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain.draining:  # a second signal: stop now
+            super().handle_exit(sig, frame)
+            return
+        self.drain.start()
+        threading.Thread(target=self._stop_when_drained, name="lakewarden-drain").start()
+
+    def _stop_when_drained(self) -> None:
+        if not self.drain.wait(GRACEFUL_SHUTDOWN_S):
+            log.warning(
+                "%d requests still in flight after %d s of draining; stopping anyway",
+                self.drain.in_flight,
+                GRACEFUL_SHUTDOWN_S,
+            )
+        self.should_exit = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -252,8 +283,9 @@ def run(warden: Warden, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> N
     """Serve until SIGTERM/SIGINT, then close the warden (flushing telemetry)."""
     check_bind(warden, host)
     cap_address_space(warden.settings.address_space_bytes())
+    drain = Drain()
     try:
-        _Server(_config(warden, host, port)).run()
+        _Server(_config(warden, host, port, drain), drain).run()
     finally:
         warden.close()
 
