@@ -86,8 +86,10 @@ def _bounded(work: Callable[[], object], timeout_s: float, what: str) -> None:
     def guarded() -> None:
         try:
             work()
-        except Exception:  # telemetry must never break the caller
-            log.exception("telemetry %s failed", what)
+        except Exception as exc:  # telemetry must never break the caller
+            # Expected when the collector is down or stalled (the losses were counted and
+            # logged already): one line, not a traceback.
+            log.warning("telemetry %s failed: %s", what, str(exc).replace("\n", " ")[:300])
 
     thread = threading.Thread(target=guarded, name=f"lakewarden-telemetry-{what}", daemon=True)
     thread.start()
