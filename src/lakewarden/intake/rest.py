@@ -34,6 +34,15 @@ from lakewarden.intake.caller import (
     traceparent_of,
 )
 from lakewarden.intake.jsonvalues import json_value
+from lakewarden.intake.openapi import (
+    AnomalyAccepted,
+    AuditList,
+    SnapshotList,
+    StatementAnswer,
+    TableDescription,
+    TableList,
+    error_responses,
+)
 from lakewarden.intake.statements import (
     SqlRequest,
     request_from_body,
@@ -182,6 +191,15 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
         sql,
         methods=["POST"],
         openapi_extra=_SQL_REQUEST_BODY,
+        responses={
+            200: {
+                "model": StatementAnswer,
+                "description": "The statement's outcome; a read as an Arrow IPC stream when "
+                "the Accept header asks for one",
+                "content": {ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **error_responses(400, 403, 408, 409, 413, 422, 507),
+        },
         summary="Run one governed statement",
         description=(
             "One statement (`sql`) or an atomic batch (`statements`); reads answer Arrow IPC "
@@ -189,19 +207,21 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
         ),
     )
 
-    @router.get("/tables")
+    @router.get("/tables", responses={200: {"model": TableList}, **error_responses()})
     async def tables(request: Request) -> Response:
         """Every table the caller may read, with its signals."""
         return await answer(
             request, lambda c: {"tables": [t.summary() for t in warden.tables(c.agent)]}
         )
 
-    @router.get("/tables/{name}")
+    @router.get(
+        "/tables/{name}", responses={200: {"model": TableDescription}, **error_responses(404)}
+    )
     async def table(name: str, request: Request) -> Response:
         """One table: schema, signals, schema changes (404 unless the caller may read it)."""
         return await answer(request, lambda c: warden.describe(name, c.agent))
 
-    @router.get("/snapshots")
+    @router.get("/snapshots", responses={200: {"model": SnapshotList}, **error_responses(400, 404)})
     async def snapshots(
         request: Request,
         table: str | None = None,
@@ -214,7 +234,13 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
             lambda c: {"snapshots": [s.to_dict() for s in warden.snapshots(table, limit, c.agent)]},
         )
 
-    @router.post("/tables/{name}/restore")
+    @router.post(
+        "/tables/{name}/restore",
+        responses={
+            200: {"model": StatementAnswer},
+            **error_responses(400, 403, 404, 408, 409, 422, 507),
+        },
+    )
     async def restore(name: str, body: RestoreRequest, request: Request) -> Response:
         """Make the table equal to its content at ``snapshot_id``, as one new commit."""
         return await answer(
@@ -224,12 +250,15 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
             ),
         )
 
-    @router.post("/tables/{name}/anomaly/accept")
+    @router.post(
+        "/tables/{name}/anomaly/accept",
+        responses={200: {"model": AnomalyAccepted}, **error_responses(403, 404)},
+    )
     async def accept_anomaly(name: str, request: Request) -> Response:
         """Take the table's current volume level and write pace as its new normal."""
         return await answer(request, lambda c: warden.accept_anomaly(name, agent=c.agent))
 
-    @router.get("/audit")
+    @router.get("/audit", responses={200: {"model": AuditList}, **error_responses(400, 403)})
     async def audit(
         request: Request,
         agent: str | None = None,

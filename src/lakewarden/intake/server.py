@@ -35,6 +35,7 @@ from lakewarden.intake.limits import (
     token_gate,
 )
 from lakewarden.intake.mcp import build_mcp, streamable_http
+from lakewarden.intake.openapi import install as install_openapi
 from lakewarden.intake.rest import (
     build_router,
     fast_path,
@@ -112,6 +113,7 @@ def create_app(warden: Warden) -> ASGIApp:
     install_error_handlers(app)
     sql = sql_endpoint(warden, workers)
     app.include_router(build_router(warden, sql, workers))
+    install_openapi(app, tokens=warden.policy.requires_tokens)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
