@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lakewarden.core.warden import Warden
-from lakewarden.errors import InvalidRequest
+from lakewarden.errors import InvalidRequest, Unauthenticated
 from lakewarden.intake.caller import (
     MAX_LISTED,
     Caller,
@@ -273,27 +273,47 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
     return router
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error, including malformed bodies and unknown routes, in the one error shape."""
+# The code of an error FastAPI or Starlette raise before a route runs, by its status.
+_FRAMEWORK_CODES = {400: "invalid_request", 404: "not_found"}
 
-    async def invalid_body(request: Request, exc: Exception) -> Response:
+
+def install_error_handlers(app: FastAPI, warden: Warden) -> None:
+    """Every error, including malformed requests and unknown routes, in the one error shape.
+
+    FastAPI reads and validates a request before its route runs, and so before the route
+    identifies the caller: here the caller is identified first, so one without a valid token
+    is answered 401 whatever it sent, and learns nothing of what the API would have accepted.
+    """
+
+    def unauthenticated(request: Request) -> Response | None:
+        try:
+            identify(warden, request.headers)
+        except Unauthenticated as refused:
+            return failure_response(
+                Failure.of(refused, trace_id_of(traceparent_of(request.headers)))
+            )
+        return None
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        error = InvalidRequest("the request body is not valid", request_violations(exc.errors()))
+        error = InvalidRequest("the request is not valid", request_violations(exc.errors()))
         trace_id = trace_id_of(traceparent_of(request.headers))
-        return failure_response(Failure.of(error, trace_id))
+        return unauthenticated(request) or failure_response(Failure.of(error, trace_id))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        code = "not_found" if exc.status_code == 404 else "http_error"
+        code = _FRAMEWORK_CODES.get(exc.status_code, "http_error")
         body = {
             "error": {"code": code, "message": str(exc.detail), "violations": []},
             "trace_id": trace_id_of(traceparent_of(request.headers)),
         }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return unauthenticated(request) or JSONResponse(
+            body, status_code=exc.status_code, headers=exc.headers
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return internal_error_response(request.scope)  # Starlette re-raises exc after this
 
-    app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, server_error)

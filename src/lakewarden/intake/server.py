@@ -110,7 +110,7 @@ def create_app(warden: Warden) -> ASGIApp:
 
     app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
     app.state.ready = False
-    install_error_handlers(app)
+    install_error_handlers(app, warden)
     sql = sql_endpoint(warden, workers)
     app.include_router(build_router(warden, sql, workers))
     install_openapi(app, tokens=warden.policy.requires_tokens)
