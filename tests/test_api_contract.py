@@ -30,6 +30,7 @@ from schemathesis.config import SchemathesisConfig
 
 import lakewarden
 from lakewarden.intake.caller import STATUS
+from lakewarden.store.engine import LAKE_ALIAS
 
 from server_helpers import Served, serve
 
@@ -555,3 +556,37 @@ def test_every_error_is_documented(api: Api) -> None:
                 schema = answer["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (label, status)
     assert {*STATUS.values(), 500, 431} == declared
+
+
+# Anyone who can commit to the catalog can leave extra info; the audit reads its records from
+# it, and must still answer records of the documented shape.
+FORGED_AUDIT = [
+    pytest.param('{"audit": [{"violations": [{"rule": "r"}]}]}', id="violation-without-detail"),
+    pytest.param(
+        '{"audit": [{"violations": [{"rule": "r", "detail": "d", "by": "x", "table": 1}]}]}',
+        id="violation-with-other-fields",
+    ),
+    pytest.param(
+        '{"audit": [{"decision": 5, "tables": [1, "t"], "violations": [1, [], null]}]}',
+        id="fields-of-the-wrong-type",
+    ),
+]
+
+
+@pytest.mark.parametrize("extra", FORGED_AUDIT)
+def test_audit_of_a_forged_commit_matches_the_document(api: Api, extra: str) -> None:
+    intruder = f"intruder-{secrets.token_hex(4)}"
+    cur = api.with_tokens.served.warden.engine.cursor()
+    try:
+        cur.begin()
+        cur.execute("CREATE TABLE IF NOT EXISTS forged (i INTEGER)")
+        cur.execute("INSERT INTO forged VALUES (1)")
+        cur.execute(
+            f"CALL {LAKE_ALIAS}.set_commit_message(?, ?, extra_info => ?)",
+            [intruder, "forged", extra],
+        )
+        cur.commit()
+    finally:
+        cur.close()
+    answer = send(api, Sent("GET /v1/audit", "admin", "/v1/audit", 200, query={"agent": intruder}))
+    assert answer.json()["records"]
