@@ -317,6 +317,17 @@ ANSWERS = [
     pytest.param(
         Sent(
             SQL,
+            "reader",
+            "/v1/sql",
+            200,
+            body={"sql": "SELECT * FROM orders", "max_rows": 1},
+            headers={"Accept": "application/vnd.apache.arrow.stream"},
+        ),
+        id="read-arrow-truncated",
+    ),
+    pytest.param(
+        Sent(
+            SQL,
             "admin",
             "/v1/sql",
             200,

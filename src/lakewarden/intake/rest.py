@@ -75,6 +75,19 @@ _SQL_REQUEST_BODY = {
 }
 
 
+# An Arrow answer has no JSON body to carry the trace id and the truncation flag.
+_ARROW_HEADERS = {
+    TRACE_ID_HEADER: {
+        "description": "Of an Arrow IPC answer: the statement's trace id",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    },
+    TRUNCATED_HEADER: {
+        "description": "Of an Arrow IPC answer: whether the rows were cut at the row limit",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
+}
+
+
 def failure_response(failure: Failure) -> JSONResponse:
     # After a failure nobody planned for, the connection is not reused: where the exception
     # is re-raised to uvicorn, uvicorn closes it anyway, and the answer says so.
@@ -197,6 +210,7 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
                 "description": "The statement's outcome; a read as an Arrow IPC stream when "
                 "the Accept header asks for one",
                 "content": {ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+                "headers": _ARROW_HEADERS,
             },
             **error_responses(400, 403, 408, 409, 413, 422, 507),
         },
