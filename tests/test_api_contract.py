@@ -159,10 +159,10 @@ def _server(served: Served) -> Server:
     return Server(served, schemathesis.openapi.from_url(document, config=SchemathesisConfig()))
 
 
-def check_answer(api: Api, who: Caller, case: Case, checks: list[Any]) -> None:
+def check_answer(api: Api, who: Caller, case: Case, held_to: list[Any]) -> None:
     server = api.server(who)
     response = case.call(base_url=server.url, headers=who.headers, timeout=60)
-    case.validate_response(response, checks=checks, headers=who.headers)
+    case.validate_response(response, checks=held_to, headers=who.headers)
     if who.refused:
         assert response.status_code == 401, case.as_curl_command(who.headers)
 
