@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openapi_spec_validator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -172,6 +173,12 @@ def test_every_operation_is_checked(api: Api, open_mode: bool) -> None:
     schema = (api.open_mode if open_mode else api.with_tokens).schema
     found = [f"{op.ok().method.upper()} {op.ok().path}" for op in schema.get_all_operations()]
     assert sorted(found) == sorted(OPERATIONS)
+
+
+@pytest.mark.parametrize("open_mode", [False, True], ids=["with-tokens", "open-mode"])
+def test_the_document_is_valid_openapi(api: Api, open_mode: bool) -> None:
+    server = api.open_mode if open_mode else api.with_tokens
+    openapi_spec_validator.validate(httpx.get(f"{server.url}/openapi.json").json())
 
 
 @pytest.mark.parametrize("caller", CALLERS)
