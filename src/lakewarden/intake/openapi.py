@@ -311,7 +311,7 @@ def install(app: FastAPI, *, tokens: bool) -> None:
     parameters; lakewarden answers a malformed request 400 ``invalid_request`` in the one error
     body (declared by :func:`error_responses`), so those are taken out. With ``tokens`` (a
     policy with agent tokens) every operation needs a bearer token; without, the caller names
-    itself in the agent header (open mode, loopback only).
+    itself in the agent header and is never answered 401 (open mode, loopback only).
     """
 
     def document() -> dict[str, Any]:
@@ -328,6 +328,7 @@ def install(app: FastAPI, *, tokens: bool) -> None:
             else:
                 for operation in _operations(doc):
                     operation.setdefault("parameters", []).append(_AGENT_PARAMETER)
+                    del operation["responses"]["401"]  # no token is asked for
             app.openapi_schema = doc
         return app.openapi_schema
 
