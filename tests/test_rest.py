@@ -392,14 +392,15 @@ def test_health_metrics_and_openapi(http: httpx.Client) -> None:
         for path, methods in paths.items()
         for method, operation in methods.items()
     }
+    # In open mode (this server) every operation takes the agent header.
     assert documented == {
-        ("POST", "/v1/sql"): [],
-        ("GET", "/v1/tables"): [],
-        ("GET", "/v1/tables/{name}"): ["name"],
-        ("GET", "/v1/snapshots"): ["limit", "table"],
-        ("POST", "/v1/tables/{name}/restore"): ["name"],
-        ("POST", "/v1/tables/{name}/anomaly/accept"): ["name"],
-        ("GET", "/v1/audit"): ["agent", "limit"],
+        ("POST", "/v1/sql"): [AGENT_HEADER],
+        ("GET", "/v1/tables"): [AGENT_HEADER],
+        ("GET", "/v1/tables/{name}"): [AGENT_HEADER, "name"],
+        ("GET", "/v1/snapshots"): [AGENT_HEADER, "limit", "table"],
+        ("POST", "/v1/tables/{name}/restore"): [AGENT_HEADER, "name"],
+        ("POST", "/v1/tables/{name}/anomaly/accept"): [AGENT_HEADER, "name"],
+        ("GET", "/v1/audit"): [AGENT_HEADER, "agent", "limit"],
     }
     restore = paths["/v1/tables/{name}/restore"]["post"]
     assert "requestBody" in restore

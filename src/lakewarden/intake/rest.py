@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lakewarden.core.warden import Warden
-from lakewarden.errors import InvalidRequest
+from lakewarden.errors import InvalidRequest, Unauthenticated
 from lakewarden.intake.caller import (
     MAX_LISTED,
     Caller,
@@ -34,6 +34,15 @@ from lakewarden.intake.caller import (
     traceparent_of,
 )
 from lakewarden.intake.jsonvalues import json_value
+from lakewarden.intake.openapi import (
+    AnomalyAccepted,
+    AuditList,
+    SnapshotList,
+    StatementAnswer,
+    TableDescription,
+    TableList,
+    error_responses,
+)
 from lakewarden.intake.statements import (
     SqlRequest,
     request_from_body,
@@ -63,6 +72,19 @@ _SQL_REQUEST_BODY = {
         "required": True,
         "content": {"application/json": {"schema": SqlRequest.model_json_schema()}},
     }
+}
+
+
+# An Arrow answer has no JSON body to carry the trace id and the truncation flag.
+_ARROW_HEADERS = {
+    TRACE_ID_HEADER: {
+        "description": "Of an Arrow IPC answer: the statement's trace id",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    },
+    TRUNCATED_HEADER: {
+        "description": "Of an Arrow IPC answer: whether the rows were cut at the row limit",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
 }
 
 
@@ -182,6 +204,16 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
         sql,
         methods=["POST"],
         openapi_extra=_SQL_REQUEST_BODY,
+        responses={
+            200: {
+                "model": StatementAnswer,
+                "description": "The statement's outcome; a read as an Arrow IPC stream when "
+                "the Accept header asks for one",
+                "content": {ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+                "headers": _ARROW_HEADERS,
+            },
+            **error_responses(400, 403, 408, 409, 413, 422, 507),
+        },
         summary="Run one governed statement",
         description=(
             "One statement (`sql`) or an atomic batch (`statements`); reads answer Arrow IPC "
@@ -189,19 +221,21 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
         ),
     )
 
-    @router.get("/tables")
+    @router.get("/tables", responses={200: {"model": TableList}, **error_responses()})
     async def tables(request: Request) -> Response:
         """Every table the caller may read, with its signals."""
         return await answer(
             request, lambda c: {"tables": [t.summary() for t in warden.tables(c.agent)]}
         )
 
-    @router.get("/tables/{name}")
+    @router.get(
+        "/tables/{name}", responses={200: {"model": TableDescription}, **error_responses(404)}
+    )
     async def table(name: str, request: Request) -> Response:
         """One table: schema, signals, schema changes (404 unless the caller may read it)."""
         return await answer(request, lambda c: warden.describe(name, c.agent))
 
-    @router.get("/snapshots")
+    @router.get("/snapshots", responses={200: {"model": SnapshotList}, **error_responses(400, 404)})
     async def snapshots(
         request: Request,
         table: str | None = None,
@@ -214,7 +248,13 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
             lambda c: {"snapshots": [s.to_dict() for s in warden.snapshots(table, limit, c.agent)]},
         )
 
-    @router.post("/tables/{name}/restore")
+    @router.post(
+        "/tables/{name}/restore",
+        responses={
+            200: {"model": StatementAnswer},
+            **error_responses(400, 403, 404, 408, 409, 422, 507),
+        },
+    )
     async def restore(name: str, body: RestoreRequest, request: Request) -> Response:
         """Make the table equal to its content at ``snapshot_id``, as one new commit."""
         return await answer(
@@ -224,12 +264,15 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
             ),
         )
 
-    @router.post("/tables/{name}/anomaly/accept")
+    @router.post(
+        "/tables/{name}/anomaly/accept",
+        responses={200: {"model": AnomalyAccepted}, **error_responses(403, 404)},
+    )
     async def accept_anomaly(name: str, request: Request) -> Response:
         """Take the table's current volume level and write pace as its new normal."""
         return await answer(request, lambda c: warden.accept_anomaly(name, agent=c.agent))
 
-    @router.get("/audit")
+    @router.get("/audit", responses={200: {"model": AuditList}, **error_responses(400, 403)})
     async def audit(
         request: Request,
         agent: str | None = None,
@@ -244,27 +287,47 @@ def build_router(warden: Warden, sql: SqlEndpoint, workers: Executor) -> APIRout
     return router
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error, including malformed bodies and unknown routes, in the one error shape."""
+# The code of an error FastAPI or Starlette raise before a route runs, by its status.
+_FRAMEWORK_CODES = {400: "invalid_request", 404: "not_found"}
 
-    async def invalid_body(request: Request, exc: Exception) -> Response:
+
+def install_error_handlers(app: FastAPI, warden: Warden) -> None:
+    """Every error, including malformed requests and unknown routes, in the one error shape.
+
+    FastAPI reads and validates a request before its route runs, and so before the route
+    identifies the caller: here the caller is identified first, so one without a valid token
+    is answered 401 whatever it sent, and learns nothing of what the API would have accepted.
+    """
+
+    def unauthenticated(request: Request) -> Response | None:
+        try:
+            identify(warden, request.headers)
+        except Unauthenticated as refused:
+            return failure_response(
+                Failure.of(refused, trace_id_of(traceparent_of(request.headers)))
+            )
+        return None
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        error = InvalidRequest("the request body is not valid", request_violations(exc.errors()))
+        error = InvalidRequest("the request is not valid", request_violations(exc.errors()))
         trace_id = trace_id_of(traceparent_of(request.headers))
-        return failure_response(Failure.of(error, trace_id))
+        return unauthenticated(request) or failure_response(Failure.of(error, trace_id))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        code = "not_found" if exc.status_code == 404 else "http_error"
+        code = _FRAMEWORK_CODES.get(exc.status_code, "http_error")
         body = {
             "error": {"code": code, "message": str(exc.detail), "violations": []},
             "trace_id": trace_id_of(traceparent_of(request.headers)),
         }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return unauthenticated(request) or JSONResponse(
+            body, status_code=exc.status_code, headers=exc.headers
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return internal_error_response(request.scope)  # Starlette re-raises exc after this
 
-    app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, server_error)

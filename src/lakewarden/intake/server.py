@@ -38,6 +38,7 @@ from lakewarden.intake.limits import (
     token_gate,
 )
 from lakewarden.intake.mcp import build_mcp, streamable_http
+from lakewarden.intake.openapi import install as install_openapi
 from lakewarden.intake.rest import (
     build_router,
     fast_path,
@@ -118,9 +119,10 @@ def create_app(warden: Warden, drain: Drain | None = None) -> ASGIApp:
 
     app = FastAPI(title="lakewarden", version=__version__, lifespan=lifespan)
     app.state.ready = False
-    install_error_handlers(app)
+    install_error_handlers(app, warden)
     sql = sql_endpoint(warden, workers)
     app.include_router(build_router(warden, sql, workers))
+    install_openapi(app, tokens=warden.policy.requires_tokens)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

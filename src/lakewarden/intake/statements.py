@@ -28,10 +28,30 @@ __all__ = [
 ]
 
 
+# What SqlRequest._one_of enforces, in its JSON schema too (the OpenAPI request body), so that
+# a body the document allows is one the server takes.
+_ONE_OF: dict[str, Any] = {
+    "oneOf": [
+        {
+            "required": ["sql"],
+            "properties": {"sql": {"type": "string"}, "statements": {"type": "null"}},
+        },
+        {
+            "required": ["statements"],
+            "properties": {
+                "statements": {"type": "array"},
+                "sql": {"type": "null"},
+                "params": {"type": "null"},
+            },
+        },
+    ]
+}
+
+
 class SqlRequest(BaseModel):
     """One statement (``sql``), or an atomic batch (``statements``): exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF)
 
     sql: str | None = None
     statements: Annotated[list[str], Field(min_length=1)] | None = None

@@ -218,10 +218,23 @@ def _entry_fields(entry: dict[str, Any]) -> tuple[Any, ...]:
         catalog.string_or_none(entry.get("summary")),
         catalog.string_or_none(entry.get("statement_hash")),
         [t for t in tables if isinstance(t, str)] if isinstance(tables, list) else [],
-        json.dumps(
-            [v for v in violations if isinstance(v, dict)] if isinstance(violations, list) else []
-        ),
+        json.dumps(_violations(violations)),
     )
+
+
+def _violations(value: Any) -> list[dict[str, Any]]:
+    """The items of ``value`` that have a violation's shape (text ``rule`` and ``detail``), with
+    a violation's fields only: what the audit answers is what every violation looks like."""
+    out = []
+    for v in value if isinstance(value, list) else ():
+        if (
+            isinstance(v, dict)
+            and isinstance(v.get("rule"), str)
+            and isinstance(v.get("detail"), str)
+        ):
+            table = catalog.string_or_none(v.get("table"))
+            out.append(Violation(v["rule"], v["detail"], v.get("measured"), v.get("limit"), table))
+    return [v.to_dict() for v in out]
 
 
 class AuditLog:
