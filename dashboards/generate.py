@@ -589,6 +589,22 @@ def fleet() -> Json:
                 w=12,
                 h=7,
             ),
+            timeseries(
+                "Telemetry dropped",
+                "Spans and metric points the sidecars could not deliver to the OTLP collector "
+                "(down, refusing or too slow) or dropped from full queues. Agents' "
+                "statements are not affected; see docs/operations.md.",
+                [
+                    (
+                        changes("lakewarden_telemetry_dropped_total", JOB, "lakewarden_signal"),
+                        "{{lakewarden_signal}}",
+                    )
+                ],
+                bars=True,
+                decimals=0,
+                w=24,
+                h=6,
+            ),
         ],
     )
 

@@ -44,6 +44,7 @@ DESIGN_METRICS = {
     "lakewarden_table_freshness_anomaly_score",
     "lakewarden_signal_duration_seconds",
     "lakewarden_build_info",
+    "lakewarden_telemetry_dropped_total",
 }
 DESIGN_ALERTS = {
     "LakewardenTableStale",
