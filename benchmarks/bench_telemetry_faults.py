@@ -82,7 +82,7 @@ def rss_mb() -> float:
 
 
 def run(quick: bool = False) -> list[common.Outcome]:
-    repeats = 60 if quick else 1500
+    repeats = 60 if quick else 600
     with ExitStack() as stack, receivers() as endpoints:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lw-telemetry-")))
         cases = ("healthy", *FAULTS)
