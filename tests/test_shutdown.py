@@ -16,16 +16,20 @@ from server_helpers import free_port, serve_process
 SLOW = "SELECT count(*) FROM range(400000000) t(i) WHERE i % 7 = 3"
 
 
+def flushed(receiver: OTLPReceiver) -> dict[str, str]:
+    """A server's environment that exports to ``receiver`` only what shutdown flushes."""
+    return {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before shutdown flushes it
+    }
+
+
 def test_sigterm_finishes_in_flight_work_and_flushes_telemetry(lake_dir: Path) -> None:
     port = free_port()
     with OTLPReceiver() as receiver:
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before shutdown flushes it
-        }
-        proc = serve_process(["--lake", str(lake_dir), "--port", str(port)], env)
+        proc = serve_process(["--lake", str(lake_dir), "--port", str(port)], flushed(receiver))
         url = f"http://127.0.0.1:{port}"
         try:
             outcome: dict[str, httpx.Response] = {}
@@ -79,13 +83,7 @@ def test_sigterm_under_load_drains_refuses_new_statements_and_loses_nothing(
                         acked.append((key, body["trace_id"]))
 
     with OTLPReceiver() as receiver:
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before shutdown flushes it
-        }
-        proc = serve_process(["--lake", str(lake_dir), "--port", str(port)], env)
+        proc = serve_process(["--lake", str(lake_dir), "--port", str(port)], flushed(receiver))
         try:
             httpx.post(
                 f"{url}/v1/sql", json={"sql": "CREATE TABLE t (id BIGINT)"}
