@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -20,9 +21,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.lib
 
-from lakewarden.errors import ConfigurationError
+from lakewarden.errors import ConfigurationError, ExecutionError
 from lakewarden.settings import POSTGRES_PREFIX, Settings
-from lakewarden.store import extensions, objectstore
+from lakewarden.store import extensions, faults, objectstore
 from lakewarden.store.deadline import WATCHDOG
 from lakewarden.store.writelock import WriteLock
 
@@ -47,6 +48,18 @@ _CATALOG_FILES = {"duckdb": "meta.ducklake", "sqlite": "meta.sqlite"}
 # rollback journal or, in WAL mode, its write-ahead log.
 _CATALOG_COMPANIONS = {"duckdb": (".wal",), "sqlite": ("-journal", "-wal")}
 _DUCKDB_SUFFIXES = (".duckdb", ".db", ".ddb")
+# DuckDB checkpoints a database file inside the commit that takes its write-ahead log past
+# ``checkpoint_threshold``. Measured with duckdb 1.5.5 on a full device: that checkpoint fails,
+# and the commit, durable in the log, raises "FATAL Error: Transaction COMMIT succeeded and is
+# durable, but the autocheckpoint failed" and the database refuses every later statement until
+# it is reopened: a committed write reported as failed (the agent sends it again: twice in the
+# lake) and a lake that is down. So no commit checkpoints: :meth:`Engine.checkpoint` does, off
+# the agents' path, when the device has room for it.
+_NO_AUTOCHECKPOINT = "1000TB"
+# DuckDB's own threshold, kept as the size past which lakewarden checkpoints a log.
+CHECKPOINT_WAL_BYTES = 16 * 2**20
+# A checkpoint writes at most the database's blocks again, beside the old ones until it is done.
+_CHECKPOINT_HEADROOM_BYTES = 64 * 2**20
 # A password in the connection string would sit in the process list, shell histories and logs:
 # libpq reads it from PGPASSWORD or a PGPASSFILE instead. Keyword form ``password=...`` and URI
 # form ``postgresql://user:secret@host``.
@@ -232,6 +245,7 @@ class Engine:
         con.execute("SET enable_external_access = false")
         con.execute(f"SET memory_limit = {_quote(self.settings.memory_limit)}")
         con.execute(f"SET threads = {int(self.settings.threads)}")
+        con.execute(f"SET checkpoint_threshold = {_quote(_NO_AUTOCHECKPOINT)}")
         con.execute("SET lock_configuration = true")
         return con
 
@@ -245,6 +259,7 @@ class Engine:
                 "autoload_known_extensions": False,
                 "autoinstall_known_extensions": False,
                 "threads": 1,
+                "checkpoint_threshold": _NO_AUTOCHECKPOINT,
             },
         )
         if self.location.dsn is not None:
@@ -285,7 +300,15 @@ class Engine:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor (its own DuckDB connection) whose default database is the lake."""
         cur = self._con.cursor()
-        cur.execute(f"USE {self.database}")
+        try:
+            cur.execute(f"USE {self.database}")
+        except duckdb.Error as exc:
+            # USE asks a DuckLake catalog for its newest snapshot: an unreachable catalog
+            # fails here, before any statement.
+            cur.close()
+            raise faults.storage_failure(exc) or ExecutionError(
+                f"cannot open a cursor on the lake: {_first_line(exc)}"
+            ) from exc
         return cur
 
     def probe(self, timeout_s: float = 2.0) -> str | None:
@@ -312,6 +335,57 @@ class Engine:
                 text = str(exc).strip()
                 return text.splitlines()[0] if text else type(exc).__name__
         return None
+
+    def checkpoint(self) -> list[str]:
+        """Move the write-ahead logs of the lake's local database files (a DuckDB catalog or
+        file, the state file) into their databases, each when its log is past
+        :data:`CHECKPOINT_WAL_BYTES` and its device has room for the copy; what was done.
+
+        Measured with duckdb 1.5.5: a checkpoint that runs out of space invalidates the
+        database until it is attached again, so a device without room is left alone (the log
+        keeps every commit; the checkpoint at shutdown, which may fail harmlessly, or a later
+        one does it). Each runs under the lake's write lock: no commit lands meanwhile.
+        """
+        done = []
+        for con, database, path in self._checkpointable():
+            wal = path.with_name(path.name + ".wal")
+            try:
+                logged = wal.stat().st_size
+                size = path.stat().st_size
+                room = shutil.disk_usage(path.parent).free
+            except OSError:
+                continue
+            if logged < CHECKPOINT_WAL_BYTES:
+                continue
+            if room < 2 * (size + logged) + _CHECKPOINT_HEADROOM_BYTES:
+                log.warning(
+                    "not checkpointing %s: its write-ahead log is %d MB and its device has "
+                    "%d MB free; free space there",
+                    path,
+                    logged // 2**20,
+                    room // 2**20,
+                )
+                continue
+            with self.write_lock:
+                cur = con.cursor()
+                try:
+                    cur.execute(f"CHECKPOINT {database}")
+                finally:
+                    cur.close()
+            done.append(str(path))
+        return done
+
+    def _checkpointable(self) -> list[tuple[duckdb.DuckDBPyConnection, str, Path]]:
+        loc = self.location
+        out = []
+        files = loc.catalog_files
+        if loc.catalog == "duckdb" and files is not None:
+            out.append((self._con, f"__ducklake_metadata_{LAKE_ALIAS}", files[0]))
+        elif not loc.is_lake:
+            out.append((self._con, self.database, loc.path))
+        if loc.state_path is not None:
+            out.append((self._state, STATE_ALIAS, loc.state_path))
+        return out
 
     def close(self) -> None:
         self._con.close()
@@ -344,6 +418,11 @@ def _postgres_failure(loc: Location, exc: duckdb.Error) -> str:
     fix = next((hint for key, hint in _POSTGRES_FIXES if key in reason.lower()), None)
     message = f"cannot open the lake's PostgreSQL catalog ({loc.dsn}): {reason}"
     return f"{message}; {fix}" if fix else message
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _file_alias(path: Path) -> str:

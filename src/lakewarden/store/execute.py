@@ -20,6 +20,7 @@ from lakewarden.errors import (
     TooLarge,
     Violation,
 )
+from lakewarden.store import faults
 from lakewarden.store.deadline import WATCHDOG
 
 _BATCH_ROWS = 100_000
@@ -115,6 +116,12 @@ def engine_error(exc: BaseException, expired: bool, timeout: float | None) -> La
     """The lakewarden error an engine failure stands for."""
     if expired or isinstance(exc, duckdb.InterruptException):
         return StatementTimeout.after(timeout)
+    fault = faults.storage_failure(exc)
+    if fault is not None:
+        # The write is refused either way; a half-written data file must not keep the device
+        # full after it (see store/faults.py).
+        faults.discard_partial_files(exc)
+        return fault
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, duckdb.OutOfMemoryException | MemoryError) or first.startswith(
         "Out of Memory Error"  # the engine's own, passed on through an Arrow stream

@@ -22,6 +22,7 @@ from types import TracebackType
 import duckdb
 
 from lakewarden.errors import Conflict, ExecutionError, Violation
+from lakewarden.store import faults
 
 # One key for the lake (advisory locks are per database): "lakewarden" as a 64-bit number.
 LOCK_KEY = int.from_bytes(b"lakewrdn", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -92,6 +93,9 @@ class WriteLock:
                     f"{self._wait_ms / 1000:g} s; nothing was committed: send the statement again",
                     [Violation("write_lock_timeout", "waited for the fleet's write lock")],
                 ) from exc
+            fault = faults.storage_failure(exc)
+            if fault is not None:
+                raise fault from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExecutionError(
                 f"cannot take the lake's write lock in its PostgreSQL catalog ({first}); "
