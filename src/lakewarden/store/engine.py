@@ -312,28 +312,36 @@ class Engine:
         return cur
 
     def probe(self, timeout_s: float = 2.0) -> str | None:
-        """None when the engine still runs a trivial statement; else what failed.
+        """None when the engine still runs a trivial statement on the lake; else what failed.
 
         A statement can leave the engine unable to run anything (logging switched to a folder
         it may not write made every later statement fail): readiness asks the engine itself.
-        The probe keeps one cursor for the engine's life: in that state, closing a connection
-        ends the process (the engine throws from a destructor), so none is closed here.
+        On a lake the statement reads the catalog's newest snapshot, so a catalog that cannot
+        be reached (a PostgreSQL server down) makes the sidecar not ready: ``SELECT 1`` alone
+        never reaches it. The probe keeps one cursor for the engine's life: in that state,
+        closing a connection ends the process (the engine throws from a destructor), so none
+        is closed here.
         """
+        probe = (
+            f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()"
+            if self.location.is_lake
+            else "SELECT 1"
+        )
         with self._probe_lock:
             try:
                 if self._probe_cur is None:
-                    self._probe_cur = self.cursor()
+                    self._probe_cur = self._con.cursor()
                 cur = self._probe_cur
                 with WATCHDOG.guard(cur, timeout_s) as deadline:
                     try:
-                        cur.execute("SELECT 1").fetchall()
+                        cur.execute(probe).fetchall()
                     except duckdb.Error:
                         if deadline.expired:
-                            return f"the engine did not answer SELECT 1 within {timeout_s:g} s"
+                            return f"the engine did not answer within {timeout_s:g} s"
                         raise
             except duckdb.Error as exc:
-                text = str(exc).strip()
-                return text.splitlines()[0] if text else type(exc).__name__
+                fault = faults.storage_failure(exc)
+                return fault.message if fault is not None else _first_line(exc)
         return None
 
     def checkpoint(self) -> list[str]:

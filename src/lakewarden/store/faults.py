@@ -56,7 +56,11 @@ _CATALOG_GONE = (
     "could not send data to server",
     "connection to server was lost",
     "SSL SYSCALL error",
+    # DuckLake's commit failed and so did its ROLLBACK, with no words from libpq: the
+    # connection is gone.
+    'Failed to execute query "ROLLBACK"',
 )
+CATALOG_UNREACHABLE = "catalog_unreachable"  # the rule of the violation
 _FILE = re.compile(
     r"(?:Could not (?:write|open|create|truncate|fsync|sync)[a-z ]*file|"
     r'Cannot open file|Could not write to file) "([^"]+)"',
@@ -91,7 +95,7 @@ def storage_failure(exc: BaseException) -> LakewardenError | None:
         return Unavailable(
             "the lake's PostgreSQL catalog cannot be reached: the statement did not run and "
             "nothing was committed; send it again once the catalog is back",
-            [Violation("catalog_unreachable", reason)],
+            [Violation(CATALOG_UNREACHABLE, reason)],
         )
     return None
 
