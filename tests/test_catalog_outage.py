@@ -18,6 +18,8 @@ import httpx
 import pytest
 from benchmarks.services import Postgres, postgres_server
 
+import lakewarden
+from lakewarden.store import catalog, outcome
 from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import free_port, serve_process
@@ -149,8 +151,8 @@ def test_agents_ride_out_a_catalog_restart(own_pg: Postgres, tmp_path: Path) -> 
         own_pg.stop()
         down_at = time.monotonic()
         time.sleep(OUTAGE_S)
+        restarted_at = time.monotonic()  # it may answer before pg_ctl returns
         own_pg.start()
-        up_at = time.monotonic()
         for car in sidecars:
             wait_until_ready(car.url)
         time.sleep(2)  # writes after the outage too
@@ -164,7 +166,7 @@ def test_agents_ride_out_a_catalog_restart(own_pg: Postgres, tmp_path: Path) -> 
             assert agent.slowest_s < SLOWEST_ANSWER_S, (agent.name, agent.slowest_s)
         assert any(a.retried for a in agents), "no agent met the outage"
         assert {r.split()[1] for a in agents for r in a.retried} <= {"unavailable", "conflict"}
-        during = [s for t, s in ready if down_at + 1 < t < up_at]
+        during = [s for t, s in ready if down_at + 1 < t < restarted_at]
         assert during and set(during) == {503}, ready
         assert ready[-1][1] == 200
 
@@ -246,8 +248,60 @@ def test_readyz_and_the_sdk_while_the_catalog_is_down(own_pg: Postgres, tmp_path
             assert http.post("/v1/sql", json={"sql": "INSERT INTO t VALUES (4)"}).is_success
             rows = http.post("/v1/sql", json={"sql": "SELECT id FROM t"}).json()["rows"]
             assert rows == [[4]]
+            # The refused statements are counted as failed, by their error code.
+            metrics = http.get("/metrics").text
+            assert any(
+                line.startswith("lakewarden_statements_total{")
+                and 'lakewarden_decision="failed"' in line
+                for line in metrics.splitlines()
+            )
+            assert any(
+                line.startswith("db_client_operation_duration_seconds_count{")
+                and 'error_type="unavailable"' in line
+                for line in metrics.splitlines()
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     assert "internal error" not in log.read_text()
     assert os.path.exists(tmp_path / "data")
+
+
+def test_a_commit_whose_answer_was_lost_is_found_by_its_id(
+    own_pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the store does when the server goes away during a COMMIT: it asks the catalog for
+    the commit's id once it answers; while it does not, the outcome is unknown and the agent is
+    told not to send the write blindly again."""
+    monkeypatch.setenv("PGPASSWORD", own_pg.password)
+    warden = lakewarden.open(
+        f"postgres:{own_pg.dsn(own_pg.new_database())}",
+        data_path=tmp_path / "data",
+        telemetry=lakewarden.Telemetry(env={}),
+    )
+    try:
+        with warden.session("etl") as s:
+            s.sql("CREATE TABLE t (id BIGINT)")
+            done = s.sql("INSERT INTO t VALUES (1)")
+        mine = warden.engine.cursor()
+        try:
+            commit_id = catalog.snapshots(mine, limit=1)[0].commit_id
+        finally:
+            mine.close()
+        assert commit_id is not None
+        assert done.snapshot_id is not None
+        after = done.snapshot_id - 1
+        assert outcome.find(warden.engine, commit_id, after, 5) == done.snapshot_id
+        assert outcome.find(warden.engine, "0" * 32, after, 5) is None
+        own_pg.stop()
+        try:
+            with pytest.raises(lakewarden.Unavailable) as raised:
+                outcome.find(warden.engine, commit_id, after, 1)
+            assert raised.value.violations[0].rule == "commit_outcome_unknown"
+            assert not raised.value.retryable
+            assert "trace_id" in raised.value.message
+        finally:
+            own_pg.start()
+        assert outcome.find(warden.engine, commit_id, after, 10) == done.snapshot_id
+    finally:
+        warden.close()

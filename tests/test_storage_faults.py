@@ -20,6 +20,7 @@ import pytest
 
 import lakewarden
 from lakewarden.client import Client
+from lakewarden.store.faults import storage_failure
 from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import Served, free_port, serve, serve_process
@@ -126,6 +127,10 @@ def test_a_write_that_does_not_fit_is_refused_and_succeeds_once_space_returns(
             with pytest.raises(lakewarden.InsufficientStorage) as raised:
                 s.sql(BIG_INSERT)
             assert raised.value.retryable
+
+        # ... and so does the in-process SDK.
+        with served.warden.session("etl") as s, pytest.raises(lakewarden.InsufficientStorage):
+            s.sql(BIG_INSERT)
 
         # Small writes that fit still commit; the engine is fine.
         assert sql(http, "INSERT INTO t VALUES (1, 'fits')").status_code == 200
@@ -244,3 +249,53 @@ def test_checkpoints_wait_for_room_on_the_device(
                 assert s.sql("SELECT count(*) AS n FROM t").pl()["n"][0] == 1
         finally:
             warden.close()
+
+
+# The engine's words for each fault (measured with duckdb 1.5.5; see store/faults.py) -> the
+# error code and violation rule the agent gets. A statement's own error is none of them.
+WORDS = [
+    (
+        "data_file_full",
+        'IO Error: Could not write file "/lake/data/main/t/ducklake-x.parquet": '
+        "No space left on device",
+        ("insufficient_storage", "no_space"),
+    ),
+    (
+        "catalog_log_full",
+        "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\n"
+        'Failed to commit: Could not write file "/lake/meta.ducklake.wal": No space left on device',
+        ("insufficient_storage", "no_space"),
+    ),
+    (
+        "read_only",
+        'IO Error: Could not write file "/lake/data/main/t/ducklake-x.parquet": '
+        "Read-only file system",
+        ("unavailable", "read_only_storage"),
+    ),
+    (
+        "catalog_refused",
+        'IO Error: Unable to connect to Postgres at "dbname=lake": connection to server at '
+        '"127.0.0.1", port 5432 failed: Connection refused',
+        ("unavailable", "catalog_unreachable"),
+    ),
+    (
+        "catalog_cut_at_commit",
+        'TransactionContext Error: Failed to commit: Failed to execute query "COMMIT": server '
+        "closed the connection unexpectedly",
+        ("unavailable", "catalog_unreachable"),
+    ),
+    ("statement_error", 'Catalog Error: Table with name "nope" does not exist!', None),
+    ("no_space_as_data", "Conversion Error: 'No space' is not a number", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [w[1:] for w in WORDS], ids=[w[0] for w in WORDS])
+def test_faults_are_told_from_statement_errors(text: str, expected: tuple[str, str] | None) -> None:
+    fault = storage_failure(Exception(text))
+    if expected is None:
+        assert fault is None
+    else:
+        assert fault is not None
+        assert (fault.code, fault.violations[0].rule) == expected
+        assert fault.retryable
+        assert "nothing was committed" in fault.message

@@ -202,6 +202,17 @@ class Engine:
             "autoload_known_extensions": False,
             "autoinstall_known_extensions": False,
         }
+        # DuckDB takes an internal error as a sign its database may be corrupt and refuses
+        # every later statement until the process restarts. Measured with DuckLake 1.5.5 on a
+        # PostgreSQL catalog restarted under load: its change feed failed with "INTERNAL Error:
+        # Attempted to access index 0 within vector of size 0" and the sidecar stayed down
+        # after the catalog came back. With a PostgreSQL catalog the engine's own database is
+        # in memory and empty: the lake's state is in PostgreSQL (transactional) and in
+        # write-once data files, none of which an internal error in this process can leave
+        # half-written, so the engine goes on (the failed statement fails). A DuckDB-file
+        # catalog keeps DuckDB's guard: that file is what it protects.
+        if loc.dsn is not None:
+            config["disable_database_invalidation"] = True
         if loc.is_lake:
             if loc.catalog != "postgres":
                 loc.data_path.mkdir(parents=True, exist_ok=True)
@@ -260,6 +271,8 @@ class Engine:
                 "autoinstall_known_extensions": False,
                 "threads": 1,
                 "checkpoint_threshold": _NO_AUTOCHECKPOINT,
+                # It attaches the PostgreSQL catalog too (see _connect).
+                "disable_database_invalidation": self.location.dsn is not None,
             },
         )
         if self.location.dsn is not None:

@@ -90,7 +90,8 @@ class WriteLock:
         try:
             cur.execute("CALL postgres_execute(?, ?)", [self._alias, sql])
         except duckdb.Error as exc:
-            cur.rollback()
+            with contextlib.suppress(duckdb.Error):  # its connection may be gone
+                cur.rollback()
             if "lock timeout" in str(exc):
                 raise Conflict(
                     f"another sidecar held the lake's write lock for more than "
