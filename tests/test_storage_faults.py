@@ -215,6 +215,13 @@ def test_a_full_catalog_device_loses_no_acknowledged_write(tmp_path: Path) -> No
             with httpx.Client(base_url=url, headers={AGENT_HEADER: "etl"}, timeout=60) as http:
                 ids = sql(http, "SELECT id FROM t ORDER BY id").json()["rows"]
                 assert [row[0] for row in ids] == acked
+                # The table's state (saved beside the lake, which failed on the full device)
+                # and the audit trail (inside each commit) agree with the lake.
+                assert http.get("/v1/tables/t").json()["rows"] == len(acked)
+                audit = http.get("/v1/audit", params={"limit": 1000}).json()["records"]
+                inserts = [r for r in audit if r["operation"] == "INSERT"]
+                assert sum(r["decision"] == "allowed" for r in inserts) == len(acked)
+                assert all(r["snapshot_id"] for r in inserts if r["decision"] == "allowed")
                 assert sql(http, f"INSERT INTO t VALUES ({refused[0]}, 'again')").status_code == 200
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -94,9 +94,10 @@ def _raise_if_catalog_gone(cur: duckdb.DuckDBPyConnection) -> None:
     try:
         cur.execute(f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()").fetchall()
     except duckdb.Error as exc:
-        if faults.storage_failure(exc) is not None:
-            raise
-    # Reachable (or no lake at all): the read failed for a reason of its own.
+        fault = faults.storage_failure(exc)
+        if fault is not None:
+            raise fault from exc
+    # Reachable (or no lake at all): the statement failed for a reason of its own.
 
 
 def _fetch(
