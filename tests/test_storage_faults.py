@@ -20,7 +20,7 @@ import pytest
 
 import lakewarden
 from lakewarden.client import Client
-from lakewarden.store.faults import storage_failure
+from lakewarden.store.faults import answer_lost, storage_failure
 from lakewarden.wire import AGENT_HEADER
 
 from server_helpers import Served, free_port, serve, serve_process
@@ -306,3 +306,25 @@ def test_faults_are_told_from_statement_errors(text: str, expected: tuple[str, s
         assert (fault.code, fault.violations[0].rule) == expected
         assert fault.retryable
         assert "nothing was committed" in fault.message
+
+
+@pytest.mark.parametrize(
+    ("text", "lost"),
+    [
+        ('Unable to connect to Postgres at "dbname=lake": Connection refused', False),
+        ("FATAL:  the database system is starting up", False),
+        ('Failed to execute query "COMMIT": server closed the connection unexpectedly', True),
+        (
+            'Failed to commit DuckLake transaction.\nFailed to execute query "ROLLBACK":\n'
+            'Unable to connect to Postgres at "dbname=lake"',
+            True,
+        ),
+    ],
+    ids=["refused", "starting_up", "cut_during_commit", "cut_then_refused"],
+)
+def test_a_commit_may_have_landed_only_when_its_connection_broke(text: str, lost: bool) -> None:
+    """Only then is the lake asked for the commit before the agent is answered (see
+    store/outcome.py): a connection never made carried no COMMIT."""
+    fault = storage_failure(Exception(text))
+    assert fault is not None
+    assert answer_lost(fault) is lost

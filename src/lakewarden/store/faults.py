@@ -43,14 +43,19 @@ log = logging.getLogger(__name__)
 # errno texts (strerror) as DuckDB quotes them after the file it could not write.
 _NO_SPACE = ("No space left on device", "Disk quota exceeded", "File too large")
 _READ_ONLY = ("Read-only file system",)
-# libpq's and the PostgreSQL server's words for a catalog that is not there (any more).
-_CATALOG_GONE = (
+# libpq's and the PostgreSQL server's words for a connection to the catalog that could not be
+# made: nothing reached the server.
+_NEVER_CONNECTED = (
     "Unable to connect to Postgres",
-    "server closed the connection unexpectedly",
-    "terminating connection due to administrator command",
     "the database system is starting up",
     "the database system is shutting down",
     "the database system is in recovery mode",
+)
+# libpq's and the PostgreSQL server's words for a catalog that is not there (any more). A
+# connection that broke is named first: when both appear, a request was under way on it.
+_CATALOG_GONE = (
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
     "no connection to the server",
     "could not receive data from server",
     "could not send data to server",
@@ -59,6 +64,7 @@ _CATALOG_GONE = (
     # DuckLake's commit failed and so did its ROLLBACK, with no words from libpq: the
     # connection is gone.
     'Failed to execute query "ROLLBACK"',
+    *_NEVER_CONNECTED,
 )
 CATALOG_UNREACHABLE = "catalog_unreachable"  # the rule of the violation
 _FILE = re.compile(
@@ -98,6 +104,14 @@ def storage_failure(exc: BaseException) -> LakewardenError | None:
             [Violation(CATALOG_UNREACHABLE, reason)],
         )
     return None
+
+
+def answer_lost(error: LakewardenError) -> bool:
+    """Whether ``error`` says a connection to the catalog broke while a request was on it (so
+    a COMMIT sent on it may have been carried out), not that none could be made."""
+    return any(
+        v.rule == CATALOG_UNREACHABLE and v.detail not in _NEVER_CONNECTED for v in error.violations
+    )
 
 
 def discard_partial_files(exc: BaseException) -> None:

@@ -334,8 +334,7 @@ class Transaction:
     ) -> int | None:
         """The snapshot of a commit whose answer the catalog's server lost, when it did land
         (see :mod:`lakewarden.store.outcome`); None when the commit certainly did not."""
-        lost = any(v.rule == faults.CATALOG_UNREACHABLE for v in error.violations)
-        if not lost or base is None or self._find is None:
+        if not faults.answer_lost(error) or base is None or self._find is None:
             return None
         return self._find(commit_id, base)
 
