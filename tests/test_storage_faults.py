@@ -231,29 +231,29 @@ def test_a_full_catalog_device_loses_no_acknowledged_write(tmp_path: Path) -> No
 def test_checkpoints_wait_for_room_on_the_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No commit checkpoints a database file (one failing on a full device would report a
-    durable commit as failed and stop the lake); the sidecar does, when the device has room."""
+    """No commit checkpoints a database file by itself (one failing on a full device reported
+    a durable commit as failed and stopped the lake); lakewarden does after a commit, and only
+    when the device has room for it."""
     from lakewarden.store import engine as engine_module
 
-    monkeypatch.setattr(engine_module, "CHECKPOINT_WAL_BYTES", 1)
     monkeypatch.setattr(engine_module, "_CHECKPOINT_HEADROOM_BYTES", 4 << 20)
     with device(tmp_path / "dev", 8) as dev:
         warden = lakewarden.open(dev / "lake", telemetry=lakewarden.Telemetry(env={}))
+        wal = dev / "lake" / "meta.ducklake.wal"
         try:
             with warden.session("etl") as s:
                 s.sql("CREATE TABLE t (id BIGINT)")
                 s.sql("INSERT INTO t VALUES (1)")
-            wal = dev / "lake" / "meta.ducklake.wal"
-            assert wal.stat().st_size > 0
-            filler = fill(dev, 1 << 20)
-            assert warden.engine.checkpoint() == []  # no room: left alone
-            assert wal.stat().st_size > 0
-            filler.unlink()
-            done = warden.engine.checkpoint()
-            assert str(dev / "lake" / "meta.ducklake") in done
-            assert not wal.exists() or wal.stat().st_size == 0
-            with warden.session("etl") as s:
-                assert s.sql("SELECT count(*) AS n FROM t").pl()["n"][0] == 1
+                assert wal.stat().st_size > 0  # under the threshold: kept in the log
+                monkeypatch.setattr(engine_module, "CHECKPOINT_WAL_BYTES", 1)
+                filler = fill(dev, 1 << 20)
+                s.sql("INSERT INTO t VALUES (2)")  # commits; no room to checkpoint after it
+                assert wal.stat().st_size > 0
+                assert warden.engine.checkpoint() == []
+                filler.unlink()
+                s.sql("INSERT INTO t VALUES (3)")  # commits, then checkpoints
+                assert not wal.exists() or wal.stat().st_size == 0
+                assert s.sql("SELECT count(*) AS n FROM t").pl()["n"][0] == 3
         finally:
             warden.close()
 
