@@ -26,6 +26,7 @@ from lakewarden import __version__
 from lakewarden.errors import (
     Conflict,
     ExecutionError,
+    InsufficientStorage,
     InvalidRequest,
     InvalidSQL,
     LakewardenError,
@@ -35,6 +36,7 @@ from lakewarden.errors import (
     StatementTimeout,
     TooLarge,
     Unauthenticated,
+    Unavailable,
     Violation,
 )
 from lakewarden.wire import AGENT_HEADER
@@ -71,6 +73,10 @@ _ERRORS: dict[str, type[LakewardenError]] = {
         Unauthenticated,
         InvalidRequest,
         TooLarge,
+        # The server answered: its catalog or storage failed (a broken connection to the
+        # server itself is ServerUnavailable, raised here, never rebuilt from a body).
+        Unavailable,
+        InsufficientStorage,
     )
 }
 

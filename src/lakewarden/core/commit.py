@@ -61,5 +61,11 @@ def commit(
         log.exception("could not measure commit %s of %s", done.snapshot_id, agent)
         tracker.invalidate()
         snapshot_id, signals = done.snapshot_id, {}
+    try:
+        # No commit checkpoints the database files by itself (see store/engine.py): past the
+        # log's threshold, the first commit after it does, once the device has room.
+        stages.engine.checkpoint()
+    except Exception:
+        log.exception("could not checkpoint the lake's database files")
     spans.committed(event, snapshot_id, signals, decision)
     return snapshot_id, signals

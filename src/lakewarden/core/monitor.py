@@ -45,6 +45,10 @@ class Monitor:
             self.warden.refresh(poll=True)
         except Exception:
             log.exception("could not pick up new commits; judging what is known")
+        try:
+            self.warden.engine.checkpoint()
+        except Exception:
+            log.exception("could not checkpoint the lake's database files")
         flips = []
         for table, findings in self.warden.checks(now=now).items():
             for f in findings:

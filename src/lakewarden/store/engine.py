@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -20,9 +21,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.lib
 
-from lakewarden.errors import ConfigurationError
+from lakewarden.errors import ConfigurationError, ExecutionError
 from lakewarden.settings import POSTGRES_PREFIX, Settings
-from lakewarden.store import extensions, objectstore
+from lakewarden.store import extensions, faults, objectstore
 from lakewarden.store.deadline import WATCHDOG
 from lakewarden.store.writelock import WriteLock
 
@@ -47,6 +48,18 @@ _CATALOG_FILES = {"duckdb": "meta.ducklake", "sqlite": "meta.sqlite"}
 # rollback journal or, in WAL mode, its write-ahead log.
 _CATALOG_COMPANIONS = {"duckdb": (".wal",), "sqlite": ("-journal", "-wal")}
 _DUCKDB_SUFFIXES = (".duckdb", ".db", ".ddb")
+# DuckDB checkpoints a database file inside the commit that takes its write-ahead log past
+# ``checkpoint_threshold``. Measured with duckdb 1.5.5 on a full device: that checkpoint fails,
+# and the commit, durable in the log, raises "FATAL Error: Transaction COMMIT succeeded and is
+# durable, but the autocheckpoint failed" and the database refuses every later statement until
+# it is reopened: a committed write reported as failed (the agent sends it again: twice in the
+# lake) and a lake that is down. So no commit checkpoints: :meth:`Engine.checkpoint` does, off
+# the agents' path, when the device has room for it.
+_NO_AUTOCHECKPOINT = "1000TB"
+# DuckDB's own threshold, kept as the size past which lakewarden checkpoints a log.
+CHECKPOINT_WAL_BYTES = 16 * 2**20
+# A checkpoint writes at most the database's blocks again, beside the old ones until it is done.
+_CHECKPOINT_HEADROOM_BYTES = 64 * 2**20
 # A password in the connection string would sit in the process list, shell histories and logs:
 # libpq reads it from PGPASSWORD or a PGPASSFILE instead. Keyword form ``password=...`` and URI
 # form ``postgresql://user:secret@host``.
@@ -189,6 +202,17 @@ class Engine:
             "autoload_known_extensions": False,
             "autoinstall_known_extensions": False,
         }
+        # DuckDB takes an internal error as a sign its database may be corrupt and refuses
+        # every later statement until the process restarts. Measured with DuckLake 1.5.5 on a
+        # PostgreSQL catalog restarted under load: its change feed failed with "INTERNAL Error:
+        # Attempted to access index 0 within vector of size 0" and the sidecar stayed down
+        # after the catalog came back. With a PostgreSQL catalog the engine's own database is
+        # in memory and empty: the lake's state is in PostgreSQL (transactional) and in
+        # write-once data files, none of which an internal error in this process can leave
+        # half-written, so the engine goes on (the failed statement fails). A DuckDB-file
+        # catalog keeps DuckDB's guard: that file is what it protects.
+        if loc.dsn is not None:
+            config["disable_database_invalidation"] = True
         if loc.is_lake:
             if loc.catalog != "postgres":
                 loc.data_path.mkdir(parents=True, exist_ok=True)
@@ -232,6 +256,7 @@ class Engine:
         con.execute("SET enable_external_access = false")
         con.execute(f"SET memory_limit = {_quote(self.settings.memory_limit)}")
         con.execute(f"SET threads = {int(self.settings.threads)}")
+        con.execute(f"SET checkpoint_threshold = {_quote(_NO_AUTOCHECKPOINT)}")
         con.execute("SET lock_configuration = true")
         return con
 
@@ -245,6 +270,9 @@ class Engine:
                 "autoload_known_extensions": False,
                 "autoinstall_known_extensions": False,
                 "threads": 1,
+                "checkpoint_threshold": _NO_AUTOCHECKPOINT,
+                # It attaches the PostgreSQL catalog too (see _connect).
+                "disable_database_invalidation": self.location.dsn is not None,
             },
         )
         if self.location.dsn is not None:
@@ -285,33 +313,100 @@ class Engine:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor (its own DuckDB connection) whose default database is the lake."""
         cur = self._con.cursor()
-        cur.execute(f"USE {self.database}")
+        try:
+            cur.execute(f"USE {self.database}")
+        except duckdb.Error as exc:
+            # USE asks a DuckLake catalog for its newest snapshot: an unreachable catalog
+            # fails here, before any statement.
+            cur.close()
+            raise faults.storage_failure(exc) or ExecutionError(
+                f"cannot open a cursor on the lake: {_first_line(exc)}"
+            ) from exc
         return cur
 
     def probe(self, timeout_s: float = 2.0) -> str | None:
-        """None when the engine still runs a trivial statement; else what failed.
+        """None when the engine still runs a trivial statement on the lake; else what failed.
 
         A statement can leave the engine unable to run anything (logging switched to a folder
         it may not write made every later statement fail): readiness asks the engine itself.
-        The probe keeps one cursor for the engine's life: in that state, closing a connection
-        ends the process (the engine throws from a destructor), so none is closed here.
+        On a lake the statement reads the catalog's newest snapshot, so a catalog that cannot
+        be reached (a PostgreSQL server down) makes the sidecar not ready: ``SELECT 1`` alone
+        never reaches it. The probe keeps one cursor for the engine's life: in that state,
+        closing a connection ends the process (the engine throws from a destructor), so none
+        is closed here.
         """
+        probe = (
+            f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()"
+            if self.location.is_lake
+            else "SELECT 1"
+        )
         with self._probe_lock:
             try:
                 if self._probe_cur is None:
-                    self._probe_cur = self.cursor()
+                    self._probe_cur = self._con.cursor()
                 cur = self._probe_cur
                 with WATCHDOG.guard(cur, timeout_s) as deadline:
                     try:
-                        cur.execute("SELECT 1").fetchall()
+                        cur.execute(probe).fetchall()
                     except duckdb.Error:
                         if deadline.expired:
-                            return f"the engine did not answer SELECT 1 within {timeout_s:g} s"
+                            return f"the engine did not answer within {timeout_s:g} s"
                         raise
             except duckdb.Error as exc:
-                text = str(exc).strip()
-                return text.splitlines()[0] if text else type(exc).__name__
+                fault = faults.storage_failure(exc)
+                return fault.message if fault is not None else _first_line(exc)
         return None
+
+    def checkpoint(self) -> list[str]:
+        """Move the write-ahead logs of the lake's local database files (a DuckDB catalog or
+        file, the state file) into their databases, each when its log is past
+        :data:`CHECKPOINT_WAL_BYTES` and its device has room for the copy; what was done.
+
+        Measured with duckdb 1.5.5: a checkpoint that runs out of space invalidates the
+        database until it is attached again, so a device without room is left alone (the log
+        keeps every commit; the checkpoint at shutdown, which may fail harmlessly, or a later
+        one does it). Each runs under the lake's write lock: no commit lands meanwhile.
+        """
+        done = []
+        for con, database, path in self._checkpointable():
+            wal = path.with_name(path.name + ".wal")
+            try:
+                logged = wal.stat().st_size
+                size = path.stat().st_size
+                room = shutil.disk_usage(path.parent).free
+            except OSError:
+                continue
+            if logged < CHECKPOINT_WAL_BYTES:
+                continue
+            if room < 2 * (size + logged) + _CHECKPOINT_HEADROOM_BYTES:
+                log.warning(
+                    "not checkpointing %s: its write-ahead log is %d MB and its device has "
+                    "%d MB free; free space there",
+                    path,
+                    logged // 2**20,
+                    room // 2**20,
+                )
+                continue
+            with self.write_lock:
+                cur = con.cursor()
+                try:
+                    cur.execute(f"CHECKPOINT {database}")
+                finally:
+                    cur.close()
+            done.append(str(path))
+        return done
+
+    def _checkpointable(self) -> list[tuple[duckdb.DuckDBPyConnection, str, Path]]:
+        loc = self.location
+        out = []
+        files = loc.catalog_files
+        if loc.catalog == "duckdb" and files is not None:
+            out.append((self._con, f"__ducklake_metadata_{LAKE_ALIAS}", files[0]))
+        elif not loc.is_lake:
+            out.append((self._con, self.database, loc.path))
+        if loc.state_path is not None:
+            out.append((self._state, STATE_ALIAS, loc.state_path))
+        return out
 
     def close(self) -> None:
         self._con.close()
@@ -344,6 +439,11 @@ def _postgres_failure(loc: Location, exc: duckdb.Error) -> str:
     fix = next((hint for key, hint in _POSTGRES_FIXES if key in reason.lower()), None)
     message = f"cannot open the lake's PostgreSQL catalog ({loc.dsn}): {reason}"
     return f"{message}; {fix}" if fix else message
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _file_alias(path: Path) -> str:

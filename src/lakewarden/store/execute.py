@@ -20,7 +20,9 @@ from lakewarden.errors import (
     TooLarge,
     Violation,
 )
+from lakewarden.store import faults
 from lakewarden.store.deadline import WATCHDOG
+from lakewarden.store.engine import LAKE_ALIAS
 
 _BATCH_ROWS = 100_000
 # What an engine failure can surface as: an interrupt that lands while Arrow batches are being
@@ -40,6 +42,8 @@ def guarded(
         try:
             yield
         except ENGINE_ERRORS as exc:
+            if not deadline.expired and _garbled(exc):
+                _raise_if_catalog_gone(cur)
             raise engine_error(exc, deadline.expired, limit) from exc
 
 
@@ -71,6 +75,29 @@ def read(
         if contained:
             with contextlib.suppress(duckdb.Error):  # the engine may have aborted it
                 cur.rollback()
+
+
+# Measured with duckdb 1.5.5 and DuckLake 1.5.5 while a PostgreSQL catalog went away under
+# load: a streamed result failed with this, the catalog's own error lost on the way, and a
+# change feed failed with an internal error ("Attempted to access index 0 within vector of
+# size 0"). Neither names the catalog; asking it once more tells whether it is the reason.
+_LOST_RESULT = "Attempting to fetch from an unsuccessful query result"
+
+
+def _garbled(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.InternalException) or _LOST_RESULT in str(exc)
+
+
+def _raise_if_catalog_gone(cur: duckdb.DuckDBPyConnection) -> None:
+    """Raise the catalog's error when it cannot be reached now: then that is why the read
+    failed, and the agent is told so (a retryable error) rather than of a lost result."""
+    try:
+        cur.execute(f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()").fetchall()
+    except duckdb.Error as exc:
+        fault = faults.storage_failure(exc)
+        if fault is not None:
+            raise fault from exc
+    # Reachable (or no lake at all): the statement failed for a reason of its own.
 
 
 def _fetch(
@@ -115,6 +142,12 @@ def engine_error(exc: BaseException, expired: bool, timeout: float | None) -> La
     """The lakewarden error an engine failure stands for."""
     if expired or isinstance(exc, duckdb.InterruptException):
         return StatementTimeout.after(timeout)
+    fault = faults.storage_failure(exc)
+    if fault is not None:
+        # The write is refused either way; a half-written data file must not keep the device
+        # full after it (see store/faults.py).
+        faults.discard_partial_files(exc)
+        return fault
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, duckdb.OutOfMemoryException | MemoryError) or first.startswith(
         "Out of Memory Error"  # the engine's own, passed on through an Arrow stream

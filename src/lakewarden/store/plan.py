@@ -29,6 +29,7 @@ import duckdb
 
 from lakewarden.analysis.plan import BoundPlan, ParseTree, read_bound_plan, read_parse_tree
 from lakewarden.errors import ExecutionError, Violation
+from lakewarden.store import faults
 
 
 class PlanUnavailable(Exception):
@@ -88,6 +89,9 @@ def _ask(cur: duckdb.DuckDBPyConnection, query: str, sql: str) -> dict[str, Any]
     except duckdb.InterruptException:
         raise  # the statement's time limit, which covers planning too: the caller reports it
     except duckdb.Error as exc:
+        fault = faults.storage_failure(exc)
+        if fault is not None:  # the catalog is down, not the statement wrong
+            raise fault from exc
         kind = type(exc).__name__.removesuffix("Exception").lower()
         raise PlanUnavailable(_first_line(str(exc)), binding=True, error_type=kind) from exc
     except RecursionError as exc:  # a deeply nested plan is deeper than Python's json reader
@@ -99,6 +103,9 @@ def _ask(cur: duckdb.DuckDBPyConnection, query: str, sql: str) -> dict[str, Any]
     if not isinstance(doc, dict):
         raise PlanUnavailable("the engine gave no description", binding=False)
     if doc.get("error"):
+        fault = faults.storage_failure(Exception(str(doc.get("error_message", ""))))
+        if fault is not None:
+            raise fault
         message = _first_line(str(doc.get("error_message", "")))
         # "not implemented": the engine cannot describe this kind of statement (PIVOT without
         # an IN list is two statements, MULTI); every other kind of error is a binding error.

@@ -18,6 +18,7 @@ are the whole persisted interface of the models.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -216,7 +217,10 @@ class StateStore:
                 )
             cur.commit()
         except BaseException:
-            cur.rollback()
+            # A failed commit (a full device) has ended the transaction already: rolling it
+            # back again would raise over the reason.
+            with contextlib.suppress(duckdb.Error):
+                cur.rollback()
             raise
 
 

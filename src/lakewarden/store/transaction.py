@@ -20,10 +20,11 @@ from typing import Any
 import duckdb
 
 from lakewarden.analysis import Statement
+from lakewarden.errors import LakewardenError
 from lakewarden.signals.checks import WriteCounts
 from lakewarden.signals.delta import Delta
 from lakewarden.signals.table_state import ColumnState, TableState
-from lakewarden.store import audit, catalog, execute, staging
+from lakewarden.store import audit, catalog, execute, faults, outcome, staging
 from lakewarden.store.engine import LAKE_ALIAS, Engine
 from lakewarden.store.execute import guarded
 from lakewarden.store.writelock import WriteLock
@@ -85,6 +86,7 @@ class Transaction:
         database: str,
         exclusive: bool = False,
         stager: staging.Staging | None = None,
+        find: Callable[[str, int], int | None] | None = None,
     ) -> None:
         self.cur = cur
         self.statements: list[Statement] = []
@@ -96,6 +98,9 @@ class Transaction:
         self._staged: dict[str, Delta] = {}  # tables whose every insert was staged
         self._unstaged: set[str] = set()
         self._database = database
+        # Finds a commit in the lake by its id after the snapshot it followed (shared
+        # catalogs, whose server can go away mid-commit).
+        self._find = find
         self._written: dict[str, None] = {}
         self._counts: dict[str, _Counts] = {}
         self._open = False
@@ -114,6 +119,7 @@ class Transaction:
         """A transaction of ``engine`` on the caller's cursor ``cur``; with ``stager``, its
         inserts are staged and measured before the commit (:mod:`lakewarden.store.staging`)."""
         loc = engine.location
+        within = engine.settings.statement_timeout_s or outcome.DEFAULT_WAIT_S
         return cls(
             cur,
             engine.write_lock,
@@ -121,6 +127,9 @@ class Transaction:
             database=engine.database,
             exclusive=loc.exclusive,
             stager=stager,
+            find=None
+            if loc.dsn is None
+            else lambda commit_id, after: outcome.find(engine, commit_id, after, within),
         )
 
     def __enter__(self) -> Transaction:
@@ -301,9 +310,14 @@ class Transaction:
             self.cur.commit()
         except execute.ENGINE_ERRORS as exc:
             # A commit the catalog refused (a conflicting commit by another writer, the
-            # catalog unreachable): rolled back, and said in lakewarden's terms.
+            # catalog unreachable): rolled back, and said in lakewarden's terms. The engine's
+            # own transaction (stage tables included) is over either way.
             self.rollback()
-            raise execute.engine_error(exc, False, None) from exc
+            error = execute.engine_error(exc, False, None)
+            found = self._found_after_all(error, commit_id, base)
+            if found is None:
+                raise error from exc
+            return Commit(found, time.time(), commit_id)
         except BaseException:
             self.rollback()
             raise
@@ -314,6 +328,15 @@ class Transaction:
         if base is None:
             return Commit(None, when, commit_id)
         return Commit(base + 1, when, commit_id, certain=self._exclusive)
+
+    def _found_after_all(
+        self, error: LakewardenError, commit_id: str, base: int | None
+    ) -> int | None:
+        """The snapshot of a commit whose answer the catalog's server lost, when it did land
+        (see :mod:`lakewarden.store.outcome`); None when the commit certainly did not."""
+        if not faults.answer_lost(error) or base is None or self._find is None:
+            return None
+        return self._find(commit_id, base)
 
     def rollback(self) -> None:
         if self._open:

@@ -16,12 +16,17 @@ transaction pins one PostgreSQL connection), so it cannot outlive the write that
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from types import TracebackType
 
 import duckdb
 
 from lakewarden.errors import Conflict, ExecutionError, Violation
+from lakewarden.store import faults
+
+log = logging.getLogger(__name__)
 
 # One key for the lake (advisory locks are per database): "lakewarden" as a 64-bit number.
 LOCK_KEY = int.from_bytes(b"lakewrdn", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -60,7 +65,7 @@ class WriteLock:
     def release(self) -> None:
         try:
             if self._depth == 1 and self._fleet is not None:
-                self._fleet.commit()  # ends the PostgreSQL transaction: the lock goes with it
+                _end(self._fleet)
         finally:
             self._depth -= 1
             self._local.release()
@@ -85,16 +90,38 @@ class WriteLock:
         try:
             cur.execute("CALL postgres_execute(?, ?)", [self._alias, sql])
         except duckdb.Error as exc:
-            cur.rollback()
+            with contextlib.suppress(duckdb.Error):  # its connection may be gone
+                cur.rollback()
             if "lock timeout" in str(exc):
                 raise Conflict(
                     f"another sidecar held the lake's write lock for more than "
                     f"{self._wait_ms / 1000:g} s; nothing was committed: send the statement again",
                     [Violation("write_lock_timeout", "waited for the fleet's write lock")],
                 ) from exc
+            fault = faults.storage_failure(exc)
+            if fault is not None:
+                raise fault from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExecutionError(
                 f"cannot take the lake's write lock in its PostgreSQL catalog ({first}); "
                 "nothing was committed",
                 [Violation("write_lock", first)],
             ) from exc
+
+
+def _end(cur: duckdb.DuckDBPyConnection) -> None:
+    """End the PostgreSQL transaction that holds the fleet's lock: the lock goes with it."""
+    try:
+        cur.commit()
+    except duckdb.Error as exc:
+        # The connection that held the lock is gone (the server restarted or cut it), and
+        # PostgreSQL dropped the lock with its session. The write under it has its own answer;
+        # failing it here too would turn a committed write into an error.
+        with contextlib.suppress(duckdb.Error):
+            cur.rollback()
+        log.warning("the fleet's write lock ended with its connection: %s", _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
