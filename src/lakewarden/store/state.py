@@ -106,12 +106,17 @@ class StateStore:
 
     def _script(self, statements: Sequence[str]) -> None:
         """Run PostgreSQL statements in the catalog database as one transaction, after the
-        state's advisory lock. One script, in PostgreSQL's default READ COMMITTED: each
-        statement sees what another sidecar committed before the lock was granted (a DuckDB
-        transaction through the postgres extension is REPEATABLE READ, its snapshot taken
-        before the lock wait, so it would not)."""
+        state's advisory lock, in READ COMMITTED: each statement sees what another sidecar
+        committed before the lock was granted.
+
+        The postgres extension sends the script after its own ``BEGIN TRANSACTION ISOLATION
+        LEVEL REPEATABLE READ``, whose snapshot the lock's SELECT would take before the lock
+        wait: a row another sidecar saved meanwhile then failed the update with "could not
+        serialize access" (two sidecars saving one table, tests/test_postgres_catalog.py).
+        No query has run before the script's first statement, so it may still set the level."""
         script = "; ".join(
             [
+                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
                 "SET LOCAL standard_conforming_strings = on",
                 f"SELECT pg_advisory_xact_lock({STATE_LOCK_KEY})",
                 *statements,
