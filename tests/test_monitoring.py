@@ -506,3 +506,34 @@ def test_an_idle_table_keeps_its_anomaly_finding_from_poll_to_poll(history_lake)
     clock.now += 5
     after = finding("volume_anomaly")
     assert after is not volume and not after.passing
+
+
+def test_a_failing_catch_up_is_logged_when_it_starts_and_when_it_ends(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A catalog outage fails every tick's catch-up: one line for the outage, not one a tick."""
+    import logging
+
+    with lakewarden.open(lake_dir) as warden:
+        outage = {"on": True}
+        refresh = warden.refresh
+
+        def flaky(*, poll: bool = False) -> None:
+            if outage["on"]:
+                raise lakewarden.Unavailable("the lake's PostgreSQL catalog cannot be reached")
+            refresh(poll=poll)
+
+        monkeypatch.setattr(warden, "refresh", flaky)
+        monitor = Monitor(warden, interval_s=1)
+        caplog.set_level(logging.INFO, logger="lakewarden.core.monitor")
+        for _ in range(5):
+            monitor.tick()
+        outage["on"] = False
+        monitor.tick()
+        monitor.tick()
+    lines = [r.getMessage() for r in caplog.records if r.name == "lakewarden.core.monitor"]
+    assert [line.split(" (")[0] for line in lines] == [
+        "could not pick up new commits",
+        "could pick up new commits again",
+    ]
+    assert "cannot be reached" in lines[0]

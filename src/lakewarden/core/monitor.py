@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lakewarden.core.warden import Warden
@@ -37,18 +38,13 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._maintained_at = time.monotonic()  # the first run comes one period after start
+        self._failing: set[str] = set()
 
     def tick(self) -> list[Transition]:
         """One evaluation: catch up with the lake, judge every check now, report changes."""
         now = self.warden.clock()
-        try:
-            self.warden.refresh(poll=True)
-        except Exception:
-            log.exception("could not pick up new commits; judging what is known")
-        try:
-            self.warden.engine.checkpoint()
-        except Exception:
-            log.exception("could not checkpoint the lake's database files")
+        self._attempt("pick up new commits", lambda: self.warden.refresh(poll=True))
+        self._attempt("checkpoint the lake's database files", self.warden.engine.checkpoint)
         flips = []
         for table, findings in self.warden.checks(now=now).items():
             for f in findings:
@@ -61,6 +57,26 @@ class Monitor:
             self._report(flip)
         self._maybe_maintain()
         return flips
+
+    def _attempt(self, what: str, step: Callable[[], object]) -> None:
+        """Run one step of the tick. A failure is logged when it starts and when it ends, not at
+        every tick: a catalog outage would otherwise log a traceback every poll interval."""
+        try:
+            step()
+        except Exception as exc:
+            if what not in self._failing:
+                self._failing.add(what)
+                log.warning(
+                    "could not %s (%s); trying again every %g s, judging what is known",
+                    what,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    self.interval_s,
+                    exc_info=True,
+                )
+            return
+        if what in self._failing:
+            self._failing.discard(what)
+            log.warning("could %s again", what)
 
     def _maybe_maintain(self) -> None:
         rules = self.warden.policy.maintenance
