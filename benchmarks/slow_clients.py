@@ -46,8 +46,13 @@ class Tally:
         self._open += 1
         self.peak_open = max(self.peak_open, self._open)
 
-    def closed(self, started: float, answer: bytes) -> None:
+    def closed(self, started: float, answer: bytes, *, left: bool = False) -> None:
+        """One connection over: ``answer`` is what the server sent; ``left`` when the
+        attacker closed it itself (its time was up), not the server."""
         self._open -= 1
+        if left:
+            self.statuses["left"] += 1
+            return
         self.held_s.append(time.monotonic() - started)
         status = answer.split(b"\r\n", 1)[0].split(b" ")[1:2]
         self.statuses[status[0].decode() if status else "none"] += 1
@@ -111,10 +116,11 @@ async def _drip(
             await asyncio.wait({answered}, timeout=interval_s)
         await asyncio.wait({answered}, timeout=max(0.1, until - time.monotonic()))
     finally:
-        answer = answered.result() if answered.done() else b""
+        left = not answered.done()
+        answer = b"" if left else answered.result()
         answered.cancel()
         writer.close()
-    tally.closed(started, answer)
+    tally.closed(started, answer, left=left)
 
 
 async def slow_head(url: str, count: int, seconds: float, interval_s: float = 1.0) -> Tally:
@@ -183,6 +189,7 @@ async def idle_flood(url: str, count: int, seconds: float, *, keepalive: bool = 
             tally.connected()
             started = time.monotonic()
             answer = b""
+            left = False
             try:
                 if keepalive:
                     writer.write(KEEPALIVE_PROBE)
@@ -190,11 +197,13 @@ async def idle_flood(url: str, count: int, seconds: float, *, keepalive: bool = 
                 # now idle: wait for the server to close the connection, or the end
                 rest = await asyncio.wait_for(_read_all(reader), max(0.1, until - time.monotonic()))
                 answer = answer or rest
-            except (TimeoutError, ConnectionError, OSError):
+            except TimeoutError:
+                left = True
+            except (ConnectionError, OSError):
                 pass
             finally:
                 writer.close()
-            tally.closed(started, answer)
+            tally.closed(started, answer, left=left)
 
     await _ramp(count, hold)
     return tally
