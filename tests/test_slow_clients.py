@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -422,3 +423,28 @@ def test_a_client_that_stops_reading_is_dropped(server: Server) -> None:
     length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
     assert taken < length // 2, (taken, length)  # what the kernel buffered, not the answer
     assert server.sql("SELECT 42")["rows"] == [[42]]
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "raised", "warned"),
+    [
+        pytest.param(512, 4096, 4096, False, id="raised-to-the-hard-limit"),
+        pytest.param(300, 400, 400, True, id="hard-limit-too-low-warns"),
+    ],
+)
+def test_the_server_raises_its_open_file_limit(
+    soft: int, hard: int, raised: int, warned: bool
+) -> None:
+    # In a child process: the test process's own limits are left alone.
+    code = (
+        "import logging, resource, sys\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+        "from lakewarden.intake.connections import raise_open_files\n"
+        "print('limit', raise_open_files(256))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert f"limit {raised}" in out, out
+    assert ("WARNING the open-file limit is" in out) == warned, out
