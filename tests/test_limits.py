@@ -8,6 +8,7 @@ asserts the structured error, the wall time and the server's peak RSS. Sizes fit
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -342,21 +343,40 @@ def test_address_space_limit(env: dict[str, str], expected: int | None) -> None:
     assert Settings.from_env(env).address_space_bytes() == expected
 
 
+SLOW_READ = "SELECT count(*) FROM range(3000000000) WHERE hash(range) % 7 = 1"
+
+
 def test_connections_over_the_limit_get_503(tmp_path: Path) -> None:
-    settings = Settings(max_connections=3)
+    # Every connection busy with a statement: none can make room, so a new one is refused.
+    settings = Settings(max_connections=3, statement_timeout_s=60)
     with serve(tmp_path / "lake", settings=settings) as served:
         host, port = served.url.removeprefix("http://").split(":")
-        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+        body = json.dumps({"sql": SLOW_READ}).encode()
+        request = (
+            b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        busy = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
         try:
-            time.sleep(0.2)  # the server has accepted them
+            for sock in busy:
+                sock.sendall(request)
+            time.sleep(0.5)  # the server has read them and runs them
             refused = httpx.post(f"{served.url}/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
-            assert refused.status_code == 503
+            assert refused.status_code == 503, refused.text
+            error = refused.json()["error"]
+            assert (error["code"], error["retryable"]) == ("unavailable", True)
+            assert error["violations"][0]["rule"] == "max_connections"
+            assert refused.headers["retry-after"] == "1"
         finally:
-            for sock in idle:
-                sock.close()
-        time.sleep(0.2)  # ... and seen them close
-        served_again = httpx.post(f"{served.url}/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
-        assert served_again.status_code == 200
+            for sock in busy:
+                sock.close()  # ... and their reads are stopped, since nobody waits for them
+        deadline = time.monotonic() + 10
+        while True:
+            again = httpx.post(f"{served.url}/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
+            if again.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert again.status_code == 200, again.text
 
 
 def test_max_rows_setting_is_validated_and_applied(tmp_path: Path) -> None:

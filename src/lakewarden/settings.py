@@ -18,8 +18,9 @@ OpenTelemetry export is configured only by the standard ``OTEL_*`` variables (se
 | LAKEWARDEN_MAX_ROWS | 10000 | rows a REST/MCP read returns unless request or policy caps it |
 | LAKEWARDEN_MAX_PARAMS | 10000 | most bound parameters one statement may carry |
 | LAKEWARDEN_MAX_RESULT_BYTES | 64MB | largest result a read may fetch (Arrow bytes; 0 = none) |
-| LAKEWARDEN_REQUEST_READ_TIMEOUT_S | 10 | seconds to receive a request head, then its body |
-| LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections served at once; more get 503 |
+| LAKEWARDEN_REQUEST_READ_TIMEOUT_S | 10 | s to send a head, then a body; to stall on an answer |
+| LAKEWARDEN_MAX_CONNECTIONS | 256 | open HTTP connections; then the oldest idle closes, else 503 |
+| LAKEWARDEN_KEEPALIVE_TIMEOUT_S | 5 | seconds an idle keep-alive connection is kept open |
 | LAKEWARDEN_ADDRESS_SPACE_LIMIT | auto | a server's address-space cap (auto: memory limit + 6GB) |
 | LAKEWARDEN_POLL_INTERVAL_S | 5 | seconds between monitoring evaluations (server, ``watch``) |
 | LAKEWARDEN_STATE_SAVE_DELAY_MS | 250 | most a table-state change waits to be saved (0 = at once) |
@@ -106,6 +107,9 @@ class Settings:
     max_result_bytes: int = 64 * 1000**2
     max_connections: int = 256
     request_read_timeout_s: float = 10.0
+    # uvicorn's own default, stated: lakewarden's client gives up idle connections after 4 s,
+    # so it is never the one to send on a connection the server is closing.
+    keepalive_timeout_s: float = 5.0
     address_space_limit: str = "auto"
     poll_interval_s: float = 5.0
     state_save_delay_ms: float = 250.0
@@ -143,6 +147,11 @@ class Settings:
             )
         if not self.request_read_timeout_s > 0:
             raise ConfigurationError("LAKEWARDEN_REQUEST_READ_TIMEOUT_S must be > 0")
+        if not 0 < self.keepalive_timeout_s <= 3600:
+            raise ConfigurationError(
+                f"LAKEWARDEN_KEEPALIVE_TIMEOUT_S={self.keepalive_timeout_s} must be > 0 and at "
+                "most 3600"
+            )
         self.address_space_bytes()  # fails here, at start-up, when malformed
         if self.catalog not in CATALOGS:
             raise ConfigurationError(
@@ -204,6 +213,7 @@ class Settings:
             request_read_timeout_s=number(
                 "LAKEWARDEN_REQUEST_READ_TIMEOUT_S", cls.request_read_timeout_s
             ),
+            keepalive_timeout_s=number("LAKEWARDEN_KEEPALIVE_TIMEOUT_S", cls.keepalive_timeout_s),
             address_space_limit=env.get(
                 "LAKEWARDEN_ADDRESS_SPACE_LIMIT", cls.address_space_limit
             ).strip()

@@ -252,6 +252,11 @@ class Session:
             limit=limit,
             # Second wall for an agent that may not write (see execute.read).
             contained=self._tx is None and stages.grants.read_only(self.agent),
+            # A lone read changes nothing: once its client has gone it is stopped rather than
+            # run and fetched for nobody (measured: clients that sent a 30 s read and left
+            # kept the workers busy for minutes after they had gone). A write, or a read inside
+            # a transaction, runs to its end: its outcome is committed or not, and audited.
+            abandonable=self._tx is None,
         )
         event.returned_rows = table.num_rows
         return Result(

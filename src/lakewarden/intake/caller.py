@@ -23,6 +23,7 @@ import anyio.to_thread
 
 from lakewarden.errors import LakewardenError, Unauthenticated, Violation
 from lakewarden.intake.jsonvalues import json_value
+from lakewarden.store.deadline import Cancel, cancel_on
 from lakewarden.wire import AGENT_HEADER
 
 if TYPE_CHECKING:
@@ -30,11 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANONYMOUS",
+    "CANCEL_EXTENSION",
     "MAX_LISTED",
     "STATUS",
     "Caller",
     "Failure",
     "attend",
+    "cancel_of",
     "error_body",
     "identify",
     "request_violations",
@@ -45,6 +48,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The key of a request's :class:`Cancel` token in its ASGI scope's extensions: the server's
+# protocol cancels it when the client disconnects (see lakewarden.intake.connections).
+CANCEL_EXTENSION = "lakewarden.cancel"
 
 # The agent of a call in open mode that names none.
 ANONYMOUS = "anonymous"
@@ -67,6 +74,13 @@ STATUS: dict[str, int] = {
     "unavailable": 503,
     "insufficient_storage": 507,
 }
+
+
+def cancel_of(scope: Mapping[str, Any] | None) -> Cancel | None:
+    """The token that is cancelled when the client of the request in ``scope`` disconnects
+    (None when the server does not give one)."""
+    token = (scope or {}).get("extensions", {}).get(CANCEL_EXTENSION)
+    return token if isinstance(token, Cancel) else None
 
 
 def identify(warden: Warden, headers: Mapping[str, str]) -> str:
@@ -178,16 +192,31 @@ async def attend(
     work: Callable[[Caller], T],
     workers: Executor | None,
     where: str,
+    cancel: Cancel | None = None,
 ) -> T | Failure:
     """One call through a door: ``who`` names the caller (on the event loop: a token lookup),
     ``work`` runs on ``workers`` (None: anyio's worker threads), and what goes wrong becomes a
     :class:`Failure`. A refusal carries the trace of the statement it refused, else the
-    caller's trace id, else a fresh one. ``where`` names the call in the log."""
+    caller's trace id, else a fresh one. ``where`` names the call in the log.
+
+    A read in ``work`` is stopped once ``cancel`` is cancelled (the door saw its client
+    disconnect), or once this call is cancelled (the MCP SDK cancels a call whose client has
+    gone): the worker thread cannot be taken back, but the engine can stop.
+    """
+    cancel = cancel or Cancel()
+
+    def run(caller: Caller) -> T:
+        with cancel_on(cancel):
+            return work(caller)
+
     try:
         caller = Caller(who(), traceparent)
         if workers is None:
-            return await anyio.to_thread.run_sync(work, caller)
-        return await asyncio.get_running_loop().run_in_executor(workers, work, caller)
+            return await anyio.to_thread.run_sync(run, caller)
+        return await asyncio.get_running_loop().run_in_executor(workers, run, caller)
+    except asyncio.CancelledError:
+        cancel.cancel()
+        raise
     except LakewardenError as exc:
         return Failure.of(exc, exc.trace_id or trace_id_of(traceparent))
     except Exception as exc:

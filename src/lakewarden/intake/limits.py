@@ -38,6 +38,8 @@ __all__ = [
     "bounded_body",
     "bounded_protocol",
     "cap_address_space",
+    "error_bytes",
+    "send_error",
     "token_gate",
 ]
 
@@ -46,13 +48,15 @@ log = logging.getLogger(__name__)
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _error_bytes(status: int, reason: str, error: LakewardenError) -> bytes:
+def error_bytes(status: int, reason: str, error: LakewardenError, headers: bytes = b"") -> bytes:
+    """A whole HTTP response carrying ``error``, for a protocol to write before any app runs;
+    ``headers``: more header lines, each ending in CRLF."""
     body = json.dumps(error_body(error, secrets.token_hex(16))).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
     )
-    return head.encode("ascii") + body
+    return head.encode("ascii") + headers + b"\r\n" + body
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -94,7 +98,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             f"the request head did not arrive within {self.head_timeout_s:g} s",
             [Violation("request_read_timeout", "request head time limit")],
         )
-        self.transport.write(_error_bytes(408, "Request Timeout", error))
+        self.transport.write(error_bytes(408, "Request Timeout", error))
         self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -130,12 +134,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             f"the request line and headers are larger than {cap} bytes",
             [Violation("header_size", "request head bytes limit", limit=cap)],
         )
-        self.transport.write(_error_bytes(431, "Request Header Fields Too Large", error))
+        self.transport.write(error_bytes(431, "Request Header Fields Too Large", error))
         self.transport.close()
         self._in_head = False
 
 
-async def _send_error(send: Send, status: int, error: LakewardenError) -> None:
+async def send_error(
+    send: Send,
+    status: int,
+    error: LakewardenError,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer ``error`` in the one error shape and close the connection."""
     body = json.dumps(error_body(error, secrets.token_hex(16))).encode()
     await send(
         {
@@ -145,6 +155,7 @@ async def _send_error(send: Send, status: int, error: LakewardenError) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),  # the rest of the body is never read
+                *(headers or []),
             ],
         }
     )
@@ -184,22 +195,23 @@ def bounded_body(app: ASGIApp, max_bytes: int, timeout_s: float) -> ASGIApp:
             await app(scope, receive, send)  # no body to bound (MCP's event stream is a GET)
             return
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await _send_error(send, 413, _body_error(int(declared), max_bytes))
+            await send_error(send, 413, _body_error(int(declared), max_bytes))
             return
         chunks: list[bytes] = []
         total = 0
-        disconnect: Message | None = None
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
                     message = await receive()
                     if message["type"] != "http.request":
-                        disconnect = message
-                        break
+                        # The client left before its body was whole: nobody to answer, and
+                        # no failure of the server's (handed on, it was logged as an
+                        # internal error with a traceback, one per client that left).
+                        return
                     chunk = message.get("body", b"")
                     total += len(chunk)
                     if total > max_bytes:
-                        await _send_error(send, 413, _body_error(None, max_bytes))
+                        await send_error(send, 413, _body_error(None, max_bytes))
                         return
                     chunks.append(chunk)
                     if not message.get("more_body", False):
@@ -209,7 +221,7 @@ def bounded_body(app: ASGIApp, max_bytes: int, timeout_s: float) -> ASGIApp:
                 f"the request body did not arrive within {timeout_s:g} s",
                 [Violation("request_read_timeout", "request body time limit", limit=timeout_s)],
             )
-            await _send_error(send, 408, slow)
+            await send_error(send, 408, slow)
             return
         replayed = False
 
@@ -217,8 +229,6 @@ def bounded_body(app: ASGIApp, max_bytes: int, timeout_s: float) -> ASGIApp:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                if disconnect is not None:
-                    return disconnect
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
@@ -236,7 +246,7 @@ def token_gate(app: ASGIApp, warden: Warden) -> ASGIApp:
             try:
                 identify(warden, Headers(scope=scope))
             except LakewardenError as exc:
-                await _send_error(send, STATUS[exc.code], exc)
+                await send_error(send, STATUS[exc.code], exc)
                 return
         await app(scope, receive, send)
 

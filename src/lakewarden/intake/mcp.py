@@ -34,6 +34,7 @@ from lakewarden.intake.caller import (
     Caller,
     Failure,
     attend,
+    cancel_of,
     identify,
     request_violations,
     valid_traceparent,
@@ -238,7 +239,8 @@ def _caller(warden: Warden, stdio_agent: str | None, workers: Executor | None) -
         def work(caller: Caller) -> CallToolResult:
             return _ok(tool.work(_checked(tool.arguments, given), caller), caller)
 
-        outcome = await attend(who, traceparent, work, workers, where)
+        scope = getattr(ctx.request, "scope", None)
+        outcome = await attend(who, traceparent, work, workers, where, cancel_of(scope))
         return _error(outcome) if isinstance(outcome, Failure) else outcome
 
     return call

@@ -28,6 +28,7 @@ from lakewarden.intake.caller import (
     Caller,
     Failure,
     attend,
+    cancel_of,
     identify,
     request_violations,
     trace_id_of,
@@ -130,6 +131,7 @@ def answerer(warden: Warden, workers: Executor) -> Answer:
             lambda caller: rendered(work, caller),
             workers,
             f"{request.method} {request.scope['path']}",
+            cancel_of(request.scope),
         )
         return failure_response(outcome) if isinstance(outcome, Failure) else outcome
 

@@ -30,13 +30,9 @@ from lakewarden import __version__
 from lakewarden.core.monitor import Monitor
 from lakewarden.core.warden import Warden
 from lakewarden.errors import ConfigurationError
+from lakewarden.intake.connections import raise_open_files, server_protocol
 from lakewarden.intake.drain import Drain
-from lakewarden.intake.limits import (
-    bounded_body,
-    bounded_protocol,
-    cap_address_space,
-    token_gate,
-)
+from lakewarden.intake.limits import bounded_body, cap_address_space, token_gate
 from lakewarden.intake.mcp import build_mcp, streamable_http
 from lakewarden.intake.openapi import install as install_openapi
 from lakewarden.intake.rest import (
@@ -229,10 +225,17 @@ def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
         lifespan="on",
         server_header=False,  # no software banner for whoever can reach the port
         # Bounds checked while a request arrives, before any authentication work: request
-        # head size (the same knob for h11 and the httptools protocol) and connections.
-        http=bounded_protocol(settings.request_read_timeout_s),
+        # head size (the same knob for h11 and the httptools protocol), its time, and
+        # connections, counted by the protocol (uvicorn's limit_concurrency refused every
+        # agent's requests while idle connections filled it; see intake.connections).
+        http=server_protocol(
+            max_connections=settings.max_connections,
+            head_timeout_s=settings.request_read_timeout_s,
+            stall_timeout_s=settings.request_read_timeout_s,
+        ),
         h11_max_incomplete_event_size=settings.max_header_bytes,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=None,
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
     )
 
 
@@ -285,6 +288,7 @@ def run(warden: Warden, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> N
     """Serve until SIGTERM/SIGINT, then close the warden (flushing telemetry)."""
     check_bind(warden, host)
     cap_address_space(warden.settings.address_space_bytes())
+    raise_open_files(warden.settings.max_connections)
     drain = Drain()
     try:
         _Server(_config(warden, host, port, drain), drain).run()

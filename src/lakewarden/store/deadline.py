@@ -4,15 +4,20 @@ One background thread checks the running statements a few times a second and int
 past their deadline. Arming a deadline is a dict insert under a lock, with no thread wake-up:
 a ``threading.Timer`` per statement, or waking a timer thread each time, costs more than a small
 read. The price is precision: a statement is stopped within one tick after its limit.
+
+The same sweeper stops a read whose caller has gone (:class:`Cancel`): an intake that sees its
+client disconnect cancels the token it ran the statement under (:func:`cancel_on`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,11 +28,39 @@ class Interruptible(Protocol):
     def interrupt(self) -> None: ...
 
 
+class Cancel:
+    """Set when nobody waits for a statement's answer any more (its client disconnected)."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+_CANCEL: ContextVar[Cancel | None] = ContextVar("lakewarden_cancel", default=None)
+
+
+@contextmanager
+def cancel_on(token: Cancel) -> Iterator[None]:
+    """Statements run in the block that may be abandoned (reads) are stopped once ``token``
+    is cancelled."""
+    reset = _CANCEL.set(token)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(reset)
+
+
 @dataclass
 class Deadline:
     due: float
     target: Interruptible = field(repr=False)
     expired: bool = False  # set when the sweeper interrupted the statement
+    cancel: Cancel | None = field(default=None, repr=False)
+    abandoned: bool = False  # set when it was interrupted because its caller had gone
 
 
 class Watchdog:
@@ -39,10 +72,16 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def guard(self, target: Interruptible, seconds: float | None) -> Iterator[Deadline]:
-        """Interrupt ``target`` if the block is still running after ``seconds``."""
-        deadline = Deadline(time.monotonic() + (seconds or 0), target)
-        if seconds is None or seconds <= 0:
+    def guard(
+        self, target: Interruptible, seconds: float | None, *, abandonable: bool = False
+    ) -> Iterator[Deadline]:
+        """Interrupt ``target`` if the block is still running after ``seconds``, or, when
+        ``abandonable``, once the caller's :class:`Cancel` token is cancelled."""
+        timed = seconds is not None and seconds > 0
+        cancel = _CANCEL.get() if abandonable else None
+        due = time.monotonic() + seconds if timed and seconds is not None else math.inf
+        deadline = Deadline(due, target, cancel=cancel)
+        if not timed and cancel is None:
             yield deadline
             return
         ident = next(self._ids)
@@ -74,7 +113,12 @@ class Watchdog:
             now = time.monotonic()
             with self._lock:
                 for deadline in self._active.values():
-                    if not deadline.expired and deadline.due <= now:
+                    if deadline.expired or deadline.abandoned:
+                        continue
+                    if deadline.cancel is not None and deadline.cancel.cancelled:
+                        deadline.abandoned = True
+                        deadline.target.interrupt()
+                    elif deadline.due <= now:
                         deadline.expired = True
                         # Under the lock: once guard() has left its block, the cursor is never
                         # interrupted on behalf of a finished statement.

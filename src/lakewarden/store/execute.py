@@ -32,16 +32,24 @@ ENGINE_ERRORS = (duckdb.Error, OSError, MemoryError, pa.ArrowException)
 
 @contextlib.contextmanager
 def guarded(
-    cur: duckdb.DuckDBPyConnection, budget: float | None, limit: float | None
+    cur: duckdb.DuckDBPyConnection,
+    budget: float | None,
+    limit: float | None,
+    *,
+    abandonable: bool = False,
 ) -> Iterator[None]:
     """Interrupt ``cur`` after ``budget`` seconds; engine errors inside become lakewarden's.
 
     ``limit`` is the statement's whole time limit, the figure a timeout error names.
+    ``abandonable``: interrupt it too once its caller has gone (see
+    :func:`~lakewarden.store.deadline.cancel_on`); only for statements that change nothing.
     """
-    with WATCHDOG.guard(cur, budget) as deadline:
+    with WATCHDOG.guard(cur, budget, abandonable=abandonable) as deadline:
         try:
             yield
         except ENGINE_ERRORS as exc:
+            if deadline.abandoned:
+                raise abandoned_error() from exc
             if not deadline.expired and _garbled(exc):
                 _raise_if_catalog_gone(cur)
             raise engine_error(exc, deadline.expired, limit) from exc
@@ -57,6 +65,7 @@ def read(
     budget: float | None,
     limit: float | None,
     contained: bool,
+    abandonable: bool = False,
 ) -> tuple[pa.Table, bool]:
     """Run a read; its rows (at most ``max_rows``) and whether there were more.
 
@@ -64,9 +73,11 @@ def read(
     may not write, a statement that got past authorization still cannot commit a change
     (DuckDB has no read-only connection to a database attached read-write, and the catalog
     file cannot be attached a second time read-only in the same process).
+
+    ``abandonable``: stopped once its caller has gone (see :func:`guarded`).
     """
     try:
-        with guarded(cur, budget, limit):
+        with guarded(cur, budget, limit, abandonable=abandonable):
             if contained:
                 cur.begin()
             cur.execute(sql, params)
@@ -136,6 +147,13 @@ def _fetch(
     if limit is not None and table.num_rows > limit:
         return table.slice(0, limit), True
     return table, False
+
+
+def abandoned_error() -> ExecutionError:
+    return ExecutionError(
+        "the client disconnected before the answer, so the read was stopped",
+        [Violation("client_disconnected", "the caller went away while the statement ran")],
+    )
 
 
 def engine_error(exc: BaseException, expired: bool, timeout: float | None) -> LakewardenError:
