@@ -244,8 +244,10 @@ def test_idle_connection_flood_is_bounded(server: Server, keepalive: bool) -> No
         assert set(tally.statuses) <= {"503", "408", "left"}, tally.statuses
         assert tally.statuses["503"] > 0
     # The agent's keep-alive connection is closed to make room only when it is the one idle
-    # the longest, which under this churn is rare: it sends again on a new connection.
-    assert_agent_served(watched, broken=3)
+    # the longest, which under this churn is rare: it sends again on a new connection. When
+    # the flood's connections all carry requests, its new connection may be refused with the
+    # retryable 503 (seen on a loaded machine: 2 of 41 statements).
+    assert_agent_served(watched, broken=3, refused_share=0.1 if keepalive else 0.0)
     assert_bounded(watched, fds=watched.before.fds + MAX_CONNECTIONS + 64)
     time.sleep(KEEPALIVE_S + 1)
     assert server.usage().fds <= watched.before.fds + 8
