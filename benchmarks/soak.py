@@ -245,16 +245,19 @@ def start_sidecar(directory: Path, maintenance_every: str) -> Sidecar:
     return Sidecar(url, proc, tokens, lake)
 
 
-def admin_sql(sidecar: Sidecar, sql: str) -> dict[str, object]:
+def admin_sql(sidecar: Sidecar, sql: str, max_rows: int | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"sql": sql}
+    if max_rows is not None:
+        body["max_rows"] = max_rows
     response = httpx.post(
         f"{sidecar.url}/v1/sql",
-        json={"sql": sql},
+        json=body,
         headers={"Authorization": f"Bearer {sidecar.tokens['admin']}"},
         timeout=120,
     )
     response.raise_for_status()
-    body: dict[str, object] = response.json()
-    return body
+    answer: dict[str, object] = response.json()
+    return answer
 
 
 def scan_latency(sidecar: Sidecar, repeats: int = 5) -> float:

@@ -20,7 +20,8 @@ def test_hardened_connection_refuses_files_and_settings(warden: lakewarden.Warde
         cur.execute(
             "SELECT name, value FROM duckdb_settings() WHERE name IN "
             "('enable_external_access', 'autoload_known_extensions', "
-            "'autoinstall_known_extensions', 'lock_configuration', 'threads')"
+            "'autoinstall_known_extensions', 'lock_configuration', 'threads', "
+            "'enable_external_file_cache')"
         ).fetchall()
     )
     assert settings == {
@@ -29,6 +30,8 @@ def test_hardened_connection_refuses_files_and_settings(warden: lakewarden.Warde
         "autoinstall_known_extensions": "false",
         "lock_configuration": "true",
         "threads": "2",
+        # A lake's local data files are not copied into memory (see store/engine.py).
+        "enable_external_file_cache": "false",
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -341,6 +342,24 @@ def test_invalid_limit_settings_fail_at_start_up(env: dict[str, str], message: s
 )
 def test_address_space_limit(env: dict[str, str], expected: int | None) -> None:
     assert Settings.from_env(env).address_space_bytes() == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "capped"),
+    [
+        pytest.param({}, True, id="default"),
+        pytest.param({"MALLOC_ARENA_MAX": "4"}, False, id="environment-decides"),
+    ],
+)
+def test_malloc_arenas_are_capped(env: dict[str, str], capped: bool) -> None:
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's allocator only")
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    code = "from lakewarden.intake.allocator import cap_malloc_arenas as cap; print(cap(2))"
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=base | env, capture_output=True, text=True, check=True
+    )
+    assert run.stdout.strip() == str(capped)
 
 
 SLOW_READ = "SELECT count(*) FROM range(3000000000) WHERE hash(range) % 7 = 1"

@@ -23,7 +23,9 @@ from lakewarden.governance.refusals import refusals
 ENFORCE = "enforce"
 
 # Verdicts kept, by the bytes of the statements they are keyed by (a key holds the whole text).
-_VERDICT_CACHE_BYTES = 16 * 1024 * 1024
+# Sized beside the analysis cache (analysis/statement.py): a verdict is only reused for a text
+# that repeats, and the soak's new texts (0.4 MB a minute) would fill 16 MB in 40 minutes.
+_VERDICT_CACHE_BYTES = 2 * 1024 * 1024
 _Verdict = tuple[tuple[Violation, ...], bool]
 _VerdictKey = tuple[str, str, Hashable, int]
 

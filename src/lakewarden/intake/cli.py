@@ -26,6 +26,7 @@ from lakewarden.settings import (
     ENV_SERVER,
     ENV_TOKEN,
     POSTGRES_PREFIX,
+    Settings,
 )
 from lakewarden.wire import AGENT_HEADER
 from lakewarden.wording import plural
@@ -504,6 +505,15 @@ def serve(
     port: Annotated[int, typer.Option(help="Port for REST, MCP (/mcp) and /metrics.")] = 7117,
 ) -> None:
     """Serve REST, MCP (streamable HTTP at /mcp), /metrics, /healthz and /readyz on one port."""
+    from lakewarden.intake.allocator import cap_malloc_arenas
+
+    # Before any thread starts (see cap_malloc_arenas); one arena per engine worker, two at
+    # least: request threads take turns on the GIL. A bad setting is reported by open() below.
+    try:
+        workers = Settings.from_env().threads
+    except LakewardenError:
+        workers = 2
+    cap_malloc_arenas(max(2, workers))
     import lakewarden
     from lakewarden.intake.server import check_bind, run
 
