@@ -245,13 +245,10 @@ def start_sidecar(directory: Path, maintenance_every: str) -> Sidecar:
     return Sidecar(url, proc, tokens, lake)
 
 
-def admin_sql(sidecar: Sidecar, sql: str, max_rows: int | None = None) -> dict[str, object]:
-    body: dict[str, object] = {"sql": sql}
-    if max_rows is not None:
-        body["max_rows"] = max_rows
+def admin_sql(sidecar: Sidecar, sql: str) -> dict[str, object]:
     response = httpx.post(
         f"{sidecar.url}/v1/sql",
-        json=body,
+        json={"sql": sql},
         headers={"Authorization": f"Bearer {sidecar.tokens['admin']}"},
         timeout=120,
     )
@@ -297,13 +294,24 @@ class Report:
         )
 
 
-def rss_growth(windows: Sequence[Window], duration_s: float) -> float:
-    """Growth of RSS from the end of warm-up to the end of the run."""
-    start_at = WARMUP_S if duration_s >= 2 * WARMUP_S else duration_s / 4
+def rss_growth(windows: Sequence[Window], duration_s: float, start_at: float = WARMUP_S) -> float:
+    """Growth of RSS from ``start_at`` (the end of warm-up) to the end of the run."""
+    if duration_s < 2 * start_at:
+        start_at = duration_s / 4
     after = [w for w in windows if w.at_s >= start_at]
     if len(after) < 2:
         return 0.0
     return after[-1].rss_mb / after[0].rss_mb - 1
+
+
+def mb_per_1000(windows: Sequence[Window], start_at: float) -> float:
+    """RSS growth per 1,000 statements from ``start_at`` on: throughput varies between runs on
+    a shared machine, so growth per statement compares them where growth per minute cannot."""
+    after = [w for w in windows if w.at_s >= start_at] or list(windows)
+    statements = sum(sum(w.outcomes.values()) for w in after[1:])
+    if len(after) < 2 or not statements:
+        return 0.0
+    return (after[-1].rss_mb - after[0].rss_mb) / statements * 1000
 
 
 def inspect_lake(lake: Path, acked: Sequence[int]) -> tuple[int, int, int]:
@@ -449,7 +457,11 @@ def markdown(report: Report, command: str) -> str:
     lines += [
         "",
         f"- statements: {dict(sorted(totals.items()))}",
-        f"- RSS growth after warm-up: {report.rss_growth:+.1%} (limit +{RSS_GROWTH_LIMIT:.0%})",
+        f"- RSS growth after warm-up (minute {WARMUP_S / 60:g} to the end): "
+        f"{report.rss_growth:+.1%} (limit +{RSS_GROWTH_LIMIT:.0%}), "
+        f"{mb_per_1000(report.windows, WARMUP_S):.2f} MB per 1,000 statements; from minute 10: "
+        f"{rss_growth(report.windows, report.duration_s, 600):+.1%}, "
+        f"{mb_per_1000(report.windows, 600):.2f} MB per 1,000 statements",
         f"- unexpected errors: {len(report.errors)}"
         + (f" (first: {report.errors[0]})" if report.errors else ""),
         f"- acknowledged rows {report.acked}, lost {report.lost}, duplicated {report.duplicated}",
