@@ -323,8 +323,10 @@ class Engine:
             cur.execute(f"USE {self.database}")
         except duckdb.Error as exc:
             # USE asks a DuckLake catalog for its newest snapshot: an unreachable catalog
-            # fails here, before any statement.
-            cur.close()
+            # fails here, before any statement. The cursor is left to the garbage collector:
+            # closing it explicitly on an engine that cannot flush its log aborted the whole
+            # process in duckdb 1.5.5 (std::terminate on a PermissionException, see
+            # test_readyz_fails_when_the_engine_cannot_run_a_statement).
             raise faults.storage_failure(exc) or ExecutionError(
                 f"cannot open a cursor on the lake: {_first_line(exc)}"
             ) from exc
