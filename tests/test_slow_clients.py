@@ -130,7 +130,10 @@ class SideAgent:
                     self.broken += 1
                     if "INSERT" in str(body["sql"]):
                         continue  # it may have committed: not sent twice
-                    response = httpx.post(f"{self.url}/v1/sql", json=body, headers=AGENT)
+                    try:
+                        response = httpx.post(f"{self.url}/v1/sql", json=body, headers=AGENT)
+                    except httpx.TransportError:
+                        continue  # its new connection may be the one closed to make room, too
                 self.statuses[response.status_code] += 1
                 time.sleep(0.02)
 
