@@ -91,17 +91,29 @@ async def _read_all(reader: asyncio.StreamReader) -> bytes:
     return answer
 
 
+async def _connect(
+    url: str, tally: Tally
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A new connection, counted in ``tally``; None (counted as refused) when the server
+    refused it."""
+    try:
+        streams = await asyncio.open_connection(*host_port(url))
+    except OSError:
+        tally.refused += 1
+        return None
+    tally.connected()
+    return streams
+
+
 async def _drip(
     url: str, tally: Tally, preamble: bytes, drop: bytes, interval_s: float, until: float
 ) -> None:
     """One connection: ``preamble``, then one byte of ``drop`` every ``interval_s`` until the
     server answers or closes."""
-    try:
-        reader, writer = await asyncio.open_connection(*host_port(url))
-    except OSError:
-        tally.refused += 1
+    streams = await _connect(url, tally)
+    if streams is None:
         return
-    tally.connected()
+    reader, writer = streams
     started = time.monotonic()
     answered = asyncio.ensure_future(_read_all(reader))
     try:
@@ -180,13 +192,11 @@ async def idle_flood(url: str, count: int, seconds: float, *, keepalive: bool = 
 
     async def hold() -> None:
         while time.monotonic() < until:
-            try:
-                reader, writer = await asyncio.open_connection(*host_port(url))
-            except OSError:
-                tally.refused += 1
+            streams = await _connect(url, tally)
+            if streams is None:
                 await asyncio.sleep(0.5)
                 continue
-            tally.connected()
+            reader, writer = streams
             started = time.monotonic()
             answer = b""
             left = False
@@ -221,13 +231,11 @@ async def disconnecting(
 
     async def leave() -> None:
         while time.monotonic() < until:
-            try:
-                reader, writer = await asyncio.open_connection(*host_port(url))
-            except OSError:
-                tally.refused += 1
+            streams = await _connect(url, tally)
+            if streams is None:
                 await asyncio.sleep(0.5)
                 continue
-            tally.connected()
+            reader, writer = streams
             started = time.monotonic()
             answer = b""
             try:
